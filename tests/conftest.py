@@ -5,6 +5,7 @@ Every process is stopped by PID at teardown; a failing test gets the members' lo
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ from etcdwarden.binaries import find_binary
 from etcdwarden.local.cluster import LocalCluster, TLSFiles
 from tests.certs import make_tls
 
-ROOT_PASSWORD = "root-pw-Xy9"  # noqa: S105 - test-only credential
-ALICE_PASSWORD = "alice-pw-Qz4"  # noqa: S105
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+ROOT_PASSWORD = "root-pw-Xy9"
+ALICE_PASSWORD = "alice-pw-Qz4"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -43,6 +43,11 @@ def _flags(args: list[str]) -> dict[str, str]:
     return out
 
 
+def _path(flags: dict[str, str], name: str) -> Path | None:
+    v = flags.get(name)
+    return Path(v) if v else None
+
+
 def read_manifest(path: Path) -> ManifestInfo:
     try:
         doc: Any = yaml.safe_load(path.read_text())
@@ -62,15 +67,11 @@ def read_manifest(path: Path) -> ManifestInfo:
         if not urls:
             continue
 
-        def p(name: str) -> Path | None:
-            v = flags.get(name)
-            return Path(v) if v else None
-
         return ManifestInfo(
             path=path,
             client_urls=[u.strip() for u in urls.split(",") if u.strip()],
-            cacert=p("trusted-ca-file"),
-            cert=p("cert-file"),
-            key=p("key-file"),
+            cacert=_path(flags, "trusted-ca-file"),
+            cert=_path(flags, "cert-file"),
+            key=_path(flags, "key-file"),
         )
     raise UsageError(f"{path}: no container with --advertise-client-urls; is this the etcd manifest?")

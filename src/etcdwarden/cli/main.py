@@ -78,4 +78,6 @@ def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
 
 
 def main() -> None:
+    # gRPC's C core logs handshake failures on stderr; our own message already says what failed.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     sys.exit(run())

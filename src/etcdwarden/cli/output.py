@@ -31,7 +31,11 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    lines = [sep, "|" + "|".join(f" {h.center(w)} " for h, w in zip(headers, widths, strict=True)) + "|", sep]
+    def centre(h: str, w: int) -> str:
+        gap = w - len(h)
+        return " " * (gap // 2) + h + " " * (gap - gap // 2)
+
+    lines = [sep, "|" + "|".join(f" {centre(h, w)} " for h, w in zip(headers, widths, strict=True)) + "|", sep]
     for r in cells:
         lines.append("|" + "|".join(f" {c.rjust(w)} " for c, w in zip(r, widths, strict=True)) + "|")
     lines.append(sep)

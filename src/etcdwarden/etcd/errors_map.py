@@ -32,7 +32,8 @@ def tls_hint(details: str, cacert: str | None, cert: str | None) -> str:
         if cacert:
             return f"the server's certificate is not trusted by the CA file {cacert} (wrong --cacert?)"
         return "the server's certificate is not trusted by the system CAs; pass --cacert"
-    if "certificate_required" in low or "certificate required" in low or "bad certificate" in low:
+    if any(m in low for m in ("certificate_required", "certificate required", "bad_certificate",
+                               "bad certificate")):
         if cert:
             return f"the server rejected the client certificate {cert} (not signed by a CA it trusts?)"
         return "the server requires a client certificate: pass --cert and --key"
@@ -67,6 +68,12 @@ def map_rpc_error(
     if "database space exceeded" in low:
         return NoSpace(
             "database space exceeded (NOSPACE alarm): compact, defragment every member, then disarm the alarm",
+            endpoint,
+        )
+    if "unhealthy cluster" in low or "not enough started members" in low:
+        return EtcdError(
+            f"{details}: the change would risk quorum, or the leader is not yet connected to every member "
+            "(a member is down or started less than 5s ago); check `endpoint health --cluster` and retry",
             endpoint,
         )
     if "no leader" in low:

@@ -7,6 +7,7 @@ This is the embedded cluster behind ``etcdwarden demo`` and the test suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,7 +68,7 @@ class LocalCluster:
     base_dir: Path
     size: int = 3
     tls: TLSFiles | None = None
-    token: str = "etcdwarden-local"
+    token: str = "etcdwarden-local"  # noqa: S105 - the initial-cluster-token, not a secret
     etcd_binary: Path | None = None
     extra_args: tuple[str, ...] = ()
     members: list[LocalMember] = field(default_factory=list)
@@ -98,6 +99,14 @@ class LocalCluster:
     @property
     def initial_cluster(self) -> str:
         return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def new_member(self, name: str) -> LocalMember:
+        """Allocate ports and a data dir for a member to be added later (``member add``)."""
+        client_port, peer_port = free_ports(2)
+        m = LocalMember(name=name, data_dir=self.base_dir / f"{name}.etcd", client_port=client_port,
+                        peer_port=peer_port, scheme="https" if self.tls else "http")
+        self.members.append(m)
+        return m
 
     def member(self, name: str) -> LocalMember:
         for m in self.members:
@@ -160,10 +169,8 @@ class LocalCluster:
         if p is None:
             return
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 p.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -206,10 +213,9 @@ class LocalCluster:
         while True:
             dead = [m for m in targets if m.process is not None and m.process.poll() is not None]
             if dead:
-                raise EtcdwardenError(
-                    f"etcd member {dead[0].name} exited with code {dead[0].process.poll() if dead[0].process else '?'}"
-                    f"; see {dead[0].log_path}"
-                )
+                d = dead[0]
+                code = d.process.poll() if d.process else "?"
+                raise EtcdwardenError(f"etcd member {d.name} exited with code {code}; see {d.log_path}")
             if all(self.member_healthy(m) for m in targets):
                 return
             if time.monotonic() > deadline:

@@ -1,0 +1,5 @@
+"""``python -m etcdwarden``."""
+
+from etcdwarden.cli.main import main
+
+main()
