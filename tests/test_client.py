@@ -214,3 +214,17 @@ def test_alarm_activate_list_disarm(etcd1: LocalCluster) -> None:
             assert await c.alarms() == []
 
     _run(go())
+
+
+def test_insecure_skip_tls_verify(etcd_tls: LocalCluster, tmp_path: Path) -> None:
+    other_ca, _ = make_ca(tmp_path / "other", name="other-ca")
+    # a CA that did not sign the server certificate: verification would fail...
+    with pytest.raises(TLSError):
+        _run(EtcdClient(tls_config(etcd_tls, cacert=other_ca)).member_list())
+    # ...and skipping it works (the client certificate is still presented)
+
+    async def go() -> int:
+        async with EtcdClient(tls_config(etcd_tls, cacert=None, insecure_skip_tls_verify=True)) as c:
+            return len(await c.member_list())
+
+    assert _run(go()) == 1

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
-from etcdwarden.errors import AuthenticationFailed, EtcdError, Timeout, TLSError, Unreachable, UsageError
+from etcdwarden.errors import AuthenticationFailed, EtcdError, Timeout, TLSError, Unreachable
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.etcd.config import ClientConfig
@@ -68,19 +71,21 @@ class EtcdClient:
         self._members.clear()
 
     # -- channels --------------------------------------------------------------------------
-    def _credentials(self) -> grpc.ChannelCredentials:
+    def _credentials(self, ep: Endpoint) -> tuple[grpc.ChannelCredentials, list[tuple[str, str | int]]]:
+        c = self.config
+        if c.insecure_skip_tls_verify:
+            # gRPC Python cannot turn verification off; trusting exactly the certificate the server
+            # presents (fetched just now, unverified) is the same thing, made explicit.
+            pem, name = fetch_server_certificate(ep, c.cert, c.key, c.dial_timeout)
+            creds = grpc.ssl_channel_credentials(
+                pem, c.key.read_bytes() if c.key else None, c.cert.read_bytes() if c.cert else None)
+            return creds, [("grpc.ssl_target_name_override", name)]
         if self._creds is None:
-            c = self.config
-            if c.insecure_skip_tls_verify:
-                raise UsageError(
-                    "--insecure-skip-tls-verify is not supported by the gRPC library etcdwarden uses; "
-                    "pass --cacert with the cluster's CA instead"
-                )
             root = c.cacert.read_bytes() if c.cacert else None
             key = c.key.read_bytes() if c.key else None
             cert = c.cert.read_bytes() if c.cert else None
             self._creds = grpc.ssl_channel_credentials(root, key, cert)
-        return self._creds
+        return self._creds, []
 
     def _uses_tls(self, ep: Endpoint) -> bool:
         return ep.uses_tls(self.config.tls_configured)
@@ -100,7 +105,8 @@ class EtcdClient:
                 *channel_proxy_options(ep.host, ep.port, env),
             ]
             if self._uses_tls(ep):
-                channel = grpc.aio.secure_channel(ep.target, self._credentials(), options=options)
+                creds, extra = self._credentials(ep)
+                channel = grpc.aio.secure_channel(ep.target, creds, options=options + extra)
             else:
                 channel = grpc.aio.insecure_channel(ep.target, options=options)
             m = _Member(ep, channel)
@@ -346,6 +352,41 @@ class EtcdClient:
             raise self._error(e, ep, None) from None
         finally:
             stream.cancel()
+
+
+def fetch_server_certificate(ep: Endpoint, cert: Path | None, key: Path | None,
+                             timeout: float) -> tuple[bytes, str]:
+    """The server's leaf certificate (PEM, unverified) and a name it is valid for."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    host = ep.host.strip("[]")
+    try:
+        with socket.create_connection((host, ep.port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as e:
+        raise Unreachable(f"TLS connection failed: {e}", ep.raw) from None
+    if not der:
+        raise TLSError("the server presented no certificate", ep.raw)
+    parsed = x509.load_der_x509_certificate(der)
+    name = host
+    try:
+        san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+        ips = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+        name = host if host in dns or host in ips else (dns[0] if dns else (ips[0] if ips else host))
+    except x509.ExtensionNotFound:
+        cns = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if cns:
+            name = str(cns[0].value)
+    return ssl.DER_cert_to_PEM_cert(der).encode(), name
 
 
 def prefix_end(key: bytes) -> bytes:
