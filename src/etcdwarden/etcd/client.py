@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import grpc
 
-from etcdwarden.errors import AuthenticationFailed, EtcdError, Timeout, TLSError, Unreachable
+from etcdwarden.errors import AuthenticationFailed, EtcdError, NoLeader, Timeout, TLSError, Unreachable
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.etcd.config import ClientConfig
@@ -31,7 +31,7 @@ from etcdwarden.etcd.proxy import channel_proxy_options
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_RETRYABLE = (Unreachable, Timeout)
+_RETRYABLE = (Unreachable, Timeout, NoLeader)
 
 
 class _Member:

@@ -1,0 +1,83 @@
+"""The trailer check and the sinks, on crafted streams (the server side is tested in test_backup.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, TrailerChecker
+from etcdwarden.fsutil import Locked, atomic_write, dir_lock
+
+
+def _feed(data: bytes, chunk: int = 1000) -> TrailerChecker:
+    c = TrailerChecker()
+    for i in range(0, len(data), chunk):
+        blob = data[i: i + chunk]
+        c.feed(blob, max(0, len(data) - 32 - i - len(blob)))
+    return c
+
+
+def test_good_stream() -> None:
+    db = os.urandom(8192)
+    r = _feed(db + hashlib.sha256(db).digest()).result()
+    assert r.db_size == 8192 and r.db_sha256 == hashlib.sha256(db).hexdigest()
+
+
+def test_flipped_byte_is_caught() -> None:
+    db = bytearray(os.urandom(8192))
+    trailer = hashlib.sha256(db).digest()
+    db[100] ^= 1
+    with pytest.raises(SnapshotStreamError, match="does not match"):
+        _feed(bytes(db) + trailer).result()
+
+
+def test_cut_short_is_caught() -> None:
+    db = os.urandom(8192)
+    full = db + hashlib.sha256(db).digest()
+    c = TrailerChecker()
+    c.feed(full[:1000], len(db) - 1000)  # announces 8192 bytes
+    c.feed(full[1000:5000], 0)
+    with pytest.raises(SnapshotStreamError, match="cut short"):
+        c.result()
+
+
+def test_empty_stream() -> None:
+    with pytest.raises(SnapshotStreamError):
+        TrailerChecker().result()
+
+
+def test_file_sink_discard_leaves_nothing(tmp_path: Path) -> None:
+    s = FileSink(tmp_path / "x.db")
+    s.write(b"abc")
+    s.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoded_sink_zstd_roundtrip(tmp_path: Path) -> None:
+    import zstandard
+
+    data = os.urandom(100_000) + b"a" * 100_000
+    s = EncodedSink(tmp_path / "x.db.zst", True, [])
+    for i in range(0, len(data), 32768):
+        s.write(data[i: i + 32768])
+    s.finish()
+    s.file.commit()
+    assert zstandard.ZstdDecompressor().stream_reader((tmp_path / "x.db.zst").open("rb")).read() == data
+    assert s.file.sha.hexdigest() == hashlib.sha256((tmp_path / "x.db.zst").read_bytes()).hexdigest()
+
+
+def test_atomic_write_and_mode(tmp_path: Path) -> None:
+    p = tmp_path / "m.json"
+    atomic_write(p, b"{}")
+    assert p.read_bytes() == b"{}" and (p.stat().st_mode & 0o777) == 0o600
+    assert [x.name for x in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_dir_lock_excludes(tmp_path: Path) -> None:
+    with dir_lock(tmp_path), pytest.raises(Locked, match="--lock-wait"), dir_lock(tmp_path, wait=0.3):
+        pass
+    with dir_lock(tmp_path):
+        pass  # released
