@@ -13,6 +13,8 @@ def test_demo_runs_and_stops_everything() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "demo finished: OK" in res.stdout
     assert "quorum: yes (3 of 3" in res.stdout
+    assert "verified: True" in res.stdout
+    assert '"totalKey":' in res.stdout and "TOTAL KEYS" in res.stdout
     pids = [int(p) for p in re.findall(r"pid (\d+)", res.stdout)]
     assert len(pids) == 3
     for pid in pids:

@@ -1,25 +1,29 @@
 """``demo``: the whole cycle on an embedded local 3-member etcd cluster.
 
 Starts three etcd processes on free loopback ports in a temporary directory, writes sample
-Kubernetes-like data, shows ``endpoint status`` and ``endpoint health``, and stops every process.
+Kubernetes-like data, shows ``endpoint status`` and ``endpoint health``, takes a verified backup and
+shows its ``snapshot status``, and stops every process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from etcdwarden.backup.run import BackupOptions, take_backup
 from etcdwarden.cli.endpoint_cmd import STATUS_HEADERS, status_row
-from etcdwarden.cli.output import Output
+from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.inspect import health_all, quorum, status_all
 from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.local.sample import fill
+from etcdwarden.snapshot.status import db_status
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -29,7 +33,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-async def _show(cluster: LocalCluster, keys: int, out: Output) -> bool:
+async def _show(cluster: LocalCluster, keys: int, out: Output, backups: Path) -> bool:
     cfg = ClientConfig.from_strings(cluster.endpoints)
     async with EtcdClient(cfg) as c:
         rev = await fill(c, keys)
@@ -43,7 +47,19 @@ async def _show(cluster: LocalCluster, keys: int, out: Output) -> bool:
         out.table(["ENDPOINT", "HEALTH", "TOOK", "ERROR"],
                   [[h.endpoint.raw, str(h.healthy).lower(), f"{h.took * 1000:.3f}ms", h.error or ""] for h in hs])
         out.line(f"quorum: {'yes' if q.has_quorum else 'NO'} ({q.healthy_voters} of {q.voters} voting members healthy)")
-        return all(s.ok for s in sts) and all(h.healthy for h in hs) and q.has_quorum
+        healthy = all(s.ok for s in sts) and all(h.healthy for h in hs) and q.has_quorum
+        out.line(f"\n$ etcdwarden backup {backups}")
+        result = await take_backup(c, BackupOptions(directory=backups))
+        m = result.manifest
+        out.line(f"backup {m['timestamp']} from member {m['member']['name']} (revision {m['revision']}, "
+                 f"verified: {m['verified']}); files: {', '.join(sorted(m['files']))}")
+        out.line(json.dumps(result.status_line, separators=(",", ":")))
+        snap = backups / m["snapshot"]["file"]
+        out.line(f"\n$ etcdwarden snapshot status {snap.name}")
+        st = db_status(snap)
+        out.table(["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
+                  [[f"{st.hash:x}", st.revision, st.total_key, humanize_bytes(st.total_size)]])
+        return healthy
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
@@ -54,7 +70,7 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         try:
             cluster.start()
             out.line("members: " + ", ".join(f"{m.name}={m.client_url} (pid {m.pid})" for m in cluster.members))
-            ok = asyncio.run(_show(cluster, int(args.keys), out))
+            ok = asyncio.run(_show(cluster, int(args.keys), out, base / "backups"))
         finally:
             cluster.stop()
             out.line("stopped every etcd process of the demo cluster")

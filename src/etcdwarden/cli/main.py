@@ -8,25 +8,32 @@ Each command module has ``register(subparsers, parents)``; the handler it sets a
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 from etcdwarden import __version__
-from etcdwarden.cli.common import add_global_options, resolve
+from etcdwarden.cli.common import GLOBAL_FLAGS, add_global_options, resolve
 from etcdwarden.cli.output import Output
 from etcdwarden.errors import EXIT_FAILED, EXIT_USAGE, EtcdwardenError
 
 Handler = Callable[[argparse.Namespace, Output], int]
 
 
-def _command_modules() -> list[ModuleType]:
-    from etcdwarden.cli import alarm_cmd, demo_cmd, endpoint_cmd, member_cmd
-
-    return [endpoint_cmd, member_cmd, alarm_cmd, demo_cmd]
-
+# Top-level command -> (module that registers it, one-line help). Only the module of the command
+# being run is imported, so every invocation pays just for what it uses (start-up time, memory).
+# A module may register several top-level commands; each of them is listed here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "endpoint": ("etcdwarden.cli.endpoint_cmd", "status and health of members"),
+    "member": ("etcdwarden.cli.member_cmd", "list, add, remove and promote members"),
+    "alarm": ("etcdwarden.cli.alarm_cmd", "list or disarm alarms (NOSPACE, CORRUPT)"),
+    "backup": ("etcdwarden.cli.backup_cmd", "back up the cluster (snapshot + resources + manifest)"),
+    "snapshot": ("etcdwarden.cli.snapshot_cmd", "offline status, verify, inspect and diff of snapshots"),
+    "encryption": ("etcdwarden.cli.encryption_cmd", "encryption at rest: enable, rotate, disable, migrate, status"),
+    "demo": ("etcdwarden.cli.demo_cmd", "run the whole cycle on a local 3-member cluster"),
+}
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -35,7 +42,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The top-level command in ``argv`` (skipping global options and their values)."""
+    takes_value = {flag for flag, _d, _e, kind, _def, _h in GLOBAL_FLAGS if kind != "bool"} | {"-w"}
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok.startswith("-"):
+            skip = tok in takes_value
+            continue
+        return tok if tok in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="etcdwarden", description="Operate etcd clusters safely: backup, restore, "
                      "recovery, defragmentation and encryption at rest.")
     parser.add_argument("--version", action="version", version=f"etcdwarden {__version__}")
@@ -43,14 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     parents = [_Parser(add_help=False)]
     add_global_options(parents[0], suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in _command_modules():
-        mod.register(sub, parents)
+    chosen = _chosen(argv)
+    if chosen is not None:
+        importlib.import_module(COMMANDS[chosen][0]).register(sub, parents)
+    for name, (_mod, help_) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_)  # listed in --help; loaded only when run
     return parser
 
 
 def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arglist = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arglist)
+    args = parser.parse_args(arglist)
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -1,0 +1,72 @@
+"""Backup speed and memory: etcdwarden backup vs etcdctl snapshot save, side by side in one run.
+
+Usage: python -m bench.backup [--size-mb 1024] [--rounds 2] [--workdir DIR]
+
+Starts a 3-member loopback cluster, fills it to --size-mb, then alternates etcdctl snapshot save and
+etcdwarden backup (uncompressed with --verify hash, uncompressed with --verify full, zstd) from the
+same follower and prints wall times, the ratios to etcdctl and etcdwarden's peak RSS.
+Targets (issue): uncompressed ≤ 1.05× etcdctl, peak RSS ≤ 64 MiB; zstd ≤ 1.3×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import Run, big_cluster, fill_bytes, timed
+from etcdwarden.binaries import find_binary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir")
+    a = ap.parse_args()
+    base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-"))
+    cluster = big_cluster(base / "cluster")
+    try:
+        fill_bytes(cluster, a.size_mb * 1024 * 1024)
+        follower = cluster.members[1].client_url
+        etcdctl = str(find_binary("etcdctl"))
+        me = [sys.executable, "-m", "etcdwarden"]
+        variants: dict[str, list[str]] = {
+            "etcdctl snapshot save": [],
+            "etcdwarden backup --verify hash": ["--verify", "hash"],
+            "etcdwarden backup --verify full": ["--verify", "full"],
+            "etcdwarden backup --compress zstd --verify hash": ["--compress", "zstd", "--verify", "hash"],
+        }
+        results: dict[str, list[Run]] = {k: [] for k in variants}
+        out = base / "out"
+        for _ in range(a.rounds):
+            for name, extra in variants.items():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                if name.startswith("etcdctl"):
+                    cmd = [etcdctl, f"--endpoints={follower}", "snapshot", "save", str(out / "s.db")]
+                else:
+                    cmd = [*me, "backup", str(out), "--endpoints", follower, "--member", follower, *extra]
+                r = timed(cmd)
+                if r.code != 0:
+                    raise SystemExit(f"{name} failed")
+                results[name].append(r)
+        db = next(out.glob("snapshot_*"), None)
+        ref = statistics.median(r.wall for r in results["etcdctl snapshot save"])
+        print(f"database ~{a.size_mb} MB; snapshot file {db.stat().st_size / 1e6:.0f} MB" if db else "")
+        print(f"{'variant':50} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13}")
+        for name, runs in results.items():
+            w = statistics.median(r.wall for r in runs)
+            rss = max(r.max_rss_mib for r in runs)
+            print(f"{name:50} {w:8.2f} {w / ref:6.2f} {rss:13.1f}")
+    finally:
+        cluster.stop()
+        if not a.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Take one backup: preflight, stream the snapshot, verify, bundle resources, write the manifest last.
+
+Nothing is renamed into its final name before it has been verified, and the manifest (the thing that
+makes a set of files "a backup") is written last, atomically. Any failure removes every ``.part``
+file of this run and leaves earlier backups untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from etcdwarden import __version__
+from etcdwarden.backup.naming import BackupNames, timestamp
+from etcdwarden.backup.preflight import Candidate, Preflight, preflight
+from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
+from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
+from etcdwarden.errors import EtcdError, EtcdwardenError, SafetyRefusal, UsageError
+from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.fsutil import DiskFull, atomic_write, dir_lock, fsync_dir, private_dir
+from etcdwarden.snapshot.status import SnapshotStatus
+from etcdwarden.snapshot.verify import verify_db
+
+log = logging.getLogger(__name__)
+MANIFEST_FORMAT = 1
+
+Progress = Callable[[str, int, int], None]  # (member, bytes received, bytes expected)
+
+
+@dataclass
+class BackupOptions:
+    directory: Path
+    resources: list[Path] = field(default_factory=list)
+    resources_dir: Path | None = None
+    compress: str | None = None  # None or "zstd"
+    recipients: list[str] = field(default_factory=list)  # age recipients
+    member: str | None = None
+    force: bool = False
+    release: str | None = None
+    verify: str = "full"  # "full" (structure + status) or "hash" (sha256 trailer only)
+    lock_wait: float = 0.0
+    max_attempts: int = 3
+    key_names: list[str] = field(default_factory=list)  # encryption-at-rest keys in use
+    encryption_config: Path | None = None  # the EncryptionConfiguration: keys recorded, file bundled
+
+
+@dataclass
+class BackupResult:
+    directory: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def status_line(self) -> dict[str, Any]:
+        st = self.manifest.get("status") or {}
+        return {"hash": st.get("hash"), "revision": st.get("revision", self.manifest.get("revision")),
+                "totalKey": st.get("totalKey"), "totalSize": st.get("totalSize", self.manifest.get("db_size"))}
+
+
+def _recipients(texts: list[str]) -> list[Any]:
+    if not texts:
+        return []
+    import pyrage
+
+    out: list[Any] = []
+    for t in texts:
+        try:
+            if t.startswith("age1"):
+                out.append(pyrage.x25519.Recipient.from_str(t))
+            else:
+                out.append(pyrage.ssh.Recipient.from_str(t))
+        except Exception:  # pyrage raises its own RecipientError
+            raise UsageError(f"--encrypt-to {t[:20]}...: not an age (age1...) or SSH public key recipient") from None
+    return out
+
+
+def _free_timestamp(dirs: list[Path]) -> str:
+    while True:
+        ts = timestamp()
+        if not any(p.name.find(ts) >= 0 for d in dirs if d.exists() for p in d.iterdir()):
+            return ts
+        time.sleep(0.2)
+
+
+async def _stream(client: EtcdClient, cand: Candidate, plain: FileSink | None, encoded: EncodedSink | None,
+                  progress: Progress | None) -> StreamResult:
+    checker = TrailerChecker()
+    received = 0
+    async for chunk in client.snapshot(cand.endpoint):
+        blob = bytes(chunk.blob)
+        checker.feed(blob, int(chunk.remaining_bytes))
+        if plain is not None:
+            plain.write(blob)
+        if encoded is not None:
+            encoded.write(blob)
+        received += len(blob)
+        if progress is not None:
+            progress(cand.name, received, (checker.expected or 0) + 32)
+    return checker.result()
+
+
+def _roundtrip_zstd(path: Path, expected_sha: str) -> None:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
+        while chunk := r.read(1 << 20):
+            sha.update(chunk)
+    if sha.hexdigest() != expected_sha:
+        raise EtcdwardenError(f"{path}: the compressed snapshot does not decompress to the bytes received")
+
+
+async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progress | None = None) -> BackupResult:
+    if opts.compress not in (None, "zstd"):
+        raise UsageError(f"unsupported compression {opts.compress!r}; use zstd")
+    if opts.verify not in ("full", "hash"):
+        raise UsageError("--verify must be full or hash")
+    if opts.encryption_config is not None:
+        _encryption_at_rest(opts)
+    resources = check_paths(opts.resources) if opts.resources else []
+    recipients = _recipients(opts.recipients)
+    directory = private_dir(opts.directory)
+    res_dir = private_dir(opts.resources_dir) if opts.resources_dir else directory
+    with dir_lock(directory, opts.lock_wait):
+        pre = await preflight(client, force=opts.force, member=opts.member)
+        warnings = list(pre.warnings)
+        if not pre.candidates:
+            raise EtcdwardenError("no member can serve a snapshot")
+        ts = _free_timestamp([directory, res_dir])
+        names = BackupNames(ts, opts.compress, bool(recipients))
+        encode = bool(opts.compress or recipients)
+        # A plain copy is needed for the structure walk and status of an encoded backup; never write
+        # plaintext next to an encrypted backup, and skip it when only the hash is to be verified.
+        keep_plain = not recipients and (not encode or opts.verify == "full")
+        attempts: list[str] = []
+        chosen: Candidate | None = None
+        result: StreamResult | None = None
+        plain: FileSink | None = None
+        encoded: EncodedSink | None = None
+        for cand in pre.candidates[: opts.max_attempts]:
+            plain = FileSink(directory / (f".{names.snapshot}.verify" if encode else names.snapshot)) \
+                if keep_plain else None
+            encoded = EncodedSink(directory / names.snapshot, bool(opts.compress), recipients) if encode else None
+            try:
+                result = await _stream(client, cand, plain, encoded, progress)
+                if plain is not None:
+                    await asyncio.to_thread(plain.finish)
+                if encoded is not None:
+                    await asyncio.to_thread(encoded.finish)
+                chosen = cand
+                break
+            except (EtcdError, SnapshotStreamError) as e:
+                attempts.append(f"{cand.name}: {e}")
+                log.warning("snapshot from %s failed: %s", cand.name, e)
+                for s in (plain, encoded):
+                    if s is not None:
+                        s.discard()
+            except BaseException:
+                for s in (plain, encoded):
+                    if s is not None:
+                        s.discard()
+                raise
+        if chosen is None or result is None:
+            raise EtcdwardenError("the snapshot failed on every member tried: " + "; ".join(attempts))
+        if attempts:
+            warnings.append("retried after: " + "; ".join(attempts))
+        try:
+            status, verification = await asyncio.to_thread(
+                _verify, opts, plain, encoded, result)
+            # the snapshot file under its final name
+            final_sink = encoded.file if encoded is not None else plain
+            assert final_sink is not None
+            final_sink.commit()
+            if plain is not None and encoded is not None:
+                plain.discard()
+            fsync_dir(directory)
+        except BaseException:
+            for s in (plain, encoded):
+                if s is not None:
+                    s.discard()
+            raise
+        files: dict[str, dict[str, Any]] = {
+            names.snapshot: {"sha256": final_sink.sha.hexdigest(), "size": final_sink.size}}
+        committed = [directory / names.snapshot]
+        try:
+            bundle: dict[str, Any] | None = None
+            notes: list[CertificateNote] = []
+            if resources:
+                written, notes = await asyncio.to_thread(_write_resources, resources, res_dir, names, recipients)
+                bundle = written
+                if res_dir == directory:
+                    files[names.resources] = {"sha256": written["sha256"], "size": written["size"]}
+                committed.append(res_dir / names.resources)
+                for n in notes:
+                    warnings.append(f"certificate {n.subject} in {n.path}: {n.problem}")
+            manifest = _manifest(pre, chosen, names, result, status, verification, files, bundle, notes, opts, res_dir)
+            path = directory / names.manifest
+            atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
+        except BaseException:
+            for p in committed:  # no manifest → these files are not a backup; remove them
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            raise
+        return BackupResult(directory, path, manifest, warnings)
+
+
+def _encryption_at_rest(opts: BackupOptions) -> None:
+    """Record the key names, bundle the configuration, refuse during a migration (partly encrypted data)."""
+    from etcdwarden.encryption.config import EncryptionConfiguration
+    from etcdwarden.encryption.ops import default_state_path
+    from etcdwarden.encryption.state import migration_in_progress
+
+    path = opts.encryption_config
+    assert path is not None
+    cfg = EncryptionConfiguration.load(path)
+    opts.key_names = sorted(set(opts.key_names) | cfg.key_names())
+    if path.resolve() not in [p.resolve() for p in opts.resources if p.exists()]:
+        opts.resources.append(path)
+    state = default_state_path(path)
+    if migration_in_progress(state) and not opts.force:
+        raise SafetyRefusal(f"an encryption migration is in progress ({state}): a backup now would be only partly "
+                            "encrypted; finish `etcdwarden encryption migrate` first")
+
+
+def _verify(opts: BackupOptions, plain: FileSink | None, encoded: EncodedSink | None,
+            result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
+    v: dict[str, Any] = {"sha256_trailer": True, "structure": False, "roundtrip": None}
+    status: SnapshotStatus | None = None
+    if plain is not None and opts.verify == "full":
+        report = verify_db(plain.part, display=plain.path.name)
+        status = report.status
+        v["structure"] = True
+        v["pages_checked"] = report.pages
+    if encoded is not None and plain is not None and opts.compress == "zstd" and not opts.recipients \
+            and opts.verify == "full":
+        _roundtrip_zstd(encoded.file.part, plain.sha.hexdigest())
+        v["roundtrip"] = True
+    return status, v
+
+
+def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames,
+                     recipients: list[Any]) -> tuple[dict[str, Any], list[CertificateNote]]:
+    notes = certificate_notes(paths)
+    target = res_dir / names.resources
+    sink: Any = EncodedSink(target, False, recipients) if recipients else FileSink(target)
+    try:
+        count = write_bundle(paths, sink)
+        sink.finish()
+        f = sink.file if recipients else sink
+        f.commit()
+        fsync_dir(res_dir)
+    except BaseException:
+        sink.discard()
+        raise
+    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count}, notes
+
+
+def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
+              status: SnapshotStatus | None, verification: dict[str, Any], files: dict[str, dict[str, Any]],
+              bundle: dict[str, Any] | None, notes: list[CertificateNote], opts: BackupOptions,
+              res_dir: Path) -> dict[str, Any]:
+    st = chosen.status.status
+    assert st is not None
+    versions = sorted({s.status.version for s in pre.statuses if s.status})
+    return {
+        "format": MANIFEST_FORMAT,
+        "tool": {"name": "etcdwarden", "version": __version__},
+        "timestamp": names.ts,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "cluster_id": f"{st.header.cluster_id:x}",
+        "member": {"id": f"{chosen.member.ID:x}", "name": chosen.member.name, "endpoint": chosen.endpoint.raw,
+                   "was_leader": chosen.status.is_leader},
+        "etcd": {"server_version": st.version, "member_versions": versions, "storage_version": st.storageVersion},
+        "release": opts.release,
+        "revision": status.revision if status else int(st.header.revision),
+        "raft_index": int(st.raftIndex),
+        "raft_term": int(st.raftTerm),
+        "db_size": result.db_size,
+        "db_size_in_use": int(st.dbSizeInUse),
+        "db_sha256": result.db_sha256,
+        "status": status.as_json() if status else None,
+        "snapshot": {"file": names.snapshot, "compression": opts.compress,
+                     "encryption": "age" if opts.recipients else None},
+        "resources": None if bundle is None else {
+            "file": names.resources, "directory": str(res_dir), "paths": [str(p) for p in opts.resources],
+            "files": bundle["files"], "sha256": bundle["sha256"], "size": bundle["size"],
+            "certificates": [n.as_json() for n in notes]},
+        "encryption_at_rest": {"key_names": list(opts.key_names)},
+        "alarms": [int(a.alarm) for a in pre.alarms],
+        "files": files,
+        "verified": True,
+        "verification": verification,
+    }
+
+
+__all__ = ["BackupOptions", "BackupResult", "DiskFull", "take_backup"]

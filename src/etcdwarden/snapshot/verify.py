@@ -1,0 +1,257 @@
+"""``snapshot verify``: prove a snapshot file, or a whole backup directory, is intact.
+
+For a snapshot file, in this order (the first problem raises :class:`SnapshotCorrupt`):
+
+1. the bbolt file opens: a valid meta page exists and the file is not truncated;
+2. both meta pages validate (a snapshot's two meta pages are always both valid);
+3. the sha256 trailer, when present (``size % 512 == 32``), equals sha256 of the database bytes.
+   Without a trailer (a raw ``member/snap/db``) the file must be whole pages, and only the structure
+   can be checked; the result says so: a flipped byte in a stale, unreachable page (or inside a
+   value) cannot be detected then;
+4. the full page walk of every bucket (see :mod:`.bbolt` for the checks);
+5. every entry of the ``key`` bucket decodes: 17-byte revision keys (18 with the tombstone mark),
+   values that parse as ``mvccpb.KeyValue`` whose ``mod_revision`` matches the key's revision;
+   the ``key`` and ``meta`` buckets exist, ``meta/consistent_index`` is 8 bytes.
+
+For a backup directory (layout in :mod:`.manifest`): every manifest's files exist with the recorded
+size and sha256, the snapshot and the resources bundle carry the manifest's timestamp, no snapshot
+lies there without a manifest, and each snapshot passes the checks above (encrypted snapshots need
+the age identity; without it only their sha256 is checked, and the result says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from etcdwarden.etcd.api.mvccpb import kv_pb2
+from etcdwarden.snapshot.bbolt import TRAILER_SIZE, BoltFile, BucketRef, Leaf
+from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
+from etcdwarden.snapshot.manifest import MANIFEST_RE, RESOURCES_RE, SNAPSHOT_RE, BackupManifest
+from etcdwarden.snapshot.source import detect_format, open_snapshot
+from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
+
+NO_TRAILER_NOTE = "no sha256 trailer: structure checked only"
+_REV = struct.Struct(">qBq")
+_CHUNK = 1 << 20
+
+
+@dataclass
+class SnapshotReport:
+    """What a successful verification of one snapshot found."""
+
+    path: str
+    sha256: str  # "ok" or "absent"
+    status: SnapshotStatus
+    pages: int
+    key_entries: int
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": True, "sha256": self.sha256, **self.status.as_json(),
+                "pagesChecked": self.pages, "keyEntries": self.key_entries, "notes": self.notes}
+
+
+@dataclass
+class BackupReport:
+    """What a successful verification of a backup directory found."""
+
+    path: str
+    backups: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: list[SnapshotReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": True, "backups": self.backups,
+                "snapshots": [s.as_json() for s in self.snapshots], "notes": self.notes}
+
+
+def file_sha256(path: Path, length: int | None = None) -> str:
+    """Hex sha256 of the first ``length`` bytes of ``path`` (all of it by default), streamed."""
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    left = length
+    with open(path, "rb", buffering=0) as f:
+        while left is None or left > 0:
+            n = f.readinto(view if left is None or left >= _CHUNK else view[:left])
+            if not n:
+                break
+            h.update(view[:n])
+            if left is not None:
+                left -= n
+    return h.hexdigest()
+
+
+class _KeyChecker:
+    """Decodes every ``key`` bucket entry and checks it (a leaf visitor for :func:`scan`)."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.meta_ok = False
+        self.seen: set[bytes] = set()
+
+    def __call__(self, bucket: BucketRef, leaf: Leaf) -> None:
+        self.seen.add(bucket.name)
+        if bucket.name == b"meta":
+            for key, value, _ in leaf.items():
+                if key == b"consistent_index" and len(value) != 8:
+                    raise SnapshotCorrupt(f"meta bucket: consistent_index is {len(value)} bytes, expected 8")
+            return
+        if bucket.name != KEY_BUCKET:
+            return
+        # a fresh message per leaf: re-parsing into one message grows its upb arena without bound
+        kv = kv_pb2.KeyValue()
+        for key, value, flags in leaf.items():
+            self.entries += 1
+            where = f"key bucket entry {key.hex()}"
+            if flags:
+                raise SnapshotCorrupt(f"{where}: unexpected nested bucket")
+            n = len(key)
+            if n not in (17, 18) or key[8] != 0x5F or (n == 18 and key[17] != 0x74):
+                raise SnapshotCorrupt(f"{where}: not a revision key (8-byte main, '_', 8-byte sub[, 't'])")
+            main, _, sub = _REV.unpack_from(key)
+            if main < 0 or sub < 0:
+                raise SnapshotCorrupt(f"{where}: negative revision {main}_{sub}")
+            try:
+                kv.ParseFromString(value)
+            except DecodeError as e:
+                raise SnapshotCorrupt(f"{where} (revision {main}_{sub}): value is not a KeyValue: {e}") from e
+            if n == 18:
+                if not kv.key:
+                    raise SnapshotCorrupt(f"{where} (revision {main}_{sub}): tombstone without a key")
+            # an empty value is the --bump-revision marker of etcdutl restore
+            elif value and (not kv.key or kv.mod_revision != main or not 0 < kv.create_revision <= main
+                            or kv.version < 1):
+                raise SnapshotCorrupt(
+                    f"{where} (revision {main}_{sub}): inconsistent KeyValue (key {kv.key[:64]!r}, "
+                    f"create {kv.create_revision}, mod {kv.mod_revision}, version {kv.version})"
+                )
+
+
+def verify_db(path: str | os.PathLike[str], display: str | None = None) -> SnapshotReport:
+    """Verify a plain bbolt file (snapshot with trailer, or a raw ``member/snap/db``)."""
+    name = display or str(path)
+    try:
+        with BoltFile(path) as db:
+            problems = db.meta_problems()
+            if problems:
+                raise SnapshotCorrupt(f"{name}: {problems[0]}")
+            notes: list[str] = []
+            sha = "absent"
+            if db.has_trailer:
+                expected = (db.read_trailer() or b"").hex()
+                actual = file_sha256(db.path, db.file_size - TRAILER_SIZE)
+                if actual != expected:
+                    raise SnapshotCorrupt(
+                        f"{name}: sha256 mismatch: the trailer says {expected}, the database hashes to {actual}"
+                    )
+                sha = "ok"
+                if db.data_size != db.size:
+                    raise SnapshotCorrupt(
+                        f"{name}: {db.data_size - db.size} bytes between the database end and the sha256 trailer"
+                    )
+            elif db.file_size % db.page_size:
+                raise SnapshotCorrupt(
+                    f"{name}: {db.file_size} bytes is neither whole pages nor pages plus a 32-byte sha256 "
+                    "trailer: a truncated snapshot?"
+                )
+            else:
+                notes.append(NO_TRAILER_NOTE)
+            checker = _KeyChecker()
+            status, walk = scan(db, checker)
+            for required in (KEY_BUCKET, b"meta"):
+                if required not in checker.seen and not _bucket_exists(db, required):
+                    raise SnapshotCorrupt(f"{name}: no {required.decode()!r} bucket: not an etcd database")
+            return SnapshotReport(name, sha, status, walk.pages, checker.entries, notes)
+    except SnapshotCorrupt as e:
+        msg = str(e)
+        raise SnapshotCorrupt(msg if msg.startswith(name) else f"{name}: {msg}") from e
+
+
+def _bucket_exists(db: BoltFile, name: bytes) -> bool:
+    return any(b.name == name for b in db.walk().buckets())
+
+
+def verify_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None) -> SnapshotReport:
+    """Verify any snapshot input (``.db``, ``.db.zst``, ``.age`` with ``identity``)."""
+    with open_snapshot(path, identity=identity) as plain:
+        return verify_db(plain, display=str(path))
+
+
+def verify_backup(
+    manifest_path: Path, identity: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, Any], SnapshotReport | None, list[str]]:
+    """Verify the backup described by one manifest; return its summary, snapshot report and notes."""
+    m = BackupManifest.load(manifest_path)
+    d = manifest_path.parent
+    snap = m.snapshot
+    if snap is None:
+        raise SnapshotCorrupt(f"{manifest_path}: the manifest lists no snapshot_{m.timestamp}.db file")
+    for f in m.files.values():
+        for regex in (SNAPSHOT_RE, RESOURCES_RE):
+            mt = regex.match(f.name)
+            if mt and mt.group(1) != m.timestamp:
+                raise SnapshotCorrupt(f"{manifest_path}: {f.name} is not from the backup's timestamp {m.timestamp}")
+    for f in m.files.values():
+        p = d / f.name
+        if not p.is_file():
+            raise SnapshotCorrupt(f"{manifest_path}: {f.name} is listed but missing")
+        size = p.stat().st_size
+        if size != f.size:
+            raise SnapshotCorrupt(f"{p}: size {size} but the manifest records {f.size}")
+        digest = file_sha256(p)
+        if digest != f.sha256:
+            raise SnapshotCorrupt(f"{p}: sha256 {digest} but the manifest records {f.sha256}")
+    notes: list[str] = []
+    report: SnapshotReport | None = None
+    snap_path = d / snap.name
+    if detect_format(snap_path) == "age" and identity is None:
+        notes.append(f"{snap.name} is encrypted: sha256 checked, contents not (give --identity)")
+    else:
+        report = verify_snapshot(snap_path, identity)
+        if report.sha256 != "ok":
+            raise SnapshotCorrupt(f"{snap_path}: the backup's snapshot has no sha256 trailer")
+    summary = {"manifest": manifest_path.name, "timestamp": m.timestamp, "files": sorted(m.files)}
+    return summary, report, notes
+
+
+def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None) -> BackupReport:
+    """Verify every backup (manifest) in a backup directory."""
+    names = sorted(p.name for p in path.iterdir())
+    manifests = [n for n in names if MANIFEST_RE.match(n)]
+    if not manifests:
+        raise SnapshotCorrupt(f"{path}: no backup manifest (backup_<YYYY-MM-DD_HHMMSS>.json): not a backup")
+    out = BackupReport(str(path))
+    listed: set[str] = set()
+    for n in manifests:
+        summary, report, notes = verify_backup(path / n, identity)
+        listed.update(summary["files"])
+        out.backups.append(summary)
+        if report is not None:
+            out.snapshots.append(report)
+        out.notes.extend(notes)
+    orphans = [n for n in names if SNAPSHOT_RE.match(n) and n not in listed]
+    if orphans:
+        raise SnapshotCorrupt(f"{path / orphans[0]}: snapshot without a manifest (an incomplete backup)")
+    return out
+
+
+def verify_path(path: str | os.PathLike[str],
+                identity: str | os.PathLike[str] | None = None) -> SnapshotReport | BackupReport:
+    """A directory is a backup directory; ``backup_<ts>.json`` one backup; anything else a snapshot."""
+    p = Path(path)
+    if p.is_dir():
+        return verify_dir(p, identity)
+    if not p.exists():
+        raise SnapshotInputError(f"{p}: no such file or directory")
+    if MANIFEST_RE.match(p.name):
+        summary, report, notes = verify_backup(p, identity)
+        return BackupReport(str(p), [summary], [report] if report else [], notes)
+    return verify_snapshot(p, identity)
