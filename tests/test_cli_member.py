@@ -93,6 +93,7 @@ def test_alarm_list_and_disarm(etcd1: LocalCluster) -> None:
     assert r.out.strip() == f"memberID:{mid} alarm:NOSPACE"
     h = cli("endpoint", "health", "--endpoints", ep)
     assert h.code == 1 and "Active Alarm(s): NOSPACE" in h.out
+    assert "quorum: yes (1 of 1" in h.out  # an alarm does not cost quorum
     r = cli("alarm", "disarm", "--endpoints", ep)
     assert r.code == 0 and "disarmed" in r.out
     assert json.loads(cli("alarm", "list", "-w", "json", "--endpoints", ep).out) == {"alarms": []}

@@ -77,6 +77,7 @@ class Health:
     took: float
     error: str | None = None
     member_id: int = 0
+    reachable: bool = False  # served a linearizable read (alarms aside): counts toward quorum
 
 
 @dataclass
@@ -141,11 +142,11 @@ async def member_health(client: EtcdClient, ep: Endpoint) -> Health:
     except PermissionDenied:
         alarms = []  # this user may not list alarms; the read above proved the member healthy
     except EtcdError as e:
-        return Health(ep, False, took, f"alarm list failed: {e.detail}", member_id)
+        return Health(ep, False, took, f"alarm list failed: {e.detail}", member_id, reachable=True)
     if alarms:
         names = ", ".join(sorted({ALARM_NAMES.get(int(a.alarm), str(a.alarm)) for a in alarms}))
-        return Health(ep, False, took, f"Active Alarm(s): {names}", member_id)
-    return Health(ep, True, took, None, member_id)
+        return Health(ep, False, took, f"Active Alarm(s): {names}", member_id, reachable=True)
+    return Health(ep, True, took, None, member_id, reachable=True)
 
 
 async def health_all(client: EtcdClient, eps: list[Endpoint]) -> list[Health]:
@@ -162,7 +163,7 @@ async def quorum(client: EtcdClient, health: list[Health]) -> Quorum:
     checked = {h.endpoint.target for h in health}
     extra = [ep for m in voters if (ep := member_endpoint(m)) is not None and ep.target not in checked]
     health = health + await health_all(client, extra)
-    healthy_urls = {h.endpoint.target for h in health if h.healthy}
+    healthy_urls = {h.endpoint.target for h in health if h.reachable}
     healthy = 0
     unhealthy: list[str] = []
     for m in voters:

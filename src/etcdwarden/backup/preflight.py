@@ -47,7 +47,7 @@ class Preflight:
 
 def _answering(h: Health) -> bool:
     # an alarm makes etcdctl call a member unhealthy; for a backup a member that serves reads is fine
-    return h.healthy or (h.error or "").startswith("Active Alarm")
+    return h.reachable
 
 
 async def preflight(client: EtcdClient, force: bool = False, member: str | None = None) -> Preflight:

@@ -31,8 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "alarm": ("etcdwarden.cli.alarm_cmd", "list or disarm alarms (NOSPACE, CORRUPT)"),
     "backup": ("etcdwarden.cli.backup_cmd", "back up the cluster (snapshot + resources + manifest)"),
     "snapshot": ("etcdwarden.cli.snapshot_cmd", "offline status, verify, inspect and diff of snapshots"),
+    "backups": ("etcdwarden.cli.backups_cmd", "the backups in a repository: list, show, delete, prune, copy"),
     "encryption": ("etcdwarden.cli.encryption_cmd", "encryption at rest: enable, rotate, disable, migrate, status"),
+    "defrag": ("etcdwarden.cli.defrag_cmd", "safe rolling defragmentation (followers first, leader last)"),
     "demo": ("etcdwarden.cli.demo_cmd", "run the whole cycle on a local 3-member cluster"),
+    "restore": ("etcdwarden.cli.restore_cmd", "restore a member's data directory or a whole cluster from a backup"),
+    "doctor": ("etcdwarden.cli.doctor_cmd", "say which situation the cluster is in and the command that fixes it"),
 }
 
 class _Parser(argparse.ArgumentParser):
