@@ -122,7 +122,7 @@ class EncodedSink:
         try:
             src: Any = io.BufferedReader(_QueueReader(self.q), buffer_size=1 << 20)
             if self.compress:
-                src = zstandard.ZstdCompressor(level=3, threads=-1).stream_reader(src, read_size=1 << 20)
+                src = zstandard.ZstdCompressor(level=3).stream_reader(src, read_size=1 << 20)
             if self.recipients:
                 import pyrage
 
