@@ -1,0 +1,162 @@
+"""``daemon --config FILE`` (scheduled backups, retention, defrag, metrics) and ``config validate FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from etcdwarden.cli.common import client_config
+from etcdwarden.cli.output import Output
+from etcdwarden.daemon import logs
+from etcdwarden.daemon.config import EtcdSection
+from etcdwarden.daemon.loader import load_config
+from etcdwarden.daemon.service import Daemon, OnceReport
+from etcdwarden.daemon.spec import DaemonConfig
+from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
+from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.etcd.config import ClientConfig
+
+_EPILOG = """\
+The configuration is YAML: one etcdwarden.io/v1alpha1 DaemonConfig document plus, in the same or other
+files, OpenShift Backup (config.openshift.io/v1alpha1) and EtcdBackup (operator.openshift.io/v1alpha1)
+resources as they are; their pvcName names a repository of the DaemonConfig. --config may be given more
+than once and may name a directory (its *.yaml files, in name order).
+
+Settings of the etcd section override ETCDCTL_* variables; command-line flags override both.
+"""
+
+
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("daemon", parents=parents, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="run scheduled backups, retention and defrag; serve /healthz, /readyz, /metrics",
+                       description="Run the etcdwarden agent: elect one leader among the agents through etcd, "
+                       "run due jobs on the leader, serve health, metrics and the backup catalog over HTTP.")
+    p.add_argument("--config", action="append", required=True, metavar="FILE", help="configuration file or directory")
+    p.add_argument("--once", action="store_true",
+                   help="run every job that is due (and pending single backups) once, then exit "
+                        "(for a Kubernetes CronJob); exit 1 if a job failed")
+    p.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default: agent.listen, 127.0.0.1:9796)")
+    p.add_argument("--agent-name", metavar="NAME", help="this agent's name (default: agent.name or the host name)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: agent.logLevel")
+    p.set_defaults(func=cmd_daemon)
+
+    c = sub.add_parser("config", help="check daemon configuration files")
+    csub = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    v = csub.add_parser("validate", parents=parents, epilog=_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="validate daemon configuration files; report every problem with its path")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=cmd_validate)
+
+
+def read_password(etcd: EtcdSection, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    if etcd.password_file:
+        try:
+            return Path(etcd.password_file).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise UsageError(f"etcd.passwordFile {etcd.password_file}: {e.strerror or e}") from None
+    if etcd.password_env:
+        if etcd.password_env not in environ:
+            raise UsageError(f"etcd.passwordEnv: the environment variable {etcd.password_env} is not set")
+        return environ[etcd.password_env]
+    return None
+
+
+def daemon_client_config(args: argparse.Namespace, etcd: EtcdSection) -> ClientConfig:
+    """Flags > the config's etcd section > ETCDCTL_* > defaults."""
+    ns = argparse.Namespace(**vars(args))
+
+    def fill(dest: str, value: object) -> None:
+        if value is not None and getattr(ns, dest, None) is None:
+            setattr(ns, dest, value)
+
+    fill("endpoints", ",".join(etcd.endpoints) if etcd.endpoints else None)
+    fill("cacert", etcd.cacert)
+    fill("cert", etcd.cert)
+    fill("key", etcd.key)
+    fill("user", etcd.user)
+    fill("password", read_password(etcd, os.environ))
+    fill("insecure_skip_tls_verify", True if etcd.insecure_skip_tls_verify else None)
+    fill("dial_timeout", str(etcd.dial_timeout) if etcd.dial_timeout is not None else None)
+    fill("command_timeout", str(etcd.command_timeout) if etcd.command_timeout is not None else None)
+    return client_config(ns)
+
+
+def _secrets(cfg: DaemonConfig, ccfg: ClientConfig) -> set[str]:
+    out = {ccfg.password} if ccfg.password else set()
+    for repo in cfg.repositories.values():
+        out |= {v for k, v in repo.options.items() if logs.is_secret_name(k) and isinstance(v, str) and v}
+        password = urlparse(repo.url).password if "://" in repo.url else None
+        if password:
+            out.add(password)
+    return out
+
+
+def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
+    paths = [Path(p) for p in args.config]
+    cfg = load_config(paths)
+    ccfg = daemon_client_config(args, cfg.etcd)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    logs.configure(args.log_level or cfg.agent.log_level, out.err, _secrets(cfg, ccfg))
+    for note in cfg.notes:
+        logging.getLogger("etcdwarden.daemon").info("%s", note)
+
+    async def go() -> OnceReport | None:
+        async with EtcdClient(ccfg) as client:
+            d = Daemon(cfg, client, agent=args.agent_name, listen=args.listen, reload=lambda: load_config(paths))
+            d.install_signal_handlers()
+            if args.once:
+                return await d.run_once()
+            await d.run()
+            return None
+
+    try:
+        report = asyncio.run(go())
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    if report is None:
+        return EXIT_OK
+    if out.is_json:
+        out.json(report.as_json())
+    else:
+        if report.note:
+            out.info(report.note)
+        for r in report.records:
+            extra = f": {r.error}" if r.error else ""
+            out.line(f"{r.kind} {r.name}: {r.result} in {r.duration:.1f}s{extra}")
+            prune = r.detail.get("prune")
+            if isinstance(prune, dict) and not prune.get("ok"):
+                out.warn(f"{r.name}: retention failed: {prune.get('error')}")
+    sys.stdout.flush()
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_validate(args: argparse.Namespace, out: Output) -> int:
+    cfg = load_config([Path(f) for f in args.files])
+    summary = cfg.summary()
+    if out.is_json:
+        out.json(summary)
+        return EXIT_OK
+    out.line(f"configuration OK ({len(cfg.files)} file(s)): {len(cfg.repositories)} repositories, "
+             f"{len(cfg.backups)} scheduled backup(s), {len(cfg.singles)} single backup(s), "
+             f"{len(cfg.defrags)} defrag job(s)")
+    for kind in ("backups", "defrag"):
+        for j in summary[kind]:  # type: ignore[attr-defined]
+            when = f"next {j['next']}" if j.get("next") else "disabled"
+            out.line(f"  {j['kind']} {j['name']}: {j.get('schedule')} ({j.get('timeZone')}), {when}")
+    for s in summary["singleBackups"]:  # type: ignore[attr-defined]
+        out.line(f"  single backup {s['name']} -> {s['repository']}")
+    for n in cfg.notes:
+        out.info(f"note: {n}")
+    return EXIT_OK

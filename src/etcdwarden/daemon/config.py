@@ -1,0 +1,310 @@
+"""The daemon's configuration document (``kind: DaemonConfig``) as strict pydantic models.
+
+Every model forbids unknown fields; YAML keys are camelCase like the Kubernetes objects the same
+files may hold (see :mod:`etcdwarden.daemon.crs`). Durations are Go-style strings (``90s``, ``5m``,
+``1h30m``, ``7d``) or numbers of seconds. Passwords are never written in the file: ``passwordFile``
+or ``passwordEnv`` name where to read one.
+
+Example::
+
+    apiVersion: etcdwarden.io/v1alpha1
+    kind: DaemonConfig
+    etcd:
+      endpoints: [https://10.0.0.1:2379, https://10.0.0.2:2379]
+      cacert: /etc/kubernetes/pki/etcd/ca.crt
+    agent:
+      listen: 127.0.0.1:9796
+    repositories:
+      - name: etcd-backup-pvc
+        url: file:///var/lib/etcd-backups
+    backups:
+      - name: hourly
+        schedule: "7 * * * *"
+        timeZone: Europe/Berlin
+        jitter: 2m
+        repository: etcd-backup-pvc
+        retention: {keepLast: 48, minKeep: 3}
+    defrag:
+      - name: nightly-defrag
+        schedule: "30 3 * * *"
+        rule: "fragmentation >= 0.45 && dbSize >= 100MiB"
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "etcdwarden.io/v1alpha1"
+KIND = "DaemonConfig"
+DEFAULT_LISTEN = "127.0.0.1:9796"
+DEFAULT_PREFIX = "/etcdwarden/daemon/"
+# OpenShift's defrag controller rule (see etcdwarden.defrag.rules.AUTO_RULE)
+DEFAULT_DEFRAG_RULE = "fragmentation >= 0.45 && dbSize >= 100MiB"
+
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_MACROS = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
+}
+_CRON_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
+_CRON_RANGES = ("0-59", "0-23", "1-31", "1-12 or jan-dec", "0-7 or sun-sat")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
+
+
+def parse_duration(value: object) -> float:
+    """``90`` / ``"90s"`` / ``"1h30m"`` / ``"7d"`` → seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h30m, 7d")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h30m, 7d")
+    text = value.strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        try:
+            return parse_duration(float(text))
+        except ValueError:
+            raise ValueError(f"invalid duration {value!r}; use e.g. 30s, 5m, 1h30m, 7d") from None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def parse_bytes(value: object) -> int:
+    """``2147483648`` / ``"2GiB"`` / ``"8GB"`` → bytes. Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {value!r}; use bytes or e.g. 2GiB, 8GiB, 500MB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def expand_cron(expr: str) -> str:
+    e = " ".join(expr.split())
+    return _MACROS.get(e.lower(), e)
+
+
+def check_cron(expr: str) -> str:
+    """A 5-field cron line or an @macro; says which field is wrong. Returns the text unchanged."""
+    import datetime as dt
+
+    from croniter import CroniterBadDateError, croniter
+
+    expanded = expand_cron(expr)
+    if expanded.startswith("@"):
+        raise ValueError(f"unknown cron macro {expr!r}; use one of {', '.join(sorted(_MACROS))}")
+    fields = expanded.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"invalid cron schedule {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week) "
+            f"or an @hourly/@daily/@weekly/@monthly/@yearly macro, got {len(fields)} field(s)")
+    for i, f in enumerate(fields):
+        probe = ["*"] * 5
+        probe[i] = f
+        if not croniter.is_valid(" ".join(probe)):
+            raise ValueError(f"invalid cron schedule {expr!r}: {_CRON_FIELDS[i]} field {f!r} is not valid "
+                             f"(allowed: {_CRON_RANGES[i]}, with * , - /)")
+    if not croniter.is_valid(expanded):
+        raise ValueError(f"invalid cron schedule {expr!r}")
+    try:
+        croniter(expanded, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"cron schedule {expr!r} never fires (no such date)") from None
+    return expr
+
+
+def check_time_zone(name: str) -> str:
+    import difflib
+
+    if not name:
+        raise ValueError("empty time zone; use an IANA name such as UTC or Europe/Berlin")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as UTC or Europe/Berlin{hint}") from None
+    return name
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(f"invalid name {name!r}: use lower-case letters, digits, '-', '.', '_' "
+                         "(start and end with a letter or digit)")
+    return name
+
+
+def check_listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {text!r}; use HOST:PORT such as 127.0.0.1:9796")
+    return text
+
+
+def check_url(url: str) -> str:
+    m = re.match(r"^([a-z][a-z0-9+.-]*)://", url)
+    if m and m.group(1) not in ("file", "s3", "gs", "az"):
+        raise ValueError(f"unsupported repository URL scheme {m.group(1)!r} in {url!r}; use file://, s3://, "
+                         "gs://, az:// or a plain path")
+    if not url.strip():
+        raise ValueError("empty repository URL")
+    return url
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+Cron = Annotated[str, AfterValidator(check_cron)]
+TimeZone = Annotated[str, AfterValidator(check_time_zone)]
+Name = Annotated[str, AfterValidator(check_name)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
+
+
+class EtcdSection(Strict):
+    """How to reach etcd. Anything left out comes from the global flags / ``ETCDCTL_*`` variables."""
+
+    endpoints: list[str] | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure_skip_tls_verify: bool = False
+    user: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    dial_timeout: Duration | None = None
+    command_timeout: Duration | None = None
+
+
+class AgentSection(Strict):
+    name: str | None = None  # default: the host name
+    listen: Annotated[str, AfterValidator(check_listen)] = DEFAULT_LISTEN
+    time_zone: TimeZone = "UTC"  # for schedules (and Backup CRs) that name none
+    tick: Duration = Field(default=30.0, gt=0)  # the longest sleep between two looks at the schedules
+    metrics_interval: Duration = Field(default=30.0, gt=0)  # member status / catalog refresh
+    shutdown_grace: Duration = 300.0  # SIGTERM: how long a running job may go on before it is aborted
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # the backend quota for the "db size near quota" figures when the server does not report it
+    # (etcd < 3.6); etcd's default is 2 GiB, OpenShift sets 8 GiB
+    etcd_quota_bytes: Bytes = 2 * 1024**3
+
+
+class ElectionSection(Strict):
+    enabled: bool = True
+    prefix: str = DEFAULT_PREFIX  # election key and job state live under it
+    ttl: Duration = Field(default=15.0, ge=2, le=3600)  # lease TTL: a dead leader is replaced within it
+    once_wait: Duration = 600.0  # --once: how long to wait for leadership
+
+    @model_validator(mode="after")
+    def _prefix(self) -> ElectionSection:
+        if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
+            raise ValueError(f"election prefix {self.prefix!r} must start and end with '/'")
+        return self
+
+
+class Repository(Strict):
+    name: Name
+    url: Annotated[str, AfterValidator(check_url)]
+    # handed to the repository backend (endpoint, region, allowHttp...); credentials belong in the environment
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    def backend_options(self) -> dict[str, str | int | float | bool]:
+        """The options with snake_case keys (``allowHttp`` → ``allow_http``), as the backends name them."""
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower().replace("-", "_"): v for k, v in self.options.items()}
+
+
+class Tiers(Strict):
+    """Grandfather-father-son: keep the newest backup of each of the last N hours/days/weeks/months."""
+
+    hourly: int = Field(default=0, ge=0)
+    daily: int = Field(default=0, ge=0)
+    weekly: int = Field(default=0, ge=0)
+    monthly: int = Field(default=0, ge=0)
+
+
+class Retention(Strict):
+    """Which backups to keep after a successful backup. A backup is kept if any rule keeps it;
+    ``maxSizeGiB`` is a ceiling applied last; ``minKeep`` newest complete backups are never deleted."""
+
+    keep_last: int | None = Field(default=None, ge=1)
+    max_size_gib: float | None = Field(default=None, gt=0, alias="maxSizeGiB")
+    keep_within: Duration | None = None
+    tiers: Tiers | None = None
+    min_keep: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> Retention:
+        if self.keep_last is None and self.max_size_gib is None and self.keep_within is None and self.tiers is None:
+            raise ValueError("retention needs at least one of keepLast, maxSizeGiB, keepWithin, tiers")
+        if self.keep_last is not None and self.min_keep > self.keep_last:
+            raise ValueError(f"minKeep {self.min_keep} is above keepLast {self.keep_last}")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class BackupSettings(Strict):
+    compress: Literal["zstd"] | None = None
+    encrypt_to: list[str] = Field(default_factory=list)  # age / SSH recipients (public keys)
+    resources: list[str] = Field(default_factory=list)
+    resources_dir: str | None = None
+    verify: Literal["full", "hash"] = "full"
+    member: str | None = None
+    release: str | None = None
+    encryption_config: str | None = None
+
+
+class ScheduleFields(Strict):
+    name: Name
+    schedule: Cron
+    time_zone: TimeZone | None = None
+    jitter: Duration = 0.0
+    catch_up: bool = True  # after downtime, run once for the missed slots (never once per slot)
+    enabled: bool = True
+
+
+class ScheduledBackup(ScheduleFields, BackupSettings):
+    repository: str
+    retention: Retention | None = None
+
+
+class SingleBackup(BackupSettings):
+    name: Name
+    repository: str
+
+
+class DefragJob(ScheduleFields):
+    rule: str | None = DEFAULT_DEFRAG_RULE  # null: defragment every member
+    compact: bool = False
+    move_leader: bool = True
+    wait: Duration = 60.0
+    recover_timeout: Duration = 60.0
+    defrag_timeout: Duration = 30.0
+    db_quota_bytes: Bytes = 2 * 1024**3  # when the server does not report its quota (etcd < 3.6)
+    continue_on_error: bool = False
+
+
+class DaemonConfigDoc(Strict):
+    api_version: Literal["etcdwarden.io/v1alpha1"]
+    kind: Literal["DaemonConfig"]
+    etcd: EtcdSection = Field(default_factory=EtcdSection)
+    agent: AgentSection = Field(default_factory=AgentSection)
+    election: ElectionSection = Field(default_factory=ElectionSection)
+    repositories: list[Repository] = Field(default_factory=list)
+    backups: list[ScheduledBackup] = Field(default_factory=list)
+    single_backups: list[SingleBackup] = Field(default_factory=list)
+    defrag: list[DefragJob] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=list)  # more files (globs), relative to this one

@@ -1,0 +1,125 @@
+"""The resolved daemon configuration: every document merged, every CR mapped to a job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+from etcdwarden.daemon.config import (
+    AgentSection,
+    BackupSettings,
+    DefragJob,
+    ElectionSection,
+    EtcdSection,
+    Repository,
+    Retention,
+)
+from etcdwarden.daemon.schedule import Schedule
+
+
+def redact_url(url: str) -> str:
+    """``s3://key:secret@host/bucket`` → ``s3://***@host/bucket`` (credentials never shown)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    """A scheduled backup (``schedule`` set) or a single backup (``single``: runs once)."""
+
+    name: str
+    repository: str
+    settings: BackupSettings
+    origin: str  # where it was defined: "daemon.yaml: backups[0]" or "Backup etcd-recurring-backup (cr.yaml)"
+    schedule: Schedule | None = None
+    jitter: float = 0.0
+    catch_up: bool = True
+    enabled: bool = True
+    retention: Retention | None = None
+    single: bool = False
+    namespace: str | None = None
+    uid: str | None = None  # a re-created EtcdBackup (new uid) is a new single backup
+
+    @property
+    def kind(self) -> str:
+        return "single" if self.single else "backup"
+
+    @property
+    def key(self) -> str:
+        if self.single:
+            return f"single/{self.namespace or '-'}/{self.name}"
+        return f"backup/{self.name}"
+
+
+@dataclass(frozen=True)
+class DefragSpec:
+    name: str
+    schedule: Schedule
+    options: DefragJob
+    origin: str
+    jitter: float = 0.0
+    catch_up: bool = True
+    enabled: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "defrag"
+
+    @property
+    def key(self) -> str:
+        return f"defrag/{self.name}"
+
+
+Job = BackupJob | DefragSpec
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    etcd: EtcdSection
+    agent: AgentSection
+    election: ElectionSection
+    repositories: dict[str, Repository]
+    backups: tuple[BackupJob, ...] = ()
+    singles: tuple[BackupJob, ...] = ()
+    defrags: tuple[DefragSpec, ...] = ()
+    files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def scheduled(self) -> list[BackupJob | DefragSpec]:
+        jobs: list[BackupJob | DefragSpec] = [*self.backups, *self.defrags]
+        return [j for j in jobs if j.enabled and j.schedule is not None]
+
+    def job(self, key: str) -> Job | None:
+        jobs: list[BackupJob | DefragSpec] = [*self.backups, *self.singles, *self.defrags]
+        for j in jobs:
+            if j.key == key:
+                return j
+        return None
+
+    def summary(self, now: dt.datetime | None = None) -> dict[str, object]:
+        """A JSON-able view (no secrets: the config holds none, only where to read them)."""
+        now = now or dt.datetime.now(dt.UTC)
+
+        def sched(j: BackupJob | DefragSpec) -> dict[str, object]:
+            s = j.schedule
+            d: dict[str, object] = {"name": j.name, "kind": j.kind, "origin": j.origin, "enabled": j.enabled}
+            if s is not None:
+                d.update(schedule=s.expr, timeZone=s.tz_name, jitter=j.jitter, catchUp=j.catch_up)
+                if j.enabled:
+                    d["next"] = s.next_after(now).isoformat()
+            return d
+
+        return {
+            "files": list(self.files),
+            "agent": self.agent.model_dump(by_alias=True),
+            "election": self.election.model_dump(by_alias=True),
+            "repositories": [{"name": r.name, "url": redact_url(r.url)} for r in self.repositories.values()],
+            "backups": [
+                {**sched(b), "repository": b.repository,
+                 "retention": b.retention.as_dict() if b.retention else None} for b in self.backups],
+            "singleBackups": [{"name": b.name, "namespace": b.namespace, "repository": b.repository,
+                               "origin": b.origin} for b in self.singles],
+            "defrag": [{**sched(d), "rule": d.options.rule} for d in self.defrags],
+            "notes": list(self.notes),
+        }

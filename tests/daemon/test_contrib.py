@@ -1,0 +1,75 @@
+"""contrib/: the sample configurations validate, and the alerts and dashboard use metrics that exist."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from etcdwarden.daemon.config import AgentSection
+from etcdwarden.daemon.loader import load_config
+from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo, MemberFigures
+from etcdwarden.daemon.state import JobState
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
+NOW = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+
+
+def rendered_metrics() -> str:
+    m = DaemonMetrics("a", "0")
+    st = JobState(last_success=NOW, last_finished=NOW, last_result="success", last_duration=1.0, last_size=5,
+                  last_revision=9, successes=1, details={"defragmented": 1})
+    m.view.jobs = {"backup/b": (JobInfo("backup/b", "b", "backup", "r", 3600.0), st),
+                   "defrag/d": (JobInfo("defrag/d", "d", "defrag"), st)}
+    m.view.members = [MemberFigures("http://x:2379", "m1", True, True, 100, 50, 2**31)]
+    m.view.repositories = {"r": (1, 5)}
+    return m.render().decode()
+
+
+def test_systemd_sample_config_validates() -> None:
+    cfg = load_config([CONTRIB / "systemd" / "daemon.yaml"])
+    assert {b.name for b in cfg.backups} == {"hourly", "etcd-recurring-backup"}
+    assert cfg.agent.listen.startswith("127.0.0.1:")
+    unit = (CONTRIB / "systemd" / "etcdwarden.service").read_text()
+    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    stop = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))  # type: ignore[union-attr]
+    assert stop > AgentSection().shutdown_grace
+
+
+def test_kubernetes_manifests_and_configmap(tmp_path: Path) -> None:
+    docs = {}
+    for path in sorted((CONTRIB / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    cron = docs[("CronJob", "etcdwarden-backup")]
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["daemon", "--once"]
+    deploy = docs[("Deployment", "etcdwarden")]
+    probes = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    cm = docs[("ConfigMap", "etcdwarden-config")]
+    for name, text in cm["data"].items():
+        (tmp_path / name).write_text(text)
+    cfg = load_config([tmp_path])
+    assert [b.name for b in cfg.backups] == ["etcd-recurring-backup"]
+    assert [s.name for s in cfg.singles] == ["etcd-single-backup"]
+    grace = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > cfg.agent.shutdown_grace
+
+
+def test_alerts_and_dashboard_use_existing_metrics() -> None:
+    text = rendered_metrics()
+    exported = set(re.findall(r"^(etcdwarden_\w+?)(?:\{| )", text, re.MULTILINE))
+    rule = yaml.safe_load((CONTRIB / "prometheus" / "prometheusrule.yaml").read_text())
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdDatabaseNearQuota"} <= alerts
+    dash = json.loads((CONTRIB / "grafana" / "etcdwarden-dashboard.json").read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {n for e in exprs for n in re.findall(r"etcdwarden_\w+", e)}
+    assert used and used <= exported, used - exported
+    assert 'job_name="b"' in text and "job=" not in text  # Prometheus' own job label stays free
