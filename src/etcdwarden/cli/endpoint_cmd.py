@@ -7,8 +7,9 @@ from typing import Any
 
 from etcdwarden.cli._async import with_client
 from etcdwarden.cli.output import Output, humanize_bytes
-from etcdwarden.errors import EXIT_FAILED, EXIT_OK
-from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.errors import EXIT_FAILED, EXIT_OK, EtcdError
+from etcdwarden.etcd.client import EtcdClient, member_endpoint
+from etcdwarden.etcd.endpoints import Endpoint
 from etcdwarden.inspect import Health, MemberStatus, Quorum, health_all, quorum, status_all, target_endpoints
 
 STATUS_HEADERS = [
@@ -61,9 +62,24 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _serializable_endpoints(c: EtcdClient) -> list[Endpoint]:
+    eps: list[Endpoint] = []
+    for m in await c.member_list(linearizable=False):
+        ep = member_endpoint(m)
+        if ep is not None and ep.target not in {e.target for e in eps}:
+            eps.append(ep)
+    return eps
+
+
 def cmd_health(args: argparse.Namespace, out: Output) -> int:
     async def go(c: EtcdClient) -> tuple[list[Health], Quorum]:
-        hs = await health_all(c, await target_endpoints(c, bool(args.cluster)))
+        try:
+            eps = await target_endpoints(c, bool(args.cluster))
+        except EtcdError:
+            if not args.cluster:
+                raise
+            eps = await _serializable_endpoints(c)  # no quorum: a member's own (possibly stale) list
+        hs = await health_all(c, eps)
         return hs, await quorum(c, hs)
 
     hs, q = with_client(args, out, go)
@@ -86,6 +102,10 @@ def cmd_health(args: argparse.Namespace, out: Output) -> int:
             state = "yes" if q.has_quorum else "NO"
             out.line(f"quorum: {state} ({q.healthy_voters} of {q.voters} voting members healthy, "
                      f"{q.needed} needed)")
+        if args.cluster:
+            from etcdwarden.restore.diagnose import classify
+
+            out.line(classify(hs, q).line())
     if any(not h.healthy for h in hs):
         out.error("unhealthy cluster")
         return EXIT_FAILED

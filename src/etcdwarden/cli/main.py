@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("etcdwarden.cli.demo_cmd", "run the whole cycle on a local 3-member cluster"),
     "restore": ("etcdwarden.cli.restore_cmd", "restore a member's data directory or a whole cluster from a backup"),
     "doctor": ("etcdwarden.cli.doctor_cmd", "say which situation the cluster is in and the command that fixes it"),
+    "daemon": ("etcdwarden.cli.daemon_cmd", "scheduled backups, retention and defrag; health and metrics"),
+    "config": ("etcdwarden.cli.daemon_cmd", "validate daemon configuration files (config validate FILE...)"),
 }
 
 class _Parser(argparse.ArgumentParser):

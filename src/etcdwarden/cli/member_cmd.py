@@ -1,4 +1,4 @@
-"""``member list|add|remove|promote``."""
+"""``member list|add|remove|promote|replace``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     pr = s.add_parser("promote", parents=parents, help="promote a learner to a voting member")
     pr.add_argument("member_id")
     pr.set_defaults(func=cmd_promote)
+    rp = s.add_parser("replace", parents=parents, help="replace a failed member (remove, move its data aside, add as "
+                      "a learner, start, promote); needs quorum")
+    rp.add_argument("name", help="the failed member's name (as in the spec)")
+    rp.add_argument("--spec", required=True, metavar="cluster.yaml", help="the members and their runtimes")
+    rp.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="wait limit of each step")
+    rp.add_argument("--dry-run", action="store_true", help="check quorum and print the steps; change nothing")
+    rp.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK",
+                    help="healthy: replace even a member that looks healthy")
+    rp.set_defaults(func=cmd_replace)
 
 
 def parse_id(text: str) -> int:
@@ -124,4 +133,35 @@ def cmd_promote(args: argparse.Namespace, out: Output) -> int:
         out.json({"promoted": mid, "members": [member_json(m) for m in members]})
     else:
         out.line(f"Member {mid:x} promoted to a voting member")
+    return EXIT_OK
+
+
+def cmd_replace(args: argparse.Namespace, out: Output) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from etcdwarden.cli.common import client_config
+    from etcdwarden.restore.checks import Forces
+    from etcdwarden.restore.replace import ReplaceOptions, plan_replace, replace_member
+
+    opts = ReplaceOptions(name=args.name, spec_path=Path(args.spec), client=client_config(args),
+                          forces=Forces.parse(args.force), timeout=float(args.timeout))
+    if args.dry_run:
+        steps = asyncio.run(plan_replace(opts))
+        if out.is_json:
+            out.json({"dry_run": True, "steps": steps})
+        else:
+            out.line(f"member replace {args.name} (dry run: nothing changed)")
+            for i, step in enumerate(steps, 1):
+                out.line(f"  {i}. {step}")
+        return EXIT_OK
+    report = asyncio.run(replace_member(opts, progress=out.info))
+    if out.is_json:
+        out.json(report.as_json())
+        return EXIT_OK
+    out.line(f"member {report.name} replaced: new member ID {report.new_id} (was {report.removed_id or '-'}), "
+             f"caught up at applied index {report.applied_index}, promoted; every member healthy "
+             f"({report.seconds:.1f}s)")
+    if report.moved_aside:
+        out.line(f"its previous data directory was moved to {report.moved_aside}")
     return EXIT_OK

@@ -230,3 +230,47 @@ class LocalCluster:
                 text = m.log_path.read_text(errors="replace")
                 out.append(f"--- {m.name} ({m.log_path}) ---\n{text[-4000:]}")
         return "\n".join(out)
+
+
+# -- processes by PID (shared with the ``process`` member runtime of ``restore``) -----------------
+def spawn_etcd(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``args`` (an etcd command line) in its own session, output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as dead; our own zombie children are reaped)."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM ``pid``, wait up to ``grace`` seconds, then SIGKILL; False if it was not running."""
+    if not pid_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    killed = False
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            if killed:
+                raise EtcdwardenError(f"process {pid} survived SIGKILL for {grace:.0f}s")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + grace
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,204 @@
+"""``restore cluster``: restore every member of a cluster from one backup, step by step, resumable.
+
+Steps (each recorded in the state file, so a rerun after a crash continues where it stopped):
+``preflight`` (backup verified, runtimes able to control every member, versions, data dirs not in use
+by anything else), ``stop`` (every member), ``move-aside`` (every data dir to ``D.pre-restore-<tag>``),
+``restore`` (etcdutl; all members from the same snapshot, same initial cluster, a NEW token — or in
+``single-then-join`` mode only the first member), ``start``, ``join`` (single-then-join: each other
+member added as a learner, started with initial-cluster-state existing, promoted once in sync),
+``wait-healthy`` (a leader, every member healthy), ``verify`` (HashKV equal at the backup's revision,
+revision and key count as in the backup), ``report``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
+from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.restore import etcdutl as eu
+from etcdwarden.restore.backup import Backup, check_resources, find_backup
+from etcdwarden.restore.checks import Forces, check_release, check_versions
+from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
+from etcdwarden.restore.datadir import new_tag
+from etcdwarden.restore.health import ClusterCheck
+from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
+from etcdwarden.restore.runtimes.base import Host
+from etcdwarden.restore.spec import ClusterSpec
+from etcdwarden.restore.state import RestoreState
+
+MODES = ("all-members", "single-then-join")
+STEPS = {
+    "all-members": ["preflight", "stop", "move-aside", "restore", "start", "wait-healthy", "verify", "report"],
+    "single-then-join": ["preflight", "stop", "move-aside", "restore", "start", "join", "wait-healthy", "verify",
+                         "report"],
+}
+
+
+class InjectedCrash(EtcdwardenError):
+    """Raised after a step on purpose (``ETCDWARDEN_RESTORE_CRASH_AFTER``), to test resuming."""
+
+
+@dataclass
+class ClusterRestoreOptions:
+    backup: Path
+    spec_path: Path
+    mode: str = "all-members"
+    backup_id: str | None = None
+    identity: Path | None = None
+    etcdutl: Path | None = None
+    etcd_version: str | None = None
+    release: str | None = None
+    bump_revision: int = 0
+    mark_compacted: bool = False
+    token: str | None = None
+    state_path: Path | None = None
+    forces: Forces = field(default_factory=Forces)
+    client: ClientConfig | None = None
+    crash_after: str | None = None
+    timeout: float = 120.0
+
+
+@dataclass
+class ClusterReport:
+    state_path: Path
+    mode: str
+    token: str
+    tag: str
+    members: list[dict[str, Any]]
+    check: ClusterCheck | None
+    seconds_stop_to_healthy: float | None
+    resumed_at: str | None
+    warnings: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": str(self.state_path), "mode": self.mode, "token": self.token, "tag": self.tag,
+                "members": self.members, "verify": self.check.as_json() if self.check else None,
+                "seconds_stop_to_healthy": self.seconds_stop_to_healthy, "resumed_at": self.resumed_at,
+                "warnings": self.warnings}
+
+
+@dataclass
+class ClusterPlan:
+    steps: list[tuple[str, list[str]]]
+    warnings: list[str]
+    resume_from: str | None
+
+
+Progress = Callable[[str], None]
+
+
+def default_state_path(spec_path: Path) -> Path:
+    return spec_path.with_name(f"{spec_path.stem}.restore-state.json")
+
+
+def make_host(member_host: str, spec: ClusterSpec, cache: dict[str, Host]) -> Host:
+    from etcdwarden.restore.spec import LOCAL_HOSTS
+
+    key = member_host.strip().lower()
+    if key in LOCAL_HOSTS:
+        return cache.setdefault("localhost", LocalHost())
+    if key not in cache:
+        from etcdwarden.restore.runtimes.ssh import SSHHost
+
+        cache[key] = SSHHost(member_host, spec.ssh)
+    return cache[key]
+
+
+def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
+    if opts.mode not in MODES:
+        raise UsageError(f"--mode {opts.mode}: one of {', '.join(MODES)}")
+    if (opts.bump_revision > 0) != opts.mark_compacted:
+        raise UsageError("--bump-revision N and --mark-compacted go together (etcdutl requires both)")
+    spec = ClusterSpec.load(opts.spec_path)
+    state_path = opts.state_path or default_state_path(opts.spec_path)
+    state = RestoreState.load(state_path)
+    backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    resumed: str | None = None
+    if state is not None and state.doc.get("finished"):
+        if not dry_run:
+            state.archive()
+        state = None
+    if state is not None:
+        if state.doc.get("snapshot") != str(backup.snapshot.resolve()) or state.doc.get("mode") != opts.mode:
+            raise SafetyRefusal(f"a restore from {state.doc.get('snapshot')} (mode {state.doc.get('mode')}) is in "
+                         f"progress (state {state_path}): rerun it with the same backup and --mode to continue, or "
+                         "move the state file away to start over", None)
+        done = [s for s in STEPS[opts.mode] if state.done(s)]
+        resumed = STEPS[opts.mode][len(done)] if len(done) < len(STEPS[opts.mode]) else None
+    else:
+        tag = new_tag()
+        state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=str(backup.snapshot.resolve()),
+                                 backup=backup.describe(), spec=str(opts.spec_path.resolve()),
+                                 token=opts.token or spec.token or f"etcdwarden-{tag}",
+                                 bump_revision=opts.bump_revision)
+    hosts: dict[str, Host] = {}
+    runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
+    if opts.mode == "single-then-join":
+        for m in spec.members[1:]:
+            if not runtimes[m.name].supports_join:
+                raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
+                                 "with initial-cluster-state existing (only the process runtime can); use all-members")
+    tool = eu.find_etcdutl(opts.etcdutl)
+    client = opts.client or ClientConfig(endpoints=())
+    return Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
+                   client=client, resumed_at=resumed, dry_run=dry_run)
+
+
+def checks_without_io(ctx: Context) -> list[str]:
+    """Version, release and resources checks (cheap; run by the plan and by preflight)."""
+    o = ctx.opts
+    b: Backup = ctx.backup
+    w = list(b.notes)
+    w += check_resources(b, "resources" in o.forces)
+    w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)
+    w += check_release(b.release, o.release, o.forces)
+    if o.bump_revision and not ctx.etcdutl.supports_bump:
+        w.append(f"etcdutl {ctx.etcdutl.version} has no --bump-revision/--mark-compacted (3.5.10+): restoring "
+                 "WITHOUT a revision bump")
+    return w
+
+
+async def plan_cluster_restore(opts: ClusterRestoreOptions) -> ClusterPlan:
+    """``--dry-run``: every check that changes nothing, and every command and path of every step."""
+    ctx = _prepare(opts, dry_run=True)
+    try:
+        warnings = checks_without_io(ctx)
+        steps = [(s, step_commands(ctx, s)) for s in STEPS[opts.mode]]
+        return ClusterPlan(steps, warnings, ctx.resumed_at)
+    finally:
+        await ctx.close()
+
+
+async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None = None) -> ClusterReport:
+    """Run (or continue) the restore; see the module docstring for the steps."""
+    ctx = _prepare(opts, dry_run=False)
+    ctx.progress = progress
+    try:
+        if not ctx.state.path.exists():
+            ctx.state.save()
+        ctx.warnings += checks_without_io(ctx)
+        if ctx.resumed_at:
+            ctx.say(f"continuing the restore recorded in {ctx.state.path} at step {ctx.resumed_at}")
+        for step in STEPS[opts.mode]:
+            if ctx.state.done(step):
+                continue
+            begin = time.monotonic()
+            ctx.say(f"step {step} ...")
+            info = await run_step(ctx, step)
+            ctx.state.mark(step, seconds=round(time.monotonic() - begin, 3), **info)
+            if opts.crash_after == step:
+                raise InjectedCrash(f"injected crash after step {step} (ETCDWARDEN_RESTORE_CRASH_AFTER)")
+        ctx.state.doc["finished"] = True
+        ctx.state.save()
+        return ctx.report()
+    except BaseException:
+        if not any(ctx.state.done(s) for s in STEPS[opts.mode]):
+            ctx.state.path.unlink(missing_ok=True)  # nothing was changed: nothing to continue
+        raise
+    finally:
+        await ctx.close()

@@ -1,0 +1,278 @@
+"""``restore member``: restore one member's data directory from a backup, safely.
+
+Order: find the backup; check the resources bundle, the etcd versions (backup / etcdutl / target etcd)
+and the release; then run ``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup
+is verified (sha256 of every file, trailer, bbolt structure) in a thread; only when both succeeded is
+the directory given its owner and mode 0700, optionally start-checked on a scratch copy, and swapped
+into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure removes the half-written
+``.restoring-`` directory and leaves ``D`` as it was.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from etcdwarden.binaries import binary_version, find_binary
+from etcdwarden.errors import BinaryNotFound, EtcdwardenError, UsageError
+from etcdwarden.fsutil import fsync_dir
+from etcdwarden.restore import etcdutl as eu
+from etcdwarden.restore.backup import Backup, SnapshotFacts, check_resources, find_backup, snapshot_facts, verify
+from etcdwarden.restore.checks import (
+    Forces,
+    Owner,
+    check_release,
+    check_versions,
+    chown_tree,
+    default_owner,
+    parse_owner,
+)
+from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
+from etcdwarden.snapshot.bbolt import has_trailer
+from etcdwarden.snapshot.source import detect_format, open_snapshot
+
+if TYPE_CHECKING:
+    from etcdwarden.restore.startcheck import StartCheck
+
+KUBE_RESTART = ("the snapshot holds Kubernetes keys (/registry/, /kubernetes.io/) and the revision is NOT bumped{why}: "
+                "restart every kube-apiserver after the restore (their watch caches and clients' informers hold "
+                "newer resourceVersions and would silently miss events), then the controllers")
+
+
+@dataclass
+class MemberRestoreOptions:
+    backup: Path
+    data_dir: Path
+    name: str
+    initial_cluster: str
+    peer_urls: str | None = None
+    token: str | None = None
+    backup_id: str | None = None
+    identity: Path | None = None
+    owner: str | None = None
+    etcdutl: Path | None = None
+    etcd_version: str | None = None
+    etcd_binary: Path | None = None
+    release: str | None = None
+    bump_revision: int = 0
+    mark_compacted: bool = False
+    verify_start: bool = False
+    forces: Forces = field(default_factory=Forces)
+    tag: str | None = None
+
+
+@dataclass
+class MemberPlan:
+    options: MemberRestoreOptions
+    backup: Backup
+    etcdutl: eu.Etcdutl
+    target_version: str | None
+    args: eu.RestoreArgs
+    owner: Owner
+    tag: str
+    warnings: list[str] = field(default_factory=list)
+    bump_requested_unsupported: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.options.data_dir
+
+    @property
+    def restoring(self) -> Path:
+        return restoring_dir(self.data_dir, self.tag)
+
+    @property
+    def aside(self) -> Path | None:
+        d = self.data_dir
+        return aside_dir(d, self.tag) if d.exists() or d.is_symlink() else None
+
+    @property
+    def bump_applied(self) -> bool:
+        return self.args.bump_revision > 0
+
+    def command(self, snapshot: str | None = None) -> list[str]:
+        snap = snapshot or str(self.backup.snapshot)
+        return self.args.command(str(self.etcdutl.path), snap, str(self.restoring))
+
+    def steps(self) -> list[str]:
+        fmt = detect_format(self.backup.snapshot)
+        out = [f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
+               "(in parallel with the next step)"]
+        if fmt != "db":
+            out.append(f"decode the {fmt} snapshot into a private temporary file")
+        out.append(" ".join(self.command("<decoded snapshot>" if fmt != "db" else None)))
+        out.append(f"chmod 0700 {self.restoring}; chown -R {self.owner.label} {self.restoring}")
+        if self.options.verify_start:
+            out.append(f"start a copy of {self.restoring} alone on 127.0.0.1 (--force-new-cluster), compare revision "
+                       "and key count with the backup, stop it, remove the copy")
+        if self.aside is not None:
+            out.append(f"mv {self.data_dir} {self.aside}   (kept, never deleted)")
+        out.append(f"mv {self.restoring} {self.data_dir}")
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"backup": self.backup.describe(), "data_dir": str(self.data_dir), "restoring": str(self.restoring),
+                "aside": str(self.aside) if self.aside else None, "owner": self.owner.label,
+                "etcdutl": {"path": str(self.etcdutl.path), "version": self.etcdutl.version,
+                            "supports_bump": self.etcdutl.supports_bump},
+                "target_etcd_version": self.target_version, "name": self.args.name,
+                "initial_cluster": self.args.initial_cluster, "initial_advertise_peer_urls": self.args.peer_urls,
+                "initial_cluster_token": self.args.token, "bump_revision": self.args.bump_revision,
+                "steps": self.steps(), "warnings": self.warnings}
+
+
+@dataclass
+class MemberRestoreResult:
+    plan: MemberPlan
+    aside: Path | None
+    facts: SnapshotFacts | None
+    start: StartCheck | None
+    seconds: float
+    warnings: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"data_dir": str(self.plan.data_dir), "moved_aside": str(self.aside) if self.aside else None,
+                "owner": self.plan.owner.label, "backup": self.plan.backup.describe(),
+                "bump_revision": self.plan.args.bump_revision,
+                "keys": self.facts.live_keys if self.facts and self.facts.live_keys >= 0 else None,
+                "verify_start": self.start.as_json() if self.start else None,
+                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+
+
+def default_token(backup: Backup) -> str:
+    """A new token, the same for every member restored from this backup (so they form one cluster)."""
+    if backup.timestamp:
+        return f"etcdwarden-restore-{backup.timestamp}"
+    return "etcdwarden-restore-" + hashlib.sha256(str(backup.snapshot.resolve()).encode()).hexdigest()[:12]
+
+
+def peer_urls_of(initial_cluster: str, name: str) -> str:
+    try:
+        entries = eu.parse_initial_cluster(initial_cluster)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    urls = [u for n, u in entries if n == name]
+    if not urls:
+        raise UsageError(f"--name {name} is not in --initial-cluster {initial_cluster}")
+    return ",".join(urls)
+
+
+def target_etcd_version(version: str | None, binary: Path | None) -> str | None:
+    if version:
+        return version
+    try:
+        return binary_version(find_binary("etcd", binary))
+    except BinaryNotFound:
+        return None
+
+
+def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
+    """Every check that needs no full read of the snapshot; raise on refusal, return the plan."""
+    if opts.bump_revision < 0:
+        raise UsageError("--bump-revision must be positive")
+    if (opts.bump_revision > 0) != opts.mark_compacted:
+        raise UsageError("--bump-revision N and --mark-compacted go together (etcdutl requires both)")
+    backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    warnings = list(backup.notes)
+    warnings += check_resources(backup, "resources" in opts.forces)
+    tool = eu.find_etcdutl(opts.etcdutl)
+    target = target_etcd_version(opts.etcd_version, opts.etcd_binary)
+    warnings += check_versions(backup.server_version, tool.version, target, opts.forces)
+    warnings += check_release(backup.release, opts.release, opts.forces)
+    peer_urls = opts.peer_urls or peer_urls_of(opts.initial_cluster, opts.name)
+    bump = opts.bump_revision
+    unsupported = False
+    if bump and not tool.supports_bump:
+        warnings.append(f"etcdutl {tool.version} has no --bump-revision/--mark-compacted (etcdutl 3.5.10+ or 3.6 "
+                        "has): restoring WITHOUT a revision bump")
+        bump, unsupported = 0, True
+    skip_hash = detect_format(backup.snapshot) == "db" and not has_trailer(backup.snapshot.stat().st_size)
+    if skip_hash:
+        warnings.append(f"{backup.snapshot.name} has no sha256 trailer (a copied member/snap/db?): etcdutl runs "
+                        "with --skip-hash-check; only its structure is verified")
+    args = eu.RestoreArgs(opts.name, opts.initial_cluster, peer_urls, opts.token or default_token(backup), bump,
+                          skip_hash)
+    owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
+    tag = opts.tag or new_tag()
+    plan = MemberPlan(opts, backup, tool, target, args, owner, tag, warnings, unsupported)
+    if plan.restoring.exists():
+        raise EtcdwardenError(f"{plan.restoring} exists (another restore running?); remove it if it is a leftover")
+    if opts.data_dir.exists() and not opts.data_dir.is_dir():
+        raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
+    return plan
+
+
+def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | None:
+    if plan.bump_applied or facts is None or facts.kubernetes_keys <= 0:
+        return None
+    why = f" (etcdutl {plan.etcdutl.version} cannot bump it)" if plan.bump_requested_unsupported else \
+        " (use --bump-revision N --mark-compacted with etcdutl 3.5.10+)" if not plan.etcdutl.supports_bump else \
+        " (pass --bump-revision 1000000000 --mark-compacted)"
+    return KUBE_RESTART.format(why=why)
+
+
+def check_contents(plan: MemberPlan) -> SnapshotFacts:
+    """The dry-run's verification: the same checks a real run makes, sequentially, nothing written."""
+    verify(plan.backup)
+    with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain:
+        facts = snapshot_facts(plain, stop_at_kubernetes=not plan.options.verify_start)
+    w = kubernetes_warning(plan, facts)
+    if w:
+        plan.warnings.append(w)
+    return facts
+
+
+def restore_member(plan: MemberPlan) -> MemberRestoreResult:
+    """Execute ``plan``: restore beside ``D`` while verifying, then swap into place (see module doc)."""
+    begin = time.monotonic()
+    opts = plan.options
+    restoring = plan.restoring
+    opts.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    facts: SnapshotFacts | None = None
+    start: StartCheck | None = None
+    try:
+        with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain, \
+                concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="restore-verify") as pool:
+            verified = pool.submit(verify, plan.backup)
+            counted = pool.submit(snapshot_facts, plain, not opts.verify_start)
+            failure: EtcdwardenError | None = None
+            try:
+                eu.run(plan.command(str(plain)))
+            except EtcdwardenError as e:
+                failure = e
+            finally:
+                # wait for the checks whatever happened: nothing may outlive this block
+                verified.exception()
+                counted.exception()
+            verified.result()  # a damaged backup explains an etcdutl failure best: report it first
+            if failure is not None:
+                raise failure
+            facts = counted.result()
+        os.chmod(restoring, 0o700)
+        chown_tree(restoring, plan.owner)
+        fsync_dir(restoring.parent)
+        if opts.verify_start:
+            from etcdwarden.restore.startcheck import start_check
+
+            expected_rev = (plan.backup.revision if plan.backup.revision is not None else facts.revision)
+            expected_rev += plan.args.bump_revision
+            start = start_check(restoring, opts.name, restoring.with_name(f"{restoring.name}.verify"),
+                                opts.etcd_binary, expected_rev, facts.live_keys)
+            if not start.ok:
+                raise EtcdwardenError("the restored member started but does not hold the backup's data: "
+                                      + "; ".join(start.problems))
+        aside = swap_into_place(restoring, opts.data_dir, plan.tag)
+    except BaseException:
+        if restoring.exists():
+            remove_restoring(restoring)
+        raise
+    warnings = list(plan.warnings)
+    w = kubernetes_warning(plan, facts)
+    if w:
+        warnings.append(w)
+    return MemberRestoreResult(plan, aside, facts, start, time.monotonic() - begin, warnings)

@@ -1,0 +1,129 @@
+"""``restore member`` with the real etcdutl 3.5.1 and a real etcd start of the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from etcdwarden.local.cluster import LocalCluster
+from tests.backup.conftest import dump
+from tests.cli_helpers import Result, cli
+from tests.restore.conftest import SavedBackup, tree
+
+
+def _restore(backup: Path | str, cluster: LocalCluster, data_dir: Path, *extra: str) -> Result:
+    m = cluster.members[0]
+    return cli("restore", "member", str(backup), "--data-dir", str(data_dir), "--name", m.name,
+               "--initial-cluster", cluster.initial_cluster, *extra)
+
+
+def _serve(cluster: LocalCluster, data_dir: Path) -> dict[bytes, bytes]:
+    cluster.members[0].data_dir = data_dir
+    cluster.start()
+    try:
+        return dump(cluster.endpoints)
+    finally:
+        cluster.stop()
+
+
+def test_restore_into_existing_dir_moves_it_aside(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
+    b = saved["plain"]
+    d = tmp_path / "etcd"
+    d.mkdir(mode=0o755)
+    (d / "old-file").write_text("previous data")
+    os.chown(d, 65534, 65534)
+    c = LocalCluster(tmp_path / "run", size=1)
+    r = _restore(b.directory, c, d, "--verify-start", "-w", "json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    aside = Path(out["moved_aside"])
+    assert aside.name.startswith("etcd.pre-restore-") and (aside / "old-file").read_text() == "previous data"
+    assert out["verify_start"]["ok"] and out["verify_start"]["revision"] == b.revision
+    assert out["verify_start"]["keys"] == len(b.data)
+    st = d.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and (st.st_uid, st.st_gid) == (65534, 65534)
+    assert all(p.stat().st_uid == 65534 for p in d.rglob("*"))
+    assert "kube-apiserver" in r.err  # k8s keys, no bump with etcdutl 3.5.1
+    assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name or ".verify" in p.name]
+    assert _serve(c, d) == b.data
+
+
+def test_zstd_backup_new_dir_and_owner_flag(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
+    b = saved["zst"]
+    d = tmp_path / "new" / "etcd"
+    c = LocalCluster(tmp_path / "run", size=1)
+    nobody = pwd.getpwuid(65534).pw_name
+    r = _restore(b.snapshot, c, d, "--owner", f"{nobody}:{65534}")
+    assert r.code == 0, r.err
+    assert "moved" not in r.out
+    assert d.stat().st_uid == 65534
+    assert _serve(c, d) == b.data
+
+
+def test_dry_run_changes_nothing(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
+    d = tmp_path / "etcd"
+    d.mkdir()
+    (d / "x").write_text("x")
+    before = tree(tmp_path)
+    c = LocalCluster(tmp_path / "run", size=1)
+    r = _restore(saved["plain"].manifest, c, d, "--dry-run")
+    assert r.code == 0, r.err
+    assert "etcdutl snapshot restore" in r.out.replace(str(Path(r.out.split()[0]).parent), "") or "etcdutl" in r.out
+    assert "pre-restore" in r.out and "--initial-cluster-token etcdwarden-restore-" in r.out
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["etcd"]
+
+
+def test_failure_leaves_data_dir_untouched(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
+    b = saved["plain"].copy(tmp_path / "bk")
+    with open(b.snapshot, "r+b") as f:  # flip one byte inside the database
+        f.seek(8192 + 100)
+        byte = f.read(1)
+        f.seek(8192 + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    d = tmp_path / "etcd"
+    d.mkdir()
+    (d / "keep").write_text("keep")
+    before = tree(d)
+    c = LocalCluster(tmp_path / "run", size=1)
+    r = _restore(b.directory, c, d)
+    assert r.code == 1 and "sha256" in r.err, r.err
+    assert tree(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "etcd"]
+
+
+def test_refusals(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "run", size=1)
+    d = tmp_path / "etcd"
+    # a different minor version recorded in the manifest
+    b = saved["plain"].copy(tmp_path / "v")
+    b.edit_manifest(etcd__server_version="3.4.23")
+    r = _restore(b.directory, c, d)
+    assert r.code == 3 and "3.4.23" in r.err and "--force=version" in r.err, r.err
+    assert not d.exists()
+    r = _restore(b.directory, c, d, "--force=version", "--dry-run")
+    assert r.code == 0, r.err
+    # another release
+    b = saved["plain"].copy(tmp_path / "rel")
+    b.edit_manifest(release="4.15.2")
+    r = _restore(b.directory, c, d, "--release", "4.15.3")
+    assert r.code == 3 and "--force=release" in r.err
+    assert _restore(b.directory, c, d, "--release", "4.15.2", "--dry-run").code == 0
+    # the resources bundle is missing
+    b = saved["plain"].copy(tmp_path / "res")
+    next(b.directory.glob("static_kuberesources_*")).unlink()
+    r = _restore(b.manifest, c, d)
+    assert r.code == 3 and "resources bundle" in r.err and "--force=resources" in r.err, r.err
+    assert not d.exists()
+    r = _restore(b.manifest, c, d, "--force=resources")
+    assert r.code == 0 and "missing" in r.err, r.err
+    assert d.is_dir()
+    d = tmp_path / "etcd2"
+    # bump flags need both, and etcdutl 3.5.1 cannot bump: warned, restored without
+    assert _restore(saved["plain"].directory, c, d, "--bump-revision", "1000").code == 2
+    r = _restore(saved["plain"].directory, c, d, "--bump-revision", "1000", "--mark-compacted", "--dry-run")
+    assert r.code == 0 and "WITHOUT a revision bump" in r.err and "kube-apiserver" in r.err, r.err
+    # unknown --force name
+    assert _restore(saved["plain"].directory, c, d, "--force=bogus").code == 2
