@@ -15,8 +15,14 @@ def test_demo_runs_and_stops_everything() -> None:
     assert "quorum: yes (3 of 3" in res.stdout
     assert "verified: True" in res.stdout
     assert '"totalKey":' in res.stdout and "TOTAL KEYS" in res.stdout
+    # backup -> damage -> restore -> verify
+    assert "secrets deleted" in res.stdout
+    assert res.stdout.count(": identical (") == 3 and "DIFFERENT" not in res.stdout
+    assert res.stdout.count(".pre-restore-") == 3
     pids = [int(p) for p in re.findall(r"pid (\d+)", res.stdout)]
     assert len(pids) == 3
+    assert "etcd" not in subprocess.run(["pgrep", "-a", "-f", "etcdwarden-demo-"], capture_output=True,
+                                        text=True, check=False).stdout
     for pid in pids:
         alive = subprocess.run(["kill", "-0", str(pid)], capture_output=True, check=False).returncode == 0
         assert not alive

@@ -2,7 +2,9 @@
 
 Starts three etcd processes on free loopback ports in a temporary directory, writes sample
 Kubernetes-like data, shows ``endpoint status`` and ``endpoint health``, takes a verified backup and
-shows its ``snapshot status``, and stops every process.
+shows its ``snapshot status``, damages the data, restores the whole cluster from the backup with the
+``process`` runtime, verifies that every member serves exactly the backed-up keys, and stops every
+process it started, by PID.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from etcdwarden.backup.run import BackupOptions, take_backup
-from etcdwarden.cli.endpoint_cmd import STATUS_HEADERS, status_row
+import yaml
+
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK
-from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.etcd.config import ClientConfig
-from etcdwarden.inspect import health_all, quorum, status_all
-from etcdwarden.local.cluster import LocalCluster
-from etcdwarden.local.sample import fill
-from etcdwarden.snapshot.status import db_status
+from etcdwarden.local.cluster import LocalCluster, stop_pid
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -33,8 +30,48 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-async def _show(cluster: LocalCluster, keys: int, out: Output, backups: Path) -> bool:
+def _write_spec(cluster: LocalCluster, path: Path) -> Path:
+    """cluster.yaml for the ``process`` runtime, with pid files for the running members."""
+    members = []
+    for m in cluster.members:
+        pid_file = m.data_dir.with_name(f"{m.data_dir.name}.pid")
+        pid_file.write_text(f"{m.pid}\n")
+        members.append({"name": m.name, "peer_urls": [m.peer_url], "client_urls": [m.client_url],
+                        "data_dir": str(m.data_dir), "runtime": "process", "pid_file": str(pid_file)})
+    path.write_text(yaml.safe_dump({"members": members}))
+    return path
+
+
+def _stop_runtime_pids(cluster: LocalCluster) -> None:
+    for m in cluster.members:
+        pid_file = m.data_dir.with_name(f"{m.data_dir.name}.pid")
+        text = pid_file.read_text().strip() if pid_file.exists() else ""
+        if text.isdigit():
+            stop_pid(int(text))
+
+
+async def _dump(endpoint: str) -> dict[bytes, bytes]:
+    from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
+    from etcdwarden.etcd.client import EtcdClient
+    from etcdwarden.etcd.config import ClientConfig
+
+    async with EtcdClient(ClientConfig.from_strings(endpoint)) as c:
+        r = await c.range(pb.RangeRequest(key=b"\x00", range_end=b"\x00"))
+        return {kv.key: kv.value for kv in r.kvs}
+
+
+async def _cycle(cluster: LocalCluster, keys: int, out: Output, base: Path) -> bool:
+    from etcdwarden.backup.run import BackupOptions, take_backup
+    from etcdwarden.cli.endpoint_cmd import STATUS_HEADERS, status_row
+    from etcdwarden.etcd.client import EtcdClient, prefix_end
+    from etcdwarden.etcd.config import ClientConfig
+    from etcdwarden.inspect import health_all, quorum, status_all
+    from etcdwarden.local.sample import fill
+    from etcdwarden.restore.cluster import ClusterRestoreOptions, restore_cluster
+    from etcdwarden.snapshot.status import db_status
+
     cfg = ClientConfig.from_strings(cluster.endpoints)
+    backups = base / "backups"
     async with EtcdClient(cfg) as c:
         rev = await fill(c, keys)
         out.line(f"wrote {keys} Kubernetes-like keys under /registry (revision {rev})")
@@ -47,7 +84,10 @@ async def _show(cluster: LocalCluster, keys: int, out: Output, backups: Path) ->
         out.table(["ENDPOINT", "HEALTH", "TOOK", "ERROR"],
                   [[h.endpoint.raw, str(h.healthy).lower(), f"{h.took * 1000:.3f}ms", h.error or ""] for h in hs])
         out.line(f"quorum: {'yes' if q.has_quorum else 'NO'} ({q.healthy_voters} of {q.voters} voting members healthy)")
-        healthy = all(s.ok for s in sts) and all(h.healthy for h in hs) and q.has_quorum
+        if not (all(s.ok for s in sts) and all(h.healthy for h in hs) and q.has_quorum):
+            out.error("the demo cluster is not healthy")
+            return False
+
         out.line(f"\n$ etcdwarden backup {backups}")
         result = await take_backup(c, BackupOptions(directory=backups))
         m = result.manifest
@@ -59,23 +99,50 @@ async def _show(cluster: LocalCluster, keys: int, out: Output, backups: Path) ->
         st = db_status(snap)
         out.table(["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
                   [[f"{st.hash:x}", st.revision, st.total_key, humanize_bytes(st.total_size)]])
-        return healthy
+        before = await _dump(cluster.endpoints[0])
+
+        out.line("\ndamage: deleting every secret and overwriting the configmaps")
+        deleted = (await c.delete(b"/registry/secrets/", prefix_end(b"/registry/secrets/"))).deleted
+        await fill(c, keys // 5, prefix="/registry/configmaps-damaged", seed=99)
+        after = await _dump(cluster.endpoints[0])
+        added = len(after.keys() - before.keys())
+        out.line(f"{deleted} secrets deleted and {added} unwanted keys written since the backup")
+
+    spec = _write_spec(cluster, base / "cluster.yaml")
+    out.line(f"\n$ etcdwarden restore cluster {backups} --spec {spec}")
+    report = await restore_cluster(ClusterRestoreOptions(backup=backups, spec_path=spec), progress=out.line)
+    took = report.seconds_stop_to_healthy
+    out.line(f"restored {len(report.members)} members" + (f" (stop to healthy: {took:.1f}s)" if took else ""))
+    for w in report.warnings:
+        out.warn(w)
+
+    out.line("\nverify: every member serves exactly the backed-up keys and values")
+    ok = True
+    for mem in cluster.members:
+        same = await _dump(mem.client_url) == before
+        ok = ok and same
+        out.line(f"  {mem.name} {mem.client_url}: {'identical' if same else 'DIFFERENT'} ({len(before)} keys)")
+    moved = sorted(p.name for p in base.iterdir() if ".pre-restore-" in p.name)
+    out.line(f"old data directories kept, moved aside: {', '.join(moved)}")
+    return ok
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     with tempfile.TemporaryDirectory(prefix="etcdwarden-demo-") as tmp:
         base = Path(args.workdir) if args.workdir else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster(base, size=3)
         out.line(f"starting a local 3-member etcd cluster in {base}")
         try:
             cluster.start()
             out.line("members: " + ", ".join(f"{m.name}={m.client_url} (pid {m.pid})" for m in cluster.members))
-            ok = asyncio.run(_show(cluster, int(args.keys), out, base / "backups"))
+            ok = asyncio.run(_cycle(cluster, int(args.keys), out, base))
         finally:
+            _stop_runtime_pids(cluster)
             cluster.stop()
             out.line("stopped every etcd process of the demo cluster")
     if not ok:
-        out.error("the demo cluster was not healthy")
+        out.error("the demo did not end with the backed-up data restored")
         return EXIT_FAILED
     out.line("demo finished: OK")
     return EXIT_OK
