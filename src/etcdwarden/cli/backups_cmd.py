@@ -1,0 +1,271 @@
+"""``etcdwarden backups list|show|delete|prune|copy REPO``: the catalog of a backup repository.
+
+REPO is a directory (``/var/backups/etcd`` = ``file:///var/backups/etcd``) or an object-store URL
+(``s3://bucket/prefix``, ``gs://bucket/prefix``, ``az://container/prefix``). Object-store settings:
+``--s3-endpoint``/``--region`` or URL options (``?endpoint=...&region=...``), a ``--repository-config``
+YAML/JSON file, and the usual ``AWS_*`` environment variables for credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from etcdwarden.cli.output import Output, humanize_bytes
+from etcdwarden.errors import EXIT_OK, UsageError
+
+# the repository modules are imported in the handlers: registering costs the CLI no start-up time
+if TYPE_CHECKING:
+    from etcdwarden.repository.base import Repository, RepositoryOptions
+
+
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("backups", help="the backups in a repository: list, show, delete, prune, copy",
+                       description="Read and manage the catalog of a backup repository (a directory or "
+                                   "s3:// gs:// az:// URL).")
+    cmds = p.add_subparsers(dest="backups_command", metavar="SUBCOMMAND", parser_class=type(p))
+    cmds.required = True
+
+    def repo_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--repository-config", metavar="FILE",
+                       help="YAML/JSON with endpoint, region, access_key_id, secret_access_key, session_token, "
+                            "allow_http, max_retries, retry_timeout, part_size, ...")
+        q.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (path-style requests)")
+        q.add_argument("--region", help="object-store region")
+
+    q = cmds.add_parser("list", parents=parents, help="every backup: time, revision, size, member, state")
+    q.add_argument("repo", metavar="REPO")
+    repo_opts(q)
+    q.set_defaults(func=cmd_list)
+
+    q = cmds.add_parser("show", parents=parents, help="one backup's catalog entry and manifest")
+    q.add_argument("repo", metavar="REPO")
+    q.add_argument("id", metavar="ID", help="backup ID (its timestamp, YYYY-MM-DD_HHMMSS)")
+    repo_opts(q)
+    q.set_defaults(func=cmd_show)
+
+    q = cmds.add_parser("delete", parents=parents, help="delete one backup (manifest first)")
+    q.add_argument("repo", metavar="REPO")
+    q.add_argument("id", metavar="ID")
+    q.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    q.add_argument("--force", action="store_true", help="allow deleting the newest verified backup")
+    repo_opts(q)
+    q.set_defaults(func=cmd_delete)
+
+    q = cmds.add_parser("prune", parents=parents, help="apply retention (default: keep the newest 15)",
+                        description="Delete verified backups beyond the retention rules (the newest verified "
+                                    "backup is never deleted) and failed backups older than the grace period. "
+                                    "Sizes are GiB (1024^3 bytes).")
+    q.add_argument("repo", metavar="REPO")
+    q.add_argument("--max-number", type=int, nargs="?", const=15, metavar="N",
+                   help="keep exactly the newest N verified backups (RetentionNumber; 15 if N is omitted)")
+    q.add_argument("--max-size-gib", type=float, nargs="?", const=10.0, metavar="G",
+                   help="keep the newest verified backups totalling at most G GiB (RetentionSize; 10 if omitted)")
+    q.add_argument("--keep-within", metavar="DURATION", help="keep every backup younger than this (e.g. 7d, 36h)")
+    for tier in ("hourly", "daily", "weekly", "monthly"):
+        q.add_argument(f"--keep-{tier}", type=int, default=0, metavar="N",
+                       help=f"keep the latest backup of each of the last N {tier[:-2] if tier != 'daily' else 'day'}s")
+    q.add_argument("--min-keep", type=int, metavar="N", help="never keep fewer than N verified backups "
+                                                             "(protects against age-based rules when backups fail)")
+    q.add_argument("--incomplete-grace", default="24h", metavar="DURATION",
+                   help="delete failed/incomplete backups untouched for this long (default 24h)")
+    q.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
+    q.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="local repositories: wait this long for a running backup to finish")
+    repo_opts(q)
+    q.set_defaults(func=cmd_prune)
+
+    q = cmds.add_parser("copy", parents=parents, help="copy verified backups from SRC to DST (e.g. local -> S3)")
+    q.add_argument("src", metavar="SRC")
+    q.add_argument("dst", metavar="DST")
+    q.add_argument("--id", action="append", default=[], metavar="ID", help="only this backup (repeatable)")
+    q.add_argument("--dry-run", action="store_true", help="show what would be copied")
+    repo_opts(q)
+    q.set_defaults(func=cmd_copy)
+
+
+def _options(args: argparse.Namespace) -> RepositoryOptions:
+    from etcdwarden.repository.base import RepositoryOptions
+
+    opts = RepositoryOptions()
+    if args.repository_config:
+        path = Path(args.repository_config)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UsageError(f"--repository-config {path}: {e.strerror}") from None
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise UsageError(f"--repository-config {path}: not valid YAML/JSON") from None
+        if isinstance(doc, dict) and isinstance(doc.get("repository"), dict):
+            doc = doc["repository"]
+        if not isinstance(doc, dict):
+            raise UsageError(f"--repository-config {path}: expected a mapping of options")
+        opts = RepositoryOptions.from_mapping(doc, opts)
+    if args.s3_endpoint:
+        opts.endpoint = args.s3_endpoint
+    if args.region:
+        opts.region = args.region
+    return opts
+
+
+def _open(args: argparse.Namespace, location: str, must_exist: bool = True) -> Repository:
+    from etcdwarden.repository.base import open_repository
+    from etcdwarden.repository.local import LocalRepository
+
+    repo = open_repository(location, _options(args))
+    if must_exist and isinstance(repo, LocalRepository) and not repo.directory.is_dir():
+        raise UsageError(f"{repo.directory}: no such repository directory")
+    return repo
+
+
+def _age(t: dt.datetime) -> str:
+    s = int((dt.datetime.now(dt.UTC) - t).total_seconds())
+    if s < 0:
+        return "future"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    from etcdwarden.repository.catalog import load_catalog
+
+    with _open(args, args.repo) as repo:
+        cat = load_catalog(repo)
+        rows = [e.as_json(repo) for e in reversed(cat.entries)]  # newest first
+    if out.is_json:
+        out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown})
+        return EXIT_OK
+    table = []
+    for e, r in zip(reversed(cat.entries), rows, strict=True):
+        table.append([r["id"], e.time.strftime("%Y-%m-%d %H:%M:%S UTC"), _age(e.time),
+                      r["revision"] if r["revision"] is not None else "-", humanize_bytes(r["size"]),
+                      r["member"] or "-", "yes" if r["verified"] else "no", ",".join(r["encryption_keys"]) or "-",
+                      r["state"], r["where"]])
+    out.table(["ID", "TIME", "AGE", "REVISION", "SIZE", "MEMBER", "VERIFIED", "ENCRYPTION KEYS", "STATE", "WHERE"],
+              table)
+    for e in cat.entries:
+        if not e.good:
+            out.warn(f"{e.id}: {e.state}: {e.problem}")
+    if cat.unknown:
+        out.info(f"{len(cat.unknown)} other object(s) in the repository are not backups and are left alone")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: Output) -> int:
+    from etcdwarden.repository.catalog import load_catalog
+
+    with _open(args, args.repo) as repo:
+        cat = load_catalog(repo)
+        e = cat.get(args.id)
+        doc = e.as_json(repo)
+        doc["objects"] = [{"name": o.name, "size": o.size, "modified": o.mtime.isoformat()} for o in e.objects]
+        newest = cat.newest_good()
+        doc["newest_verified"] = newest is not None and newest.id == e.id
+        doc["manifest"] = e.manifest
+    if out.is_json:
+        out.json(doc)
+        return EXIT_OK
+    for key in ("id", "time", "state", "problem", "verified", "newest_verified", "revision", "member", "cluster_id",
+                "db_size", "size", "encryption_keys", "compression", "encryption", "where"):
+        val = doc[key]
+        if key in ("size", "db_size") and isinstance(val, int):
+            val = f"{val} ({humanize_bytes(val)})"
+        elif isinstance(val, list):
+            val = ", ".join(str(v) for v in val) or "-"
+        out.line(f"{key + ':':17}{'-' if val is None else val}")
+    out.line("objects:")
+    for o in doc["objects"]:
+        out.line(f"  {o['name']}  {o['size']} bytes  {o['modified']}")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, out: Output) -> int:
+    from etcdwarden.repository.prune import delete_one
+
+    with _open(args, args.repo) as repo:
+        entry, names = delete_one(repo, args.id, force=bool(args.force), dry_run=bool(args.dry_run))
+        url = repo.url
+    verb = "would delete" if args.dry_run else "deleted"
+    if out.is_json:
+        out.json({"id": entry.id, "state": entry.state, "dry_run": bool(args.dry_run), "objects": names})
+    else:
+        out.info(f"{verb} backup {entry.id} ({entry.state}) from {url}: {len(names)} object(s)")
+        for n in names:
+            out.line(n)
+    return EXIT_OK
+
+
+def _retention(args: argparse.Namespace) -> Any:
+    from etcdwarden.repository.retention import (
+        IncompleteCleanup,
+        KeepWithin,
+        MinKeep,
+        RetentionConfig,
+        RetentionNumber,
+        RetentionSize,
+        Tiered,
+        parse_duration,
+    )
+
+    tiers = {t: getattr(args, f"keep_{t}") for t in ("hourly", "daily", "weekly", "monthly")}
+    return RetentionConfig(
+        number=RetentionNumber(args.max_number) if args.max_number is not None else None,
+        size=RetentionSize(args.max_size_gib) if args.max_size_gib is not None else None,
+        within=KeepWithin(parse_duration(args.keep_within)) if args.keep_within else None,
+        tiered=Tiered(**tiers) if any(tiers.values()) else None,
+        min_keep=MinKeep(args.min_keep) if args.min_keep is not None else None,
+        incomplete=IncompleteCleanup(parse_duration(args.incomplete_grace, allow_zero=True)),
+    )
+
+
+def cmd_prune(args: argparse.Namespace, out: Output) -> int:
+    from etcdwarden.repository.prune import prune
+
+    config = _retention(args)
+    with _open(args, args.repo) as repo:
+        result = prune(repo, config, dry_run=bool(args.dry_run), lock_wait=float(args.lock_wait))
+        url = repo.url
+    for a in result.plan.alerts:
+        out.warn(a)
+    if out.is_json:
+        out.json({"repository": url, **result.as_json()})
+        return EXIT_OK
+    rows: list[list[object]] = [[k, "delete" if not args.dry_run else "would delete", v]
+                                for k, v in result.plan.delete.items()]
+    rows += [[k, "keep", v] for k, v in result.plan.keep.items()]
+    rows += [[k, "leave", v] for k, v in result.plan.leave.items()]
+    rows.sort(key=lambda r: str(r[0]), reverse=True)
+    out.table(["ID", "ACTION", "REASON"], rows)
+    verb = "would delete" if args.dry_run else "deleted"
+    out.info(f"{verb} {len(result.plan.delete)} backup(s) from {url}; {len(result.plan.keep)} verified kept")
+    return EXIT_OK
+
+
+def cmd_copy(args: argparse.Namespace, out: Output) -> int:
+    from etcdwarden.repository.transfer import copy_backups
+
+    with _open(args, args.src) as src, _open(args, args.dst, must_exist=False) as dst:
+        report = copy_backups(src, dst, ids=args.id, dry_run=bool(args.dry_run))
+        where = f"{src.url} -> {dst.url}"
+    if out.is_json:
+        out.json({"from": src.url, "to": dst.url, "dry_run": bool(args.dry_run), **report.as_json()})
+        return EXIT_OK
+    verb = "would copy" if args.dry_run else "copied"
+    for i in report.copied:
+        out.line(f"{verb} {i}")
+    for i, why in report.skipped.items():
+        out.line(f"skipped {i}: {why}")
+    out.info(f"{where}: {verb} {len(report.copied)} backup(s), {humanize_bytes(report.bytes)}; "
+             f"{len(report.skipped)} skipped")
+    return EXIT_OK
+
+
+__all__ = ["register"]

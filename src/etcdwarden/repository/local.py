@@ -1,0 +1,184 @@
+"""``file://`` repositories: a local directory (the default; a plain path means ``file://``).
+
+Writes go to ``<name>.part`` (mode 0600), are fsynced, renamed into place and the directory is fsynced,
+so a crash leaves either the old state or the whole object, never a torn one under the final name.
+Only regular files directly in the directory are objects: sub-directories (``lost+found``, a
+hand-made folder) are not listed and never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+from urllib.parse import unquote, urlsplit
+
+from etcdwarden.errors import UsageError
+from etcdwarden.fsutil import DiskFull, fsync_dir, private_dir, raise_os_error
+from etcdwarden.repository.base import (
+    CHUNK,
+    ObjectInfo,
+    ObjectNotFound,
+    Repository,
+    RepositoryError,
+    RepositoryOptions,
+    Writer,
+    check_name,
+)
+
+PART_SUFFIX = ".part"
+
+
+def _info(name: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(name, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
+
+
+class LocalWriter(Writer):
+    def __init__(self, directory: Path, name: str) -> None:
+        super().__init__(name)
+        self.path = directory / name
+        self.part = directory / (name + PART_SUFFIX)
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            self._os_error(e)
+
+    def _os_error(self, e: OSError) -> None:
+        try:
+            raise_os_error(e, self.part)
+        except DiskFull:
+            raise
+        except Exception as err:
+            raise RepositoryError(str(err)) from None
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            self._os_error(e)
+
+    def _commit(self) -> None:
+        assert self.fd is not None
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.rename(self.part, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as e:
+            self._os_error(e)
+
+    def _discard(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+
+
+class LocalRepository(Repository):
+    scheme = "file"
+
+    def __init__(self, directory: Path, create: bool = True) -> None:
+        self.directory = directory
+        self.url = "file://" + str(directory)
+        self._create = create
+
+    @classmethod
+    def from_url(cls, url: str, options: RepositoryOptions) -> Self:
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(f"{url}: a file:// URL names a local path (file:///path), not host {parts.netloc!r}")
+        if parts.query:
+            raise UsageError(f"{url}: a file:// repository takes no options")
+        path = Path(unquote(parts.path))
+        if not path.is_absolute():
+            raise UsageError(f"{url}: the path of a file:// URL must be absolute")
+        return cls(path)
+
+    def _dir_for_write(self) -> Path:
+        if self._create and not self.directory.is_dir():
+            try:
+                private_dir(self.directory)
+            except OSError as e:
+                raise RepositoryError(
+                    f"cannot create the repository directory {self.directory}: {e.strerror}") from None
+        return self.directory
+
+    def list(self) -> list[ObjectInfo]:
+        if not self.directory.exists():
+            return []
+        out: list[ObjectInfo] = []
+        try:
+            with os.scandir(self.directory) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        out.append(_info(entry.name, st))
+        except OSError as e:
+            raise RepositoryError(f"cannot list {self.directory}: {e.strerror}") from None
+        return sorted(out, key=lambda o: o.name)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        try:
+            st = os.stat(self.directory / check_name(name), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RepositoryError(f"cannot stat {self.directory / name}: {e.strerror}") from None
+        return _info(name, st) if stat.S_ISREG(st.st_mode) else None
+
+    def open_read(self, name: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        path = self.directory / check_name(name)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.where(name)}: no such object") from None
+        except OSError as e:
+            raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
+        return _chunks(f, chunk_size)
+
+    def open_write(self, name: str) -> Writer:
+        return LocalWriter(self._dir_for_write(), check_name(name))
+
+    def delete(self, name: str) -> None:
+        path = self.directory / check_name(name)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise RepositoryError(f"{path} is not a regular file; not deleting it")
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise RepositoryError(f"cannot delete {path}: {e.strerror}") from None
+
+    def sync(self) -> None:
+        if self.directory.is_dir():
+            fsync_dir(self.directory)
+
+    def local_path(self, name: str) -> Path | None:
+        return self.directory / check_name(name)
+
+
+def _chunks(f: io.FileIO, chunk_size: int) -> Iterator[bytes]:
+    with f:
+        while True:
+            data = f.read(chunk_size)
+            if not data:
+                return
+            yield data

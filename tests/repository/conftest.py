@@ -1,0 +1,45 @@
+"""Fixtures of the repository tests: one real SeaweedFS S3 gateway per session, a fresh S3 prefix per test,
+and fabricated backups (real files with real sha256 in a real manifest, no etcd needed)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from etcdwarden.repository.base import Repository, open_repository
+from tests.repository.seaweed import SeaweedS3
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_repo(seaweed: SeaweedS3, request: pytest.FixtureRequest) -> Iterator[Repository]:
+    prefix = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    repo = open_repository(seaweed.url(prefix), seaweed.options())
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def local_repo(tmp_path: Path) -> Repository:
+    return open_repository(tmp_path / "repo")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_repo(request: pytest.FixtureRequest) -> Repository:
+    name = "local_repo" if request.param == "local" else "s3_repo"
+    repo: Repository = request.getfixturevalue(name)
+    return repo
