@@ -106,7 +106,7 @@ def test_killed_leader_is_replaced_within_the_ttl_and_sigterm_hands_over_at_once
     by_port[first].wait(10)
     rest = [p for p in ports if p != first]
     second, took = _wait_leader(rest, ttl + 5)
-    assert took <= ttl + 1.0, f"takeover took {took:.1f}s with a {ttl:g}s lease"
+    assert took <= ttl + 2.0, f"takeover took {took:.1f}s with a {ttl:g}s lease"
     # SIGTERM resigns: the last agent leads at once, without waiting for the lease
     os.kill(by_port[second].pid, signal.SIGTERM)
     assert by_port[second].wait(15) == 0

@@ -70,7 +70,8 @@ async def test_http_endpoints_answer(etcd1: LocalCluster, tmp_path: Path) -> Non
             cat = json.loads(body)
             assert code == 200 and cat["errors"] == {}
             (entry,) = cat["repositories"]["etcd-backup-pvc"]
-            assert entry["verified"] and entry["revision"] >= 1 and entry["manifest"].startswith(str(repo))
+            assert entry["verified"] and entry["revision"] >= 1
+            assert entry["manifest"].endswith(".json") and str(repo) in entry["manifest"]
             code, body = await asyncio.to_thread(http_get, port, "/api/backups?repository=nope")
             assert code == 404
             code, body = await asyncio.to_thread(http_get, port, "/api/jobs")

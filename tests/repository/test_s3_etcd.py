@@ -112,3 +112,35 @@ def test_take_backup_then_publish(etcd1: LocalCluster, seaweed: SeaweedS3) -> No
         target.publish(ts)
     cat = load_catalog(open_repository(url, seaweed.options()))
     assert [(e.id, e.state) for e in cat.entries] == [(ts, "complete")]
+
+
+@pytest.mark.parametrize("extra", [["--verify", "hash"], ["--compress", "zstd"], []])
+def test_backup_command_streams_into_s3(etcd1: LocalCluster, seaweed: SeaweedS3, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
+    """``etcdwarden backup s3://...`` streams the snapshot into the bucket; the manifest comes last."""
+    for k, v in seaweed.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the staging dir must be gone afterwards
+    load(etcd1, 400)
+    before = dump(etcd1.endpoints)
+    res_file = tmp_path / "manifest.yaml"
+    res_file.write_text("kind: Pod\n")
+    url = seaweed.url("cli-stream-" + "-".join(extra).strip("-").replace("--", ""))
+    ep = ["--s3-endpoint", seaweed.endpoint]
+    r = cli("backup", url, "--endpoints", etcd1.endpoints[0], "--resources", str(res_file), *ep, *extra)
+    assert r.code == 0, r.err
+    assert url in r.err  # says where the manifest went
+    [b] = json.loads(cli("backups", "list", url, *ep, "-w", "json").out)["backups"]
+    assert b["state"] == "complete" and b["verified"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("etcdwarden-backup-")]
+    down = tmp_path / "download"
+    assert cli("backups", "copy", url, str(down), *ep).code == 0
+    assert cli("snapshot", "verify", str(down)).code == 0
+    snap = next(down.glob("snapshot_*"))
+    if snap.name.endswith(".zst"):
+        import zstandard
+
+        plain = tmp_path / "plain.db"
+        plain.write_bytes(zstandard.ZstdDecompressor().stream_reader(snap.open("rb")).read())
+        snap = plain
+    assert restore_and_dump(snap, tmp_path / "restore") == before

@@ -59,10 +59,23 @@ def hashkvs(cluster: LocalCluster, revision: int) -> list[int]:
     return asyncio.run(go())
 
 
-def put(cluster: LocalCluster, key: bytes, value: bytes) -> int:
+def put(cluster: LocalCluster, key: bytes, value: bytes, within: float = 30.0) -> int:
+    """Put, retrying while the cluster elects a new leader (a member was just killed)."""
+    import time
+
+    from etcdwarden.errors import EtcdError
+
     async def go() -> int:
-        async with EtcdClient(ClientConfig.from_strings(cluster.endpoints)) as c:
-            return int((await c.put(key, value)).header.revision)
+        deadline = time.monotonic() + within
+        while True:
+            async with EtcdClient(ClientConfig.from_strings(cluster.endpoints, dial_timeout=1.0,
+                                                            command_timeout=5.0)) as c:
+                try:
+                    return int((await c.put(key, value)).header.revision)
+                except EtcdError:
+                    if time.monotonic() > deadline:
+                        raise
+            await asyncio.sleep(0.5)
 
     return asyncio.run(go())
 

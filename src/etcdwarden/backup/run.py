@@ -28,7 +28,7 @@ from etcdwarden.backup.resources import CertificateNote, certificate_notes, chec
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
 from etcdwarden.errors import EtcdError, EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.fsutil import DiskFull, atomic_write, dir_lock, fsync_dir, private_dir
+from etcdwarden.fsutil import DiskFull, dir_lock, fsync_dir, private_dir
 from etcdwarden.snapshot.status import SnapshotStatus
 from etcdwarden.snapshot.verify import verify_db
 
@@ -40,7 +40,7 @@ Progress = Callable[[str, int, int], None]  # (member, bytes received, bytes exp
 
 @dataclass
 class BackupOptions:
-    directory: Path
+    directory: str | Path  # a directory, file:// URL or object-store URL (s3://, gs://, az://)
     resources: list[Path] = field(default_factory=list)
     resources_dir: Path | None = None
     compress: str | None = None  # None or "zstd"
@@ -53,14 +53,16 @@ class BackupOptions:
     max_attempts: int = 3
     key_names: list[str] = field(default_factory=list)  # encryption-at-rest keys in use
     encryption_config: Path | None = None  # the EncryptionConfiguration: keys recorded, file bundled
+    repository_options: Any = None  # etcdwarden.repository.base.RepositoryOptions for object stores
 
 
 @dataclass
 class BackupResult:
-    directory: Path
+    directory: Path  # where the files were written locally (a temporary staging dir for object stores)
     manifest_path: Path
     manifest: dict[str, Any]
     warnings: list[str]
+    location: str = ""  # where the manifest now lives (path or URL, no credentials)
 
     @property
     def status_line(self) -> dict[str, Any]:
@@ -86,10 +88,12 @@ def _recipients(texts: list[str]) -> list[Any]:
     return out
 
 
-def _free_timestamp(dirs: list[Path]) -> str:
+def _free_timestamp(dirs: list[Path], taken: Callable[[], set[str]]) -> str:
+    """A timestamp no file of an earlier backup uses (waits for the next second if needed)."""
     while True:
         ts = timestamp()
-        if not any(p.name.find(ts) >= 0 for d in dirs if d.exists() for p in d.iterdir()):
+        names = {p.name for d in dirs if d.exists() for p in d.iterdir()} | taken()
+        if not any(ts in name for name in names):
             return ts
         time.sleep(0.2)
 
@@ -121,6 +125,9 @@ def _roundtrip_zstd(path: Path, expected_sha: str) -> None:
 
 
 async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progress | None = None) -> BackupResult:
+    """Take one verified backup into ``opts.directory`` (a directory, ``file://`` or object-store URL)."""
+    from etcdwarden.repository.target import BackupTarget
+
     if opts.compress not in (None, "zstd"):
         raise UsageError(f"unsupported compression {opts.compress!r}; use zstd")
     if opts.verify not in ("full", "hash"):
@@ -129,89 +136,125 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
         _encryption_at_rest(opts)
     resources = check_paths(opts.resources) if opts.resources else []
     recipients = _recipients(opts.recipients)
-    directory = private_dir(opts.directory)
-    res_dir = private_dir(opts.resources_dir) if opts.resources_dir else directory
-    with dir_lock(directory, opts.lock_wait):
-        pre = await preflight(client, force=opts.force, member=opts.member)
-        warnings = list(pre.warnings)
-        if not pre.candidates:
-            raise EtcdwardenError("no member can serve a snapshot")
-        ts = _free_timestamp([directory, res_dir])
-        names = BackupNames(ts, opts.compress, bool(recipients))
-        encode = bool(opts.compress or recipients)
+    with BackupTarget(opts.directory, opts.repository_options) as target:
+        directory = target.staging
+        res_dir = private_dir(opts.resources_dir) if opts.resources_dir else directory
+        with dir_lock(directory, opts.lock_wait):
+            pre = await preflight(client, force=opts.force, member=opts.member)
+            if not pre.candidates:
+                raise EtcdwardenError("no member can serve a snapshot")
+            ts = _free_timestamp([directory, res_dir], target.names)
+            run = _Run(opts, target, res_dir, BackupNames(ts, opts.compress, bool(recipients)), recipients,
+                       list(pre.warnings))
+            chosen, result = await run.snapshot(client, pre.candidates, progress)
+            status, verification, final = await asyncio.to_thread(run.verify_and_commit, result)
+            manifest = await asyncio.to_thread(run.finish, pre, chosen, result, status, verification, final,
+                                               resources)
+            return BackupResult(directory, directory / run.names.manifest, manifest, run.warnings,
+                                location=target.where(run.names.manifest))
+
+
+class _Run:
+    """The sinks and steps of one backup run (so that every failure path discards what it wrote)."""
+
+    def __init__(self, opts: BackupOptions, target: Any, res_dir: Path, names: BackupNames,
+                 recipients: list[Any], warnings: list[str]) -> None:
+        self.opts, self.target, self.res_dir, self.names = opts, target, res_dir, names
+        self.recipients, self.warnings = recipients, warnings
+        self.directory: Path = target.staging
+        self.encode = bool(opts.compress or recipients)
         # A plain copy is needed for the structure walk and status of an encoded backup; never write
         # plaintext next to an encrypted backup, and skip it when only the hash is to be verified.
-        keep_plain = not recipients and (not encode or opts.verify == "full")
+        self.keep_plain = not recipients and (not self.encode or opts.verify == "full")
+        self.roundtrip = opts.compress == "zstd" and not recipients and opts.verify == "full"
+        self.plain: Any = None
+        self.encoded: EncodedSink | None = None
+
+    def _open(self) -> None:
+        n, full = self.names, self.opts.verify == "full"
+        if self.encode:
+            self.plain = FileSink(self.directory / f".{n.snapshot}.verify") if self.keep_plain else None
+            self.encoded = EncodedSink(self.directory / n.snapshot, bool(self.opts.compress), self.recipients,
+                                       file=self.target.sink(n.snapshot, local_copy=self.roundtrip))
+        else:
+            # a local copy only where the structure walk needs one (object stores stream otherwise)
+            self.plain = self.target.sink(n.snapshot, local_copy=full)
+            self.encoded = None
+
+    def discard(self) -> None:
+        for s in (self.plain, self.encoded):
+            if s is not None:
+                s.discard()
+
+    async def snapshot(self, client: EtcdClient, candidates: list[Candidate],
+                       progress: Progress | None) -> tuple[Candidate, StreamResult]:
         attempts: list[str] = []
-        chosen: Candidate | None = None
-        result: StreamResult | None = None
-        plain: FileSink | None = None
-        encoded: EncodedSink | None = None
-        for cand in pre.candidates[: opts.max_attempts]:
-            plain = FileSink(directory / (f".{names.snapshot}.verify" if encode else names.snapshot)) \
-                if keep_plain else None
-            encoded = EncodedSink(directory / names.snapshot, bool(opts.compress), recipients) if encode else None
+        for cand in candidates[: self.opts.max_attempts]:
+            self._open()
             try:
-                result = await _stream(client, cand, plain, encoded, progress)
-                if plain is not None:
-                    await asyncio.to_thread(plain.finish)
-                if encoded is not None:
-                    await asyncio.to_thread(encoded.finish)
-                chosen = cand
-                break
+                result = await _stream(client, cand, self.plain, self.encoded, progress)
+                if self.plain is not None:
+                    await asyncio.to_thread(self.plain.finish)
+                if self.encoded is not None:
+                    await asyncio.to_thread(self.encoded.finish)
             except (EtcdError, SnapshotStreamError) as e:
                 attempts.append(f"{cand.name}: {e}")
                 log.warning("snapshot from %s failed: %s", cand.name, e)
-                for s in (plain, encoded):
-                    if s is not None:
-                        s.discard()
+                self.discard()
+                continue
             except BaseException:
-                for s in (plain, encoded):
-                    if s is not None:
-                        s.discard()
+                self.discard()
                 raise
-        if chosen is None or result is None:
-            raise EtcdwardenError("the snapshot failed on every member tried: " + "; ".join(attempts))
-        if attempts:
-            warnings.append("retried after: " + "; ".join(attempts))
+            if attempts:
+                self.warnings.append("retried after: " + "; ".join(attempts))
+            return cand, result
+        raise EtcdwardenError("the snapshot failed on every member tried: " + "; ".join(attempts))
+
+    def verify_and_commit(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any], Any]:
         try:
-            status, verification = await asyncio.to_thread(
-                _verify, opts, plain, encoded, result)
-            # the snapshot file under its final name
-            final_sink = encoded.file if encoded is not None else plain
-            assert final_sink is not None
-            final_sink.commit()
-            if plain is not None and encoded is not None:
-                plain.discard()
-            fsync_dir(directory)
+            status, verification = _verify(self.opts, self.plain, self.encoded, result)
+            final = self.encoded.file if self.encoded is not None else self.plain
+            final.commit()  # the snapshot under its final name (an object store completes the upload)
+            if self.plain is not None and self.encoded is not None:
+                self.plain.discard()
+            fsync_dir(self.directory)
+            return status, verification, final
         except BaseException:
-            for s in (plain, encoded):
-                if s is not None:
-                    s.discard()
+            self.discard()
             raise
-        files: dict[str, dict[str, Any]] = {
-            names.snapshot: {"sha256": final_sink.sha.hexdigest(), "size": final_sink.size}}
-        committed = [directory / names.snapshot]
+
+    def finish(self, pre: Preflight, chosen: Candidate, result: StreamResult, status: SnapshotStatus | None,
+               verification: dict[str, Any], final: Any, resources: list[Path]) -> dict[str, Any]:
+        """Resources bundle, then the manifest, last; on failure remove what this run committed."""
+        n = self.names
+        files: dict[str, dict[str, Any]] = {n.snapshot: {"sha256": final.sha.hexdigest(), "size": final.size}}
+        committed: list[str] = [n.snapshot]
+        local_bundle: Path | None = None
         try:
             bundle: dict[str, Any] | None = None
             notes: list[CertificateNote] = []
             if resources:
-                written, notes = await asyncio.to_thread(_write_resources, resources, res_dir, names, recipients)
-                bundle = written
-                if res_dir == directory:
-                    files[names.resources] = {"sha256": written["sha256"], "size": written["size"]}
-                committed.append(res_dir / names.resources)
-                for n in notes:
-                    warnings.append(f"certificate {n.subject} in {n.path}: {n.problem}")
-            manifest = _manifest(pre, chosen, names, result, status, verification, files, bundle, notes, opts, res_dir)
-            path = directory / names.manifest
-            atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
+                in_repo = self.res_dir == self.directory
+                sink = self.target.sink(n.resources, local_copy=False) if in_repo else None
+                bundle, notes = _write_resources(resources, self.res_dir, n, self.recipients, sink)
+                if in_repo:
+                    files[n.resources] = {"sha256": bundle["sha256"], "size": bundle["size"]}
+                    committed.append(n.resources)
+                else:
+                    local_bundle = self.res_dir / n.resources
+                for note in notes:
+                    self.warnings.append(f"certificate {note.subject} in {note.path}: {note.problem}")
+            manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
+                                 self.res_dir)
+            self.target.write_manifest(n.manifest, (json.dumps(manifest, indent=2) + "\n").encode())
+            return manifest
         except BaseException:
-            for p in committed:  # no manifest → these files are not a backup; remove them
+            for name in committed:  # no manifest → these files are not a backup; remove them
+                self.target.remove(name)
+            if local_bundle is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+                    local_bundle.unlink()
             raise
-        return BackupResult(directory, path, manifest, warnings)
 
 
 def _encryption_at_rest(opts: BackupOptions) -> None:
@@ -248,11 +291,12 @@ def _verify(opts: BackupOptions, plain: FileSink | None, encoded: EncodedSink | 
     return status, v
 
 
-def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames,
-                     recipients: list[Any]) -> tuple[dict[str, Any], list[CertificateNote]]:
+def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recipients: list[Any],
+                     file: Any = None) -> tuple[dict[str, Any], list[CertificateNote]]:
     notes = certificate_notes(paths)
     target = res_dir / names.resources
-    sink: Any = EncodedSink(target, False, recipients) if recipients else FileSink(target)
+    out = file if file is not None else FileSink(target)
+    sink: Any = EncodedSink(target, False, recipients, file=out) if recipients else out
     try:
         count = write_bundle(paths, sink)
         sink.finish()

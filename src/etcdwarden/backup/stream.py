@@ -109,8 +109,9 @@ class _QueueReader(io.RawIOBase):
 class EncodedSink:
     """zstd and/or age encoding into a :class:`FileSink`, in a worker thread."""
 
-    def __init__(self, path: Path, compress: bool, recipients: list[Any]) -> None:
-        self.file = FileSink(path)
+    def __init__(self, path: Path, compress: bool, recipients: list[Any], file: Any = None) -> None:
+        # ``file``: any FileSink-like sink (e.g. a repository upload); default a local .part file
+        self.file: Any = file if file is not None else FileSink(path)
         self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
         self.compress = compress

@@ -11,13 +11,15 @@ from typing import Any
 from etcdwarden.backup.run import BackupOptions, BackupResult, take_backup
 from etcdwarden.cli._async import with_client
 from etcdwarden.cli.output import Output, humanize_bytes
+from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_OK
 from etcdwarden.etcd.client import EtcdClient
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("backup", parents=parents, help="back up the cluster into DIR (snapshot + resources + manifest)")
-    p.add_argument("directory", metavar="DIR", help="backup directory (created 0700 if missing)")
+    p.add_argument("directory", metavar="DIR|URL",
+                   help="backup directory (created 0700 if missing), file:// URL, or s3:// gs:// az:// repository")
     p.add_argument("--resources", nargs="+", default=[], metavar="PATH",
                    help="files/directories a restore needs (static pod manifests, PKI, EncryptionConfiguration)")
     p.add_argument("--resources-dir", metavar="DIR", help="store the resources bundle here instead of DIR")
@@ -35,6 +37,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="wait this long for another backup into DIR to finish (default: fail at once)")
     p.add_argument("--force", action="store_true",
                    help="back up even without quorum, with no healthy member, or with a CORRUPT alarm")
+    repo_opts(p)
     p.set_defaults(func=cmd_backup)
 
 
@@ -57,7 +60,7 @@ def _progress(out: Output) -> Any:
 
 def cmd_backup(args: argparse.Namespace, out: Output) -> int:
     opts = BackupOptions(
-        directory=Path(args.directory),
+        directory=str(args.directory),
         resources=[Path(p) for p in args.resources],
         resources_dir=Path(args.resources_dir) if args.resources_dir else None,
         compress=args.compress,
@@ -68,6 +71,7 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
         verify=args.verify,
         lock_wait=float(args.lock_wait),
         encryption_config=Path(args.encryption_config) if args.encryption_config else None,
+        repository_options=repository_options(args),
     )
     progress = _progress(out)
 
@@ -79,7 +83,7 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
         out.warn(w)
     m = result.manifest
     out.info(f"backup {m['timestamp']} of cluster {m['cluster_id']} from member {m['member']['name']} "
-             f"(revision {m['revision']}) written to {result.directory}; manifest {result.manifest_path.name}")
+             f"(revision {m['revision']}) written; manifest {result.location}")
     if out.is_json:
         out.json(m)
     else:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcdwarden.cli.output import Output, humanize_bytes
+from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_OK, UsageError
 
 # the repository modules are imported in the handlers: registering costs the CLI no start-up time
 if TYPE_CHECKING:
-    from etcdwarden.repository.base import Repository, RepositoryOptions
+    from etcdwarden.repository.base import Repository
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -27,13 +27,6 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "s3:// gs:// az:// URL).")
     cmds = p.add_subparsers(dest="backups_command", metavar="SUBCOMMAND", parser_class=type(p))
     cmds.required = True
-
-    def repo_opts(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--repository-config", metavar="FILE",
-                       help="YAML/JSON with endpoint, region, access_key_id, secret_access_key, session_token, "
-                            "allow_http, max_retries, retry_timeout, part_size, ...")
-        q.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (path-style requests)")
-        q.add_argument("--region", help="object-store region")
 
     q = cmds.add_parser("list", parents=parents, help="every backup: time, revision, size, member, state")
     q.add_argument("repo", metavar="REPO")
@@ -86,39 +79,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=cmd_copy)
 
 
-def _options(args: argparse.Namespace) -> RepositoryOptions:
-    from etcdwarden.repository.base import RepositoryOptions
-
-    opts = RepositoryOptions()
-    if args.repository_config:
-        path = Path(args.repository_config)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UsageError(f"--repository-config {path}: {e.strerror}") from None
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            raise UsageError(f"--repository-config {path}: not valid YAML/JSON") from None
-        if isinstance(doc, dict) and isinstance(doc.get("repository"), dict):
-            doc = doc["repository"]
-        if not isinstance(doc, dict):
-            raise UsageError(f"--repository-config {path}: expected a mapping of options")
-        opts = RepositoryOptions.from_mapping(doc, opts)
-    if args.s3_endpoint:
-        opts.endpoint = args.s3_endpoint
-    if args.region:
-        opts.region = args.region
-    return opts
-
-
 def _open(args: argparse.Namespace, location: str, must_exist: bool = True) -> Repository:
     from etcdwarden.repository.base import open_repository
     from etcdwarden.repository.local import LocalRepository
 
-    repo = open_repository(location, _options(args))
+    repo = open_repository(location, repository_options(args))
     if must_exist and isinstance(repo, LocalRepository) and not repo.directory.is_dir():
         raise UsageError(f"{repo.directory}: no such repository directory")
     return repo

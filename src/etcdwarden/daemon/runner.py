@@ -13,13 +13,11 @@ A missing library is a :class:`RunnerUnavailable` error naming it, never a crash
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 from etcdwarden.daemon.config import Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec
@@ -74,22 +72,6 @@ class JobRunner(Protocol):
     async def defrag(self, job: DefragSpec) -> DefragOutcome: ...
 
 
-def local_path(repo: Repository) -> Path:
-    """The directory of a ``file://`` URL or plain path; RunnerUnavailable for object stores."""
-    url = repo.url
-    if "://" not in url:
-        return Path(url)
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise RunnerUnavailable(f"repository {repo.name}: file:// URLs name a local path (file:///dir), "
-                                    f"not host {parsed.netloc!r}")
-        return Path(unquote(parsed.path))
-    raise RunnerUnavailable(
-        f"repository {repo.name}: {parsed.scheme}:// repositories need etcdwarden.repository, which the daemon's "
-        "default runner does not use yet; use a file:// repository (e.g. a mounted PVC or NFS share)")
-
-
 class DefaultRunner:
     """Backs up into local directories; retention and defrag through the libraries, loaded lazily."""
 
@@ -103,14 +85,23 @@ class DefaultRunner:
             raise RunnerUnavailable(f"unknown repository {name!r}")
         return repo
 
+    def _options(self, name: str) -> Any:
+        from etcdwarden.repository.base import RepositoryOptions
+
+        return RepositoryOptions.from_mapping(self._repo(name).backend_options())
+
+    def _store(self, name: str) -> Any:
+        from etcdwarden.repository.base import open_repository
+
+        return open_repository(self._repo(name).url, self._options(name))
+
     async def backup(self, job: BackupJob) -> JobOutcome:
         from etcdwarden.backup.run import BackupOptions, take_backup
 
         repo = self._repo(job.repository)
-        directory = local_path(repo)
         s = job.settings
         opts = BackupOptions(
-            directory=directory,
+            directory=repo.url,
             resources=[Path(p) for p in s.resources],
             resources_dir=Path(s.resources_dir) if s.resources_dir else None,
             compress=s.compress,
@@ -119,43 +110,64 @@ class DefaultRunner:
             release=s.release,
             verify=s.verify,
             encryption_config=Path(s.encryption_config) if s.encryption_config else None,
+            repository_options=self._options(job.repository),
         )
         result = await take_backup(self.client, opts)
         m = result.manifest
         size = sum(int(f.get("size", 0)) for f in (m.get("files") or {}).values())
         if m.get("resources") and m["resources"].get("file") not in (m.get("files") or {}):
             size += int(m["resources"].get("size", 0))
-        return JobOutcome(ok=True, repository=repo.name, location=str(result.manifest_path), size=size,
-                          revision=int(m["revision"]) if m.get("revision") is not None else None,
+        return JobOutcome(ok=True, repository=repo.name, location=result.location or str(result.manifest_path),
+                          size=size, revision=int(m["revision"]) if m.get("revision") is not None else None,
                           manifest=m, warnings=list(result.warnings))
 
     async def prune(self, job: BackupJob) -> PruneOutcome:
-        """Apply ``job.retention`` to ``job.repository``.
-
-        WIRING POINT: replace the body below with the calls into etcdwarden.repository (open the
-        repository from ``self._repo(job.repository)``, read its catalog, apply a policy built from
-        ``job.retention`` (keepLast, maxSizeGiB, keepWithin, tiers, minKeep) and return what was deleted).
-        """
+        """Apply ``job.retention`` to ``job.repository`` (only ever after a verified backup)."""
         if job.retention is None:
             return PruneOutcome(ok=True)
+        import datetime as dt
+
+        from etcdwarden.repository.prune import prune
+        from etcdwarden.repository.retention.floor import MinKeep
+        from etcdwarden.repository.retention.number import RetentionNumber
+        from etcdwarden.repository.retention.plan import RetentionConfig
+        from etcdwarden.repository.retention.size import RetentionSize
+        from etcdwarden.repository.retention.tiered import Tiered
+        from etcdwarden.repository.retention.within import KeepWithin
+
+        r = job.retention
+        cfg = RetentionConfig(
+            number=RetentionNumber(r.keep_last) if r.keep_last is not None else None,
+            size=RetentionSize(r.max_size_gib) if r.max_size_gib is not None else None,
+            within=KeepWithin(dt.timedelta(seconds=r.keep_within)) if r.keep_within is not None else None,
+            tiered=Tiered(r.tiers.hourly, r.tiers.daily, r.tiers.weekly, r.tiers.monthly) if r.tiers else None,
+            min_keep=MinKeep(r.min_keep) if r.min_keep >= 1 else None,
+        )
+        store = self._store(job.repository)
         try:
-            import etcdwarden.repository  # noqa: F401
-        except ImportError:
-            raise RunnerUnavailable(
-                "retention is not available yet: it needs etcdwarden.repository, which this build does not "
-                "include; no backup was deleted") from None
-        raise RunnerUnavailable(
-            "retention is not wired into the daemon yet (DefaultRunner.prune); no backup was deleted")
+            res = await asyncio.to_thread(prune, store, cfg)
+        finally:
+            store.close()
+        return PruneOutcome(ok=True, deleted=list(res.deleted), kept=len(res.plan.keep),
+                            error="; ".join(res.plan.alerts) or None)
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
-        """The backups of a repository, newest first: one entry per manifest.
+        """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
+        from etcdwarden.repository.catalog import load_catalog
 
-        WIRING POINT: for non-file repositories, and for the full catalog (incomplete backups...),
-        call etcdwarden.repository's catalog here.
-        """
-        repo = self._repo(repository)
-        directory = local_path(repo)
-        return await asyncio.to_thread(_read_manifests, directory, repo.name)
+        store = self._store(repository)
+        try:
+            cat = await asyncio.to_thread(load_catalog, store)
+            out: list[dict[str, Any]] = []
+            for e in reversed(cat.entries):
+                d = e.as_json(store)
+                out.append({"repository": repository, "id": e.id, "state": e.state, "createdAt": d["time"],
+                            "clusterId": d["cluster_id"], "member": e.member, "revision": e.revision,
+                            "dbSize": d["db_size"], "size": e.size, "files": e.data_files(),
+                            "verified": e.verified, "manifest": d["where"]})
+            return out
+        finally:
+            store.close()
 
     async def defrag(self, job: DefragSpec) -> DefragOutcome:
         """A rolling defragmentation (followers first, the leader last) of the members the rule selects."""
@@ -182,33 +194,6 @@ class DefaultRunner:
         skipped = sum(1 for m in report.members if m.outcome.value == "skipped")
         return DefragOutcome(ok=report.ok, defragmented=done, skipped=skipped, report=doc,
                              error=None if report.ok else (report.stopped_reason or "a member failed"))
-
-
-def _read_manifests(directory: Path, repo: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    if not directory.is_dir():
-        return out
-    for path in sorted(directory.glob("backup_*.json"), reverse=True):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        files = m.get("files") or {}
-        out.append({
-            "repository": repo,
-            "id": m.get("timestamp"),
-            "createdAt": m.get("created_at"),
-            "clusterId": m.get("cluster_id"),
-            "member": (m.get("member") or {}).get("name"),
-            "revision": m.get("revision"),
-            "dbSize": m.get("db_size"),
-            "size": sum(int(f.get("size", 0)) for f in files.values()),
-            "files": sorted(files),
-            "verified": bool(m.get("verified")),
-            "etcdVersion": (m.get("etcd") or {}).get("server_version"),
-            "manifest": str(path),
-        })
-    return out
 
 
 def elapsed_since(start: float) -> float:

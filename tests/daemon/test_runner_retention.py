@@ -1,0 +1,44 @@
+"""The daemon's default runner against real etcd and a real repository: backups, then exact retention."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from etcdwarden.daemon.loader import load_config
+from etcdwarden.daemon.runner import DefaultRunner
+from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.local.cluster import LocalCluster
+from tests.daemon.helpers import daemon_doc, manifests
+
+JOB = ("backups:\n  - name: hourly\n    schedule: '0 * * * *'\n    timeZone: UTC\n"
+       "    repository: etcd-backup-pvc\n    retention: {keepLast: 2, minKeep: 1}\n")
+
+
+def test_backups_then_keep_last_is_exact(etcd1: LocalCluster, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    cfg_path = tmp_path / "d.yaml"
+    cfg_path.write_text(daemon_doc(repo, endpoints=etcd1.endpoints, election=False) + JOB)
+    cfg = load_config([cfg_path])
+    job = next(j for j in cfg.backups if j.name == "hourly")
+
+    async def go() -> tuple[list[str], list[list[str]], list[dict[str, object]]]:
+        async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+            runner = DefaultRunner(c, cfg)
+            ids: list[str] = []
+            deleted: list[list[str]] = []
+            for _ in range(4):
+                out = await runner.backup(job)
+                assert out.ok and out.manifest is not None
+                ids.append(str(out.manifest["timestamp"]))
+                pr = await runner.prune(job)
+                assert pr.ok and pr.error is None
+                deleted.append(pr.deleted)
+            return ids, deleted, await runner.catalog("etcd-backup-pvc")
+
+    ids, deleted, catalog = asyncio.run(go())
+    assert deleted == [[], [], [ids[0]], [ids[1]]]  # exactly keepLast=2 remain after every run
+    assert sorted(p.name for p in manifests(repo)) == [f"backup_{i}.json" for i in ids[2:]]
+    assert [e["id"] for e in catalog] == [ids[3], ids[2]]  # newest first
+    assert all(e["state"] == "complete" and e["verified"] for e in catalog)
