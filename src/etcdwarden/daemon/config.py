@@ -27,7 +27,7 @@ Example::
     defrag:
       - name: nightly-defrag
         schedule: "30 3 * * *"
-        rule: "fragmentation >= 0.45 && dbSize >= 100MiB"
+        rule: "fragmentation >= 0.45 && dbSizeFree >= 100MiB"
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ KIND = "DaemonConfig"
 DEFAULT_LISTEN = "127.0.0.1:9796"
 DEFAULT_PREFIX = "/etcdwarden/daemon/"
 # OpenShift's defrag controller rule (see etcdwarden.defrag.rules.AUTO_RULE)
-DEFAULT_DEFRAG_RULE = "fragmentation >= 0.45 && dbSize >= 100MiB"
+DEFAULT_DEFRAG_RULE = "fragmentation >= 0.45 && dbSizeFree >= 100MiB"
 
 _DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _MACROS = {
