@@ -17,14 +17,13 @@ manifest — :meth:`write_manifest` — is the last object written.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from etcdwarden.fsutil import atomic_write, private_dir, raise_os_error
+from etcdwarden.fsutil import atomic_write, private_dir
 from etcdwarden.repository.base import Repository, RepositoryError, RepositoryOptions, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
 
@@ -36,16 +35,18 @@ class RepositorySink:
     """``FileSink``'s interface over a repository writer, with a local verification copy at ``part``."""
 
     def __init__(self, writer: Writer, staging: Path, local_copy: bool = True) -> None:
+        from etcdwarden.backup.stream import FileSink
+
         self.writer = writer
         self.path = staging / writer.name
-        self.part = staging / (writer.name + ".part")
-        self.fd: int | None = None
+        self.copy: FileSink | None = None
         if local_copy:
             try:
-                self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            except OSError as e:
+                self.copy = FileSink(self.path, hashed=False)  # the writer hashes what it uploads
+            except BaseException:
                 writer.discard()
-                raise_os_error(e, self.part)
+                raise
+        self.part = self.copy.part if self.copy is not None else staging / (writer.name + ".part")
 
     @property
     def sha(self) -> Any:  # hashlib's sha256 object, like FileSink.sha
@@ -56,39 +57,25 @@ class RepositorySink:
         return self.writer.size
 
     def write(self, data: bytes | memoryview) -> int:
-        if self.fd is not None:
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(self.fd, view):]
-            except OSError as e:
-                raise_os_error(e, self.part)
+        if self.copy is not None:
+            self.copy.write(data)
         return self.writer.write(data)
 
     def finish(self) -> None:
         """fsync the local copy; the upload is completed only by :meth:`commit`."""
-        if self.fd is not None:
-            try:
-                os.fsync(self.fd)
-            except OSError as e:
-                raise_os_error(e, self.part)
-            finally:
-                os.close(self.fd)
-                self.fd = None
+        if self.copy is not None:
+            self.copy.finish()
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.copy is not None:
+            self.copy.discard()
         self.writer.discard()
-        with contextlib.suppress(FileNotFoundError):
-            self.part.unlink()
 
     def commit(self) -> None:
         self.finish()
         self.writer.commit()
-        with contextlib.suppress(FileNotFoundError):
-            self.part.unlink()
+        if self.copy is not None:
+            self.copy.discard()  # the verification copy is no longer needed
 
 
 class BackupTarget:
