@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from etcdwarden.errors import UsageError
 
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
@@ -57,6 +55,8 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 
 
 def certificate_notes(paths: list[Path], now: dt.datetime | None = None) -> list[CertificateNote]:
+    from cryptography import x509  # only when there is a bundle to look at (keeps a plain backup lean)
+
     now = now or dt.datetime.now(dt.UTC)
     notes: list[CertificateNote] = []
     for f in _files(paths):

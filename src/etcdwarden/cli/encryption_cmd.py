@@ -13,12 +13,15 @@ from typing import Any
 
 from etcdwarden.cli._async import with_client
 from etcdwarden.cli.output import Output
+from etcdwarden.cli.repo_options import repo_opts, repository_options
+from etcdwarden.encryption.backup_keys import BackupSource
 from etcdwarden.encryption.config import EncryptionConfiguration
 from etcdwarden.encryption.errors import TransformError
 from etcdwarden.encryption.migrate import MigrationReport
 from etcdwarden.encryption.ops import OpResult, Options, load_optional, run_operation
 from etcdwarden.encryption.providers import KEYED_PROVIDERS, classify
 from etcdwarden.encryption.resources import LAYOUTS, Resource, parse_extra, resource_of, select
+from etcdwarden.encryption.rollout import Rollout
 from etcdwarden.encryption.status import EncryptionStatus, collect
 from etcdwarden.errors import EXIT_OK, EtcdwardenError, NotFound, UsageError
 from etcdwarden.etcd.client import EtcdClient
@@ -55,18 +58,43 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         sp.add_argument("--no-plaintext-check", action="store_true",
                         help="do not require aescbc plaintexts to look like Kubernetes objects")
 
+    def rollout(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--apiserver-config", action="append", default=[], type=Path, metavar="PATH",
+                        help="also write every configuration phase (0600, atomically) to this file, the one an "
+                             "apiserver reads (repeatable)")
+        sp.add_argument("--apiserver-metrics", action="append", default=[], metavar="URL",
+                        help="an apiserver's /metrics URL: after each phase, wait until its "
+                             "apiserver_encryption_config_controller_last_config_info reports the phase's hash "
+                             "(repeatable)")
+        sp.add_argument("--apiserver-cacert", type=Path, metavar="PATH", help="CA bundle for https metrics URLs")
+        sp.add_argument("--apiserver-token-file", type=Path, metavar="PATH",
+                        help="file holding a bearer token for the metrics URLs")
+        sp.add_argument("--rollout-timeout", default="5m", metavar="DURATION",
+                        help="how long every apiserver may take to load a phase (default 5m)")
+
+    def backups(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--backups", action="append", default=[], metavar="REPO",
+                        help="with --prune: keep every old key a kept backup in this repository (URL or path) "
+                             "still lists in its manifest (repeatable)")
+        repo_opts(sp)
+
     en = s.add_parser("enable", parents=parents, help="encrypt with a new key, then rewrite every value")
     destructive(en)
+    rollout(en)
     en.add_argument("--type", choices=list(KEYED_PROVIDERS), default="aescbc", help="provider (default aescbc)")
     en.set_defaults(func=cmd_enable)
     dis = s.add_parser("disable", parents=parents, help="write plaintext (identity), then decrypt every value")
     destructive(dis)
+    rollout(dis)
     dis.add_argument("--prune", action="store_true", help="then remove key providers no value uses")
+    backups(dis)
     dis.set_defaults(func=cmd_disable)
     rot = s.add_parser("rotate", parents=parents, help="new write key, rewrite every value, optionally prune")
     destructive(rot)
+    rollout(rot)
     rot.add_argument("--prune", action="store_true",
-                     help="remove old keys no value uses (backups taken before need them!)")
+                     help="remove old keys no value uses and no kept backup of --backups needs")
+    backups(rot)
     rot.set_defaults(func=cmd_rotate)
     mig = s.add_parser("migrate", parents=parents, help="rewrite every value with the current write provider")
     destructive(mig)
@@ -94,7 +122,32 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(dry_run=args.dry_run, state_path=args.state_file, page_size=args.page_size,
                    batch_ops=args.batch_size, concurrency=args.concurrency, skip_unreadable=args.skip_unreadable,
                    check_plaintext=not args.no_plaintext_check, rate_limit=args.rate_limit,
-                   prune=bool(getattr(args, "prune", False)))
+                   prune=bool(getattr(args, "prune", False)), rollout=_rollout(args), backups=_backups(args))
+
+
+def _rollout(args: argparse.Namespace) -> Rollout | None:
+    if not hasattr(args, "apiserver_config"):
+        return None
+    from etcdwarden.daemon.config import parse_duration
+
+    try:
+        timeout = parse_duration(args.rollout_timeout)
+    except ValueError as e:
+        raise UsageError(f"--rollout-timeout: {e}") from None
+    if (args.apiserver_cacert or args.apiserver_token_file) and not args.apiserver_metrics:
+        raise UsageError("--apiserver-cacert and --apiserver-token-file need --apiserver-metrics")
+    return Rollout(configs=list(args.apiserver_config), metrics=list(args.apiserver_metrics), timeout=timeout,
+                   cacert=args.apiserver_cacert, token_file=args.apiserver_token_file)
+
+
+def _backups(args: argparse.Namespace) -> list[BackupSource]:
+    repos = list(getattr(args, "backups", None) or [])
+    if not repos:
+        return []
+    if not args.prune:
+        raise UsageError("--backups is only used with --prune")
+    options = repository_options(args)
+    return [BackupSource(r, options) for r in repos]
 
 
 def _render_migration(out: Output, rep: MigrationReport) -> None:

@@ -297,6 +297,37 @@ class DefragJob(ScheduleFields):
     continue_on_error: bool = False
 
 
+class EncryptionRotation(ScheduleFields):
+    """Rotate the encryption-at-rest key on a schedule (weekly by default, as OpenShift does): a new key is
+    added read-only, promoted once every apiserver loaded it, every value is rewritten, and with ``prune``
+    old keys are removed unless a kept backup in ``backups`` (repository names) still needs them."""
+
+    name: Name = "encryption-rotation"
+    schedule: Cron = "0 3 * * 0"
+    config: str = Field(min_length=1)  # the EncryptionConfiguration file etcdwarden keeps up to date
+    resources: list[str] = Field(default_factory=list)  # default: the resources `encryption rotate` uses
+    layout: Literal["kubernetes", "openshift", "all"] = "all"
+    apiserver_configs: list[str] = Field(default_factory=list)
+    apiserver_metrics: list[str] = Field(default_factory=list)
+    apiserver_cacert: str | None = None
+    apiserver_token_file: str | None = None
+    rollout_timeout: Duration = Field(default=300.0, gt=0)
+    backups: list[str] = Field(default_factory=list)  # repository names of this DaemonConfig
+    prune: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> EncryptionRotation:
+        for url in self.apiserver_metrics:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"apiserverMetrics URL {url!r} must start with http:// or https://")
+        if self.prune and not self.backups:
+            raise ValueError("prune needs backups: the repositories whose kept backups may still need the old "
+                             "keys (pruning without them makes those backups unreadable)")
+        if self.backups and not self.prune:
+            raise ValueError("backups is only used with prune: true")
+        return self
+
+
 class DaemonConfigDoc(Strict):
     api_version: Literal["etcdwarden.io/v1alpha1"]
     kind: Literal["DaemonConfig"]
@@ -307,4 +338,5 @@ class DaemonConfigDoc(Strict):
     backups: list[ScheduledBackup] = Field(default_factory=list)
     single_backups: list[SingleBackup] = Field(default_factory=list)
     defrag: list[DefragJob] = Field(default_factory=list)
+    encryption_rotation: EncryptionRotation | None = None
     include: list[str] = Field(default_factory=list)  # more files (globs), relative to this one

@@ -7,7 +7,9 @@ Rules:
 * scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run (the next
   slot tries again, no retry storm); an aborted run (SIGTERM after the grace period, lost leadership)
   does not, so the next leader runs it;
-* retention runs only after a successful backup, so a failing backup never deletes anything.
+* retention runs only after a successful backup, so a failing backup never deletes anything;
+* an encryption key rotation (``encryptionRotation``) runs through the runner's ``rotate``; a runner
+  without one fails the run (the job is reported, never skipped silently).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdwarden.daemon.runner import JobRunner
+from etcdwarden.daemon.runner import JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, Job
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, Job, RotationSpec
 from etcdwarden.daemon.state import ABORTED, FAILURE, SUCCESS, JobState, StateStore
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.election import LeadershipLost
@@ -111,6 +113,8 @@ class JobExecutor:
         try:
             if isinstance(job, BackupJob):
                 await self._backup(job, st, record)
+            elif isinstance(job, RotationSpec):
+                await self._rotate(job, st, record)
             else:
                 await self._defrag(job, st, record)
         except asyncio.CancelledError:
@@ -198,6 +202,31 @@ class JobExecutor:
             record.result = SUCCESS
         else:
             record.error = out.error or "the defragmentation failed"
+
+    async def _rotate(self, job: RotationSpec, st: JobState, record: RunRecord) -> None:
+        if not hasattr(self.runner, "rotate"):
+            record.error = "this runner cannot rotate encryption keys (it has no rotate())"
+            return
+        runner: RotationRunner = self.runner  # type: ignore[assignment]  # checked just above
+        try:
+            out = await runner.rotate(job)
+        except LeadershipLost:
+            raise
+        except EtcdwardenError as e:
+            record.error = str(e)
+            return
+        except Exception as e:
+            log.exception("rotation job %s crashed", job.name)
+            record.error = f"internal error: {type(e).__name__}: {e}"
+            return
+        st.details = {"newKey": out.new_key, "rewritten": out.rewritten, "pruned": out.pruned}
+        record.detail = dict(st.details)
+        for n in out.notes:
+            log.info("job %s: %s", job.name, n)
+        if out.ok:
+            record.result = SUCCESS
+        else:
+            record.error = out.error or "the key rotation failed"
 
     async def clear_stale(self, states: dict[str, JobState]) -> None:
         """A new leader: runs marked as running belong to a leader that is gone; mark them aborted."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from etcdwarden.daemon import crs
 from etcdwarden.daemon.config import API_VERSION, KIND, BackupSettings, DaemonConfigDoc, Strict
 from etcdwarden.daemon.schedule import Schedule
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import UsageError
 
 Loc = tuple[str | int, ...]
@@ -388,11 +388,23 @@ class _Loader:
             unique(spec.key, origin, cdoc, (*loc, "name"))
             self._check_jitter(spec.schedule, d.jitter, cdoc, (*loc, "jitter"), now)
             defrags.append(spec)
+        rotations: list[RotationSpec] = []
+        rot = cfg.encryption_rotation
+        if rot is not None:
+            loc = (*cloc, "encryptionRotation")
+            origin = f"{cdoc.file}: {path_text(loc)}"
+            for i, name in enumerate(rot.backups):
+                check_repo(name, cdoc, (*loc, "backups", i))
+            rspec = RotationSpec(name=rot.name, schedule=Schedule(rot.schedule, rot.time_zone or tz), options=rot,
+                                 origin=origin, jitter=rot.jitter, catch_up=rot.catch_up, enabled=rot.enabled)
+            unique(rspec.key, origin, cdoc, (*loc, "name"))
+            self._check_jitter(rspec.schedule, rot.jitter, cdoc, (*loc, "jitter"), now)
+            rotations.append(rspec)
         if self.problems:
             return None
         return DaemonConfig(etcd=cfg.etcd, agent=cfg.agent, election=cfg.election, repositories=repos,
                             backups=tuple(backups), singles=tuple(singles), defrags=tuple(defrags),
-                            files=tuple(self.files), notes=tuple(notes))
+                            rotations=tuple(rotations), files=tuple(self.files), notes=tuple(notes))
 
     def _check_jitter(self, schedule: Schedule | None, jitter: float, doc: _Doc, loc: Loc, now: dt.datetime) -> None:
         if schedule is None or jitter <= 0:

@@ -5,7 +5,11 @@ The daemon only schedules, elects and records; a runner performs. :class:`Defaul
 lists that directory's manifests as the catalog, and calls the optional libraries lazily:
 
 * retention: :mod:`etcdwarden.repository` (``DefaultRunner.prune``);
-* defragmentation: :func:`etcdwarden.defrag.rolling_defrag` (``DefaultRunner.defrag``).
+* defragmentation: :func:`etcdwarden.defrag.rolling_defrag` (``DefaultRunner.defrag``);
+* encryption key rotation: :func:`etcdwarden.encryption.ops.run_operation` (``DefaultRunner.rotate``).
+
+``rotate`` is a separate protocol (:class:`RotationRunner`) so runners written before it still satisfy
+:class:`JobRunner`; the executor reports a rotation job as failed when its runner has no ``rotate``.
 
 A missing library is a :class:`RunnerUnavailable` error naming it, never a crash of the daemon.
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from etcdwarden.daemon.config import Repository
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
 
@@ -62,6 +66,16 @@ class DefragOutcome:
     error: str | None = None
 
 
+@dataclass
+class RotationOutcome:
+    ok: bool
+    new_key: str | None = None
+    rewritten: int = 0
+    pruned: str | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
 class JobRunner(Protocol):
     async def backup(self, job: BackupJob) -> JobOutcome: ...
 
@@ -70,6 +84,10 @@ class JobRunner(Protocol):
     async def catalog(self, repository: str) -> list[dict[str, Any]]: ...
 
     async def defrag(self, job: DefragSpec) -> DefragOutcome: ...
+
+
+class RotationRunner(Protocol):
+    async def rotate(self, job: RotationSpec) -> RotationOutcome: ...
 
 
 class DefaultRunner:
@@ -194,6 +212,42 @@ class DefaultRunner:
         skipped = sum(1 for m in report.members if m.outcome.value == "skipped")
         return DefragOutcome(ok=report.ok, defragmented=done, skipped=skipped, report=doc,
                              error=None if report.ok else (report.stopped_reason or "a member failed"))
+
+    async def rotate(self, job: RotationSpec) -> RotationOutcome:
+        """Rotate the encryption-at-rest key as ``etcdwarden encryption rotate`` does (see ``job.options``)."""
+        return await rotate_keys(self.client, job, self.config, self._options)
+
+
+async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfig,
+                      repo_options: Any = None) -> RotationOutcome:
+    """The default rotation: new key read-only, promoted, migrate, prune only what no kept backup needs."""
+    from etcdwarden.encryption.backup_keys import BackupSource
+    from etcdwarden.encryption.ops import Options, run_operation
+    from etcdwarden.encryption.resources import LAYOUTS, select
+    from etcdwarden.encryption.rollout import Rollout
+
+    o = job.options
+    layouts = list(LAYOUTS) if o.layout == "all" else [o.layout]
+    resources = select(list(o.resources) or None, layouts, [])
+    sources = []
+    for name in o.backups:
+        repo = config.repositories.get(name)
+        if repo is None:
+            raise RunnerUnavailable(f"unknown repository {name!r}")
+        sources.append(BackupSource(repo.url, repo_options(name) if repo_options is not None else None))
+    rollout = Rollout(configs=[Path(p) for p in o.apiserver_configs], metrics=list(o.apiserver_metrics),
+                      timeout=o.rollout_timeout, cacert=Path(o.apiserver_cacert) if o.apiserver_cacert else None,
+                      token_file=Path(o.apiserver_token_file) if o.apiserver_token_file else None)
+    opts = Options(prune=o.prune, rollout=rollout, backups=sources)
+    res = await run_operation(client, "rotate", Path(o.config), resources, opts,
+                              notify=lambda m: log.info("rotation %s: %s", job.name, m))
+    mig = res.migration
+    out = RotationOutcome(ok=True, new_key=res.new_key, rewritten=mig.rewritten if mig else 0, pruned=res.pruned,
+                          notes=list(res.notes))
+    if mig is not None and not mig.complete:
+        out.ok = False
+        out.error = "the migration is not complete: " + ("; ".join(mig.problems[:3]) or "values kept changing")
+    return out
 
 
 def elapsed_since(start: float) -> float:

@@ -153,6 +153,9 @@ class Daemon:
             infos[b.key] = JobInfo(b.key, b.name, b.kind, b.repository, gap)
         for d in self.config.defrags:
             infos[d.key] = JobInfo(d.key, d.name, "defrag", "", d.schedule.longest_gap(now) if d.enabled else None)
+        for r in self.config.rotations:
+            gap = r.schedule.longest_gap(now) if r.enabled and r.schedule is not None else None
+            infos[r.key] = JobInfo(r.key, r.name, "rotate", "", gap)
         old = self.metrics.view.jobs
         self.metrics.view.jobs = {k: (i, old[k][1] if k in old else JobState()) for k, i in infos.items()}
 

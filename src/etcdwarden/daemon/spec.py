@@ -11,6 +11,7 @@ from etcdwarden.daemon.config import (
     BackupSettings,
     DefragJob,
     ElectionSection,
+    EncryptionRotation,
     EtcdSection,
     Repository,
     Retention,
@@ -70,7 +71,28 @@ class DefragSpec:
         return f"defrag/{self.name}"
 
 
-Job = BackupJob | DefragSpec
+@dataclass(frozen=True)
+class RotationSpec:
+    """The scheduled encryption-at-rest key rotation (``encryptionRotation``)."""
+
+    name: str
+    schedule: Schedule
+    options: EncryptionRotation
+    origin: str
+    jitter: float = 0.0
+    catch_up: bool = True
+    enabled: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "rotate"
+
+    @property
+    def key(self) -> str:
+        return f"rotate/{self.name}"
+
+
+Job = BackupJob | DefragSpec | RotationSpec
 
 
 @dataclass(frozen=True)
@@ -82,16 +104,17 @@ class DaemonConfig:
     backups: tuple[BackupJob, ...] = ()
     singles: tuple[BackupJob, ...] = ()
     defrags: tuple[DefragSpec, ...] = ()
+    rotations: tuple[RotationSpec, ...] = ()
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     @property
-    def scheduled(self) -> list[BackupJob | DefragSpec]:
-        jobs: list[BackupJob | DefragSpec] = [*self.backups, *self.defrags]
+    def scheduled(self) -> list[Job]:
+        jobs: list[Job] = [*self.backups, *self.defrags, *self.rotations]
         return [j for j in jobs if j.enabled and j.schedule is not None]
 
     def job(self, key: str) -> Job | None:
-        jobs: list[BackupJob | DefragSpec] = [*self.backups, *self.singles, *self.defrags]
+        jobs: list[Job] = [*self.backups, *self.singles, *self.defrags, *self.rotations]
         for j in jobs:
             if j.key == key:
                 return j
@@ -101,7 +124,7 @@ class DaemonConfig:
         """A JSON-able view (no secrets: the config holds none, only where to read them)."""
         now = now or dt.datetime.now(dt.UTC)
 
-        def sched(j: BackupJob | DefragSpec) -> dict[str, object]:
+        def sched(j: Job) -> dict[str, object]:
             s = j.schedule
             d: dict[str, object] = {"name": j.name, "kind": j.kind, "origin": j.origin, "enabled": j.enabled}
             if s is not None:
@@ -121,5 +144,7 @@ class DaemonConfig:
             "singleBackups": [{"name": b.name, "namespace": b.namespace, "repository": b.repository,
                                "origin": b.origin} for b in self.singles],
             "defrag": [{**sched(d), "rule": d.options.rule} for d in self.defrags],
+            "encryptionRotation": [{**sched(r), "config": r.options.config, "prune": r.options.prune,
+                                    "backups": list(r.options.backups)} for r in self.rotations],
             "notes": list(self.notes),
         }

@@ -7,22 +7,30 @@ with live apiservers run it while they are reloading the file automatically
 (``--encryption-provider-config-automatic-reload``) or when they are stopped. ``dry_run`` writes
 nothing anywhere: it shows the phases and migrates in dry-run mode with the would-be configuration
 (which also proves every value can be decrypted).
+
+With a :class:`~etcdwarden.encryption.rollout.Rollout` every phase is also written to the apiservers'
+own configuration files and, where their metrics are given, etcdwarden waits until each apiserver
+reports the phase's hash before going on (a timeout stops the operation before the next phase). With
+``backups`` (repositories), pruning keeps every key a kept backup's manifest still lists.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etcdwarden.encryption.backup_keys import BackupSource, keys_needed_by_backups
 from etcdwarden.encryption.config import EncryptionConfiguration
 from etcdwarden.encryption.migrate import MigrationReport, Migrator
 from etcdwarden.encryption.plan import Phase, plan_disable, plan_enable, plan_prune, plan_rotate
 from etcdwarden.encryption.resources import Resource
+from etcdwarden.encryption.rollout import Rollout
 from etcdwarden.encryption.state import MigrationState
 from etcdwarden.encryption.status import collect
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.etcd.client import EtcdClient
 
 
@@ -37,6 +45,8 @@ class Options:
     check_plaintext: bool = True
     rate_limit: float | None = None
     prune: bool = False
+    rollout: Rollout | None = None
+    backups: list[BackupSource] = field(default_factory=list)  # consulted before pruning a key
 
 
 @dataclass
@@ -92,11 +102,18 @@ async def run_operation(client: EtcdClient, operation: str, config_path: Path, r
     else:
         raise UsageError(f"unknown operation {operation!r}")
 
+    rollout = opts.rollout if opts.rollout is not None and opts.rollout.active else None
+    pruning = opts.prune and operation in ("rotate", "disable")
+    if pruning and opts.backups:  # fail before any change when a repository cannot be read
+        await asyncio.to_thread(keys_needed_by_backups, opts.backups)
+
     for ph in phases:
         res.phases.append(f"{ph.name}: {ph.description}")
         if not opts.dry_run:
             digest = ph.config.save(config_path)
             notify(f"{ph.name}: {ph.description}; wrote {config_path} ({digest})")
+            if rollout is not None:
+                await _roll_out(rollout, ph, digest, notify)
         else:
             notify(f"{ph.name} (dry run, not written): {ph.description}")
         cfg = ph.config
@@ -125,13 +142,39 @@ async def run_operation(client: EtcdClient, operation: str, config_path: Path, r
             else:
                 st = await collect(client, cfg, resources)
                 in_use = {s.resource: set(s.by_label) for s in st.resources}
-            phase, notes = plan_prune(cfg, names, in_use)
+            needed: dict[str, list[str]] | None = None
+            if opts.backups:
+                try:
+                    needed = await asyncio.to_thread(keys_needed_by_backups, opts.backups)
+                except EtcdwardenError as e:
+                    res.notes.append(f"not pruning: {e}")
+                    return res
+            phase, notes = plan_prune(cfg, names, in_use, needed)
             res.notes += notes
             if phase is not None:
                 res.pruned = phase.description
                 if not opts.dry_run:
                     digest = phase.config.save(config_path)
                     notify(f"prune: {phase.description}; wrote {config_path} ({digest})")
+                    if rollout is not None:
+                        await _roll_out(rollout, phase, digest, notify,
+                                        "the migration is complete and the pruned configuration was written, "
+                                        "but not every apiserver has loaded it")
                 res.notes.append("pruned keys are gone from the configuration: backups that still need them "
                                  "can no longer be read with this file")
     return res
+
+
+async def _roll_out(rollout: Rollout, phase: Phase, digest: str, notify: Callable[[str], None],
+                    consequence: str = "stopped before the next step, nothing was migrated") -> None:
+    """Write ``phase`` to every apiserver configuration file, then wait until each apiserver loaded it."""
+    written = rollout.deploy(phase.config)
+    if written != digest:  # the same dump everywhere: a difference would be a bug, never go on
+        raise EtcdwardenError(f"{phase.name}: the apiserver configuration files differ from the main file")
+    if rollout.configs:
+        notify(f"{phase.name}: wrote {len(rollout.configs)} apiserver configuration file(s) "
+               f"({', '.join(str(p) for p in rollout.configs)})")
+    if rollout.metrics:
+        notify(f"{phase.name}: waiting up to {rollout.timeout:g}s for {len(rollout.metrics)} apiserver(s) "
+               f"to load {digest}")
+        await rollout.wait(digest, phase.name, notify, consequence)

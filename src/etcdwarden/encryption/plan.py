@@ -130,12 +130,16 @@ def plan_rotate(cfg: EncryptionConfiguration | None, names: Sequence[str]) -> tu
 
 
 def plan_prune(cfg: EncryptionConfiguration, names: Sequence[str],
-               in_use: Mapping[str, set[str]]) -> tuple[Phase | None, list[str]]:
+               in_use: Mapping[str, set[str]],
+               needed_by_backups: Mapping[str, Sequence[str]] | None = None) -> tuple[Phase | None, list[str]]:
     """Drop read-only keys no stored value uses; ``in_use``: resource → value labels found in etcd.
 
     Only entries whose every resource was counted are pruned. The write key, identity and KMS providers
-    are kept. Returns the phase (None if nothing to drop) and notes about what was kept and why.
+    are kept, and so is every key whose name ``needed_by_backups`` (key name → backups whose manifests
+    list it) maps to a kept backup. Returns the phase (None if nothing to drop) and notes about what was
+    kept and why.
     """
+    needed = needed_by_backups or {}
     work = copy.deepcopy(cfg)
     notes: list[str] = []
     dropped: list[str] = []
@@ -157,6 +161,12 @@ def plan_prune(cfg: EncryptionConfiguration, names: Sequence[str],
                     keep_keys.append(k)
                     if label in used and not (i == 0 and j == 0):
                         notes.append(f"kept {label}: values in etcd still use it")
+                elif needed.get(k.name):
+                    keep_keys.append(k)
+                    backups = list(needed[k.name])
+                    more = f" and {len(backups) - 3} more" if len(backups) > 3 else ""
+                    notes.append(f"kept {label}: backup {', '.join(backups[:3])}{more} still needs it "
+                                 "(its manifest lists the key)")
                 else:
                     dropped.append(f"{label} ({', '.join(rc.resources)})")
             if keep_keys:
