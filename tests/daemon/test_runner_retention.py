@@ -42,3 +42,17 @@ def test_backups_then_keep_last_is_exact(etcd1: LocalCluster, tmp_path: Path) ->
     assert sorted(p.name for p in manifests(repo)) == [f"backup_{i}.json" for i in ids[2:]]
     assert [e["id"] for e in catalog] == [ids[3], ids[2]]  # newest first
     assert all(e["state"] == "complete" and e["verified"] for e in catalog)
+
+
+def test_once_report_fails_when_retention_failed() -> None:
+    import datetime as dt
+
+    from etcdwarden.daemon.jobs import RunRecord
+    from etcdwarden.daemon.service import OnceReport
+    from etcdwarden.daemon.state import SUCCESS
+
+    slot = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    ok = RunRecord("backup/a", "backup", "a", slot, SUCCESS, 1.0, detail={"prune": {"ok": True, "deleted": []}})
+    bad = RunRecord("backup/b", "backup", "b", slot, SUCCESS, 1.0, detail={"prune": {"ok": False, "error": "x"}})
+    assert OnceReport(leader=True, records=[ok]).ok
+    assert not OnceReport(leader=True, records=[ok, bad]).ok  # a CronJob must not report success

@@ -184,6 +184,11 @@ def test_unreadable_values_can_be_skipped_and_are_reported(etcd1: LocalCluster, 
             await run_operation(c, "enable", cfg_path, res_sel, Options())
         res = await run_operation(c, "migrate", cfg_path, res_sel, Options(skip_unreadable=True))
         assert res.migration is not None and not res.migration.complete
+        # the state file must not say "complete" either: a backup would then not be refused
+        from etcdwarden.encryption.ops import default_state_path
+        from etcdwarden.encryption.state import migration_in_progress
+
+        assert migration_in_progress(default_state_path(cfg_path))
         counts = res.migration.resources["secrets"]
         assert counts.unreadable == 1 and counts.rewritten == 1
         assert (await c.get(b"/registry/secrets/a/kms")).kvs[0].value == kms

@@ -43,7 +43,7 @@ def test_restore_cluster(c3: LocalCluster, tmp_path: Path, mode: str) -> None:
     before = listing()
     dry = cli("restore", "cluster", str(b.directory), "--spec", str(spec), "--mode", mode, "--dry-run")
     assert dry.code == 0, dry.err
-    assert "etcdutl snapshot restore" in dry.out.replace(str(Path("x")), "") or "snapshot restore" in dry.out
+    assert "snapshot restore" in dry.out and "etcdutl" in dry.out
     assert listing() == before and all(m.is_running() for m in c3.members)
     r = cli("restore", "cluster", str(b.directory), "--spec", str(spec), "--mode", mode, "-w", "json")
     assert r.code == 0, r.err

@@ -71,7 +71,7 @@ def test_dry_run_changes_nothing(saved: dict[str, SavedBackup], tmp_path: Path) 
     c = LocalCluster(tmp_path / "run", size=1)
     r = _restore(saved["plain"].manifest, c, d, "--dry-run")
     assert r.code == 0, r.err
-    assert "etcdutl snapshot restore" in r.out.replace(str(Path(r.out.split()[0]).parent), "") or "etcdutl" in r.out
+    assert "snapshot restore" in r.out and "etcdutl" in r.out
     assert "pre-restore" in r.out and "--initial-cluster-token etcdwarden-restore-" in r.out
     assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["etcd"]
 

@@ -23,7 +23,7 @@ from etcdwarden.encryption.providers import KEYED_PROVIDERS, classify
 from etcdwarden.encryption.resources import LAYOUTS, Resource, parse_extra, resource_of, select
 from etcdwarden.encryption.rollout import Rollout
 from etcdwarden.encryption.status import EncryptionStatus, collect
-from etcdwarden.errors import EXIT_OK, EtcdwardenError, NotFound, UsageError
+from etcdwarden.errors import EXIT_OK, EtcdwardenError, NotFound, SafetyRefusal, UsageError
 from etcdwarden.etcd.client import EtcdClient
 
 
@@ -76,6 +76,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         sp.add_argument("--backups", action="append", default=[], metavar="REPO",
                         help="with --prune: keep every old key a kept backup in this repository (URL or path) "
                              "still lists in its manifest (repeatable)")
+        sp.add_argument("--no-backups", action="store_true",
+                        help="with --prune: there are no backups to consult (their old keys would be lost)")
         repo_opts(sp)
 
     en = s.add_parser("enable", parents=parents, help="encrypt with a new key, then rewrite every value")
@@ -142,6 +144,9 @@ def _rollout(args: argparse.Namespace) -> Rollout | None:
 
 def _backups(args: argparse.Namespace) -> list[BackupSource]:
     repos = list(getattr(args, "backups", None) or [])
+    if getattr(args, "prune", False) and not repos and not getattr(args, "no_backups", False):
+        raise SafetyRefusal("--prune would delete old keys that existing backups may need to be restored; name the "
+                            "backup repositories with --backups REPO", force_flag="--no-backups")
     if not repos:
         return []
     if not args.prune:

@@ -182,6 +182,9 @@ class JobExecutor:
             st.prune_failures += 1
             log.error("retention of job %s failed: %s", job.name, st.prune.get("error"),
                       extra={"event": "prune_failed", "job": job.name})
+        elif st.prune.get("error"):  # retention ran, but raised an alert (e.g. the newest alone exceeds the cap)
+            log.warning("retention of job %s: %s", job.name, st.prune.get("error"),
+                        extra={"event": "prune_alert", "job": job.name})
         record.detail["prune"] = st.prune
 
     async def _defrag(self, job: DefragSpec, st: JobState, record: RunRecord) -> None:

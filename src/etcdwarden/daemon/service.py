@@ -45,7 +45,8 @@ class OnceReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.result == SUCCESS for r in self.records)
+        """Every job succeeded, retention included (a CronJob must not report success over a failed prune)."""
+        return all(r.result == SUCCESS and (r.detail.get("prune") or {}).get("ok", True) for r in self.records)
 
     def as_json(self) -> dict[str, Any]:
         return {"leader": self.leader, "ok": self.ok, "note": self.note, "runs": [r.as_json() for r in self.records]}

@@ -46,6 +46,11 @@ def keys_needed_by_backups(sources: Sequence[BackupSource]) -> dict[str, list[st
         if not catalog.entries:  # most likely a wrong location: pruning on it would forget real backups
             raise UsageError(f"{src.location} holds no backups; check the repository location (nothing is pruned "
                              "on a repository that cannot be told apart from a typo)")
+        unreadable = [e.id for e in catalog.entries if e.state == "unreadable"]
+        if unreadable:  # its manifest cannot tell which keys it needs: prune nothing
+            raise EtcdwardenError(f"{src.location}: the manifest of backup(s) {', '.join(unreadable)} cannot be read, "
+                                  "so the keys they need are unknown; nothing is pruned (retry, or fix or remove "
+                                  "those backups)")
         for entry in catalog.good:
             for name in entry.key_names:
                 needed.setdefault(name, []).append(f"{url} {entry.id}")

@@ -160,10 +160,10 @@ class Migrator:
                 rep.complete = True
                 break
         rep.elapsed = time.monotonic() - t0
+        if any(c.unreadable for c in rep.resources.values()):
+            rep.complete = False  # values left in an old format: the migration is not complete
         if rep.complete and not self.dry_run:
             self.state.mark_complete()
-        if any(c.unreadable for c in rep.resources.values()):
-            rep.complete = False
         return rep
 
     # -- one prefix --------------------------------------------------------------------------
