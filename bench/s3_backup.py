@@ -84,7 +84,7 @@ def main() -> None:
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-s3-"))
     cluster = LocalCluster(base / "cluster", size=1, extra_args=("--quota-backend-bytes", str(8 * 1024**3)))
-    s3 = SeaweedS3(base / "s3", bucket="bench")
+    s3 = SeaweedS3(base / "s3", bucket="bench", volume_max=400)
     cluster.start()
     try:
         s3.start()

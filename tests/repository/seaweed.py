@@ -42,6 +42,7 @@ class SeaweedS3:
     access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     proc: subprocess.Popen[bytes] | None = None
+    volume_max: int = 40  # volumes of 256 MB: ~10 GB of objects (the benchmark asks for more)
 
     def __post_init__(self) -> None:
         (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer, self.filer_grpc,
@@ -82,7 +83,7 @@ class SeaweedS3:
                 f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
                 "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-s3.config={self.config}", "-master.telemetry=false",
-                "-master.volumeSizeLimitMB=256", "-volume.max=40", "-volume.preStopSeconds=0",
+                "-master.volumeSizeLimitMB=256", f"-volume.max={self.volume_max}", "-volume.preStopSeconds=0",
                 f"-filer.localSocket={sock / 'filer.sock'}", f"-s3.localSocket={sock / 's3.sock'}"]
 
     def start(self, timeout: float = 60.0) -> None:
