@@ -19,9 +19,9 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from etcdwarden.daemon.runner import JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
@@ -31,6 +31,7 @@ from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.election import LeadershipLost
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Clock = Callable[[], dt.datetime]
 
@@ -187,17 +188,22 @@ class JobExecutor:
                         extra={"event": "prune_alert", "job": job.name})
         record.detail["prune"] = st.prune
 
-    async def _defrag(self, job: DefragSpec, st: JobState, record: RunRecord) -> None:
+    async def _guarded(self, what: str, name: str, record: RunRecord, call: Awaitable[T]) -> T | None:
+        """Await a runner call; a failure becomes ``record.error`` (leadership loss propagates)."""
         try:
-            out = await self.runner.defrag(job)
+            return await call
         except LeadershipLost:
             raise
         except EtcdwardenError as e:
             record.error = str(e)
-            return
         except Exception as e:
-            log.exception("defrag job %s crashed", job.name)
+            log.exception("%s job %s crashed", what, name)
             record.error = f"internal error: {type(e).__name__}: {e}"
+        return None
+
+    async def _defrag(self, job: DefragSpec, st: JobState, record: RunRecord) -> None:
+        out = await self._guarded("defrag", job.name, record, self.runner.defrag(job))
+        if out is None:
             return
         st.details = {"defragmented": out.defragmented, "skipped": out.skipped}
         record.detail = dict(st.details)
@@ -211,16 +217,8 @@ class JobExecutor:
             record.error = "this runner cannot rotate encryption keys (it has no rotate())"
             return
         runner: RotationRunner = self.runner  # type: ignore[assignment]  # checked just above
-        try:
-            out = await runner.rotate(job)
-        except LeadershipLost:
-            raise
-        except EtcdwardenError as e:
-            record.error = str(e)
-            return
-        except Exception as e:
-            log.exception("rotation job %s crashed", job.name)
-            record.error = f"internal error: {type(e).__name__}: {e}"
+        out = await self._guarded("rotation", job.name, record, runner.rotate(job))
+        if out is None:
             return
         st.details = {"newKey": out.new_key, "rewritten": out.rewritten, "pruned": out.pruned}
         record.detail = dict(st.details)
