@@ -1,8 +1,8 @@
 """SSHHost (remote members) against an in-process asyncssh server on 127.0.0.1.
 
-NOT a Debian OpenSSH sshd (running one needs the privilege-separation user ``sshd``, absent here): the
-server below executes each command line with ``/bin/sh -c`` and serves SFTP from the local file
-system, which is what the host operations rely on.
+The server below executes each command line with ``/bin/sh -c`` and serves SFTP from the local file
+system, which is what the host operations rely on. The same operations, and a ``restore cluster`` with
+a member behind SSH, run against Debian's real OpenSSH sshd in test_ssh_real.py.
 """
 
 from __future__ import annotations
