@@ -101,10 +101,13 @@ class FakeClock:
 
 @dataclass
 class ScriptedRunner:
-    """Records calls; ``fail`` makes backups fail; ``block`` makes them wait until set."""
+    """Records calls; ``fail`` makes backups fail (``fail_next``: only the next N); ``block`` makes them wait
+    until set; ``during`` is called inside each backup (e.g. to move a fake clock as if it took time)."""
 
     calls: list[str] = field(default_factory=list)
     fail: bool = False
+    fail_next: int = 0
+    during: Callable[[], None] | None = None
     prune_fail: bool = False
     block: asyncio.Event | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +117,11 @@ class ScriptedRunner:
         self.started.set()
         if self.block is not None:
             await self.block.wait()
+        if self.during is not None:
+            self.during()
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise EtcdwardenError("snapshot failed: member unreachable (transient)")
         if self.fail:
             raise EtcdwardenError("snapshot failed on every member")
         return JobOutcome(ok=True, repository=job.repository, location=f"/repo/{len(self.calls)}", size=1234,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from etcdwarden.daemon.config import AgentSection
+from etcdwarden.daemon.config import AgentSection, parse_duration
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo, MemberFigures
 from etcdwarden.daemon.state import JobState
@@ -59,6 +59,23 @@ def test_kubernetes_manifests_and_configmap(tmp_path: Path) -> None:
     assert [s.name for s in cfg.singles] == ["etcd-single-backup"]
     grace = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > cfg.agent.shutdown_grace
+    # the Service reaches the pods, so the endpoint is TLS with a token; probes stay open (HTTPS, no token)
+    assert cfg.agent.tls is not None and cfg.agent.auth is not None and cfg.agent.auth.protect_metrics
+    assert probes["livenessProbe"]["httpGet"]["scheme"] == probes["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    mounts = {m["name"]: m["mountPath"] for m in probes["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in deploy["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v}
+    assert cfg.agent.tls.cert_file.startswith(mounts["tls"] + "/")
+    assert cfg.agent.auth.token_file.startswith(mounts["token"] + "/")
+    assert docs[("Certificate", "etcdwarden-tls")]["spec"]["secretName"] == secrets["tls"]
+    monitor = docs[("ServiceMonitor", "etcdwarden")]["spec"]["endpoints"][0]
+    assert monitor["scheme"] == "https" and monitor["bearerTokenSecret"]["name"] == secrets["token"]
+    # --once retries within the run: no pod re-run, and its deadline is inside the Job's
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0 and "--deadline" in container["args"]
+    deadline = container["args"][container["args"].index("--deadline") + 1]
+    assert parse_duration(deadline) + 600 <= job["activeDeadlineSeconds"]
+    assert all(b.retry.attempts == 3 for b in cfg.backups)
 
 
 def test_alerts_and_dashboard_use_existing_metrics() -> None:
@@ -67,7 +84,7 @@ def test_alerts_and_dashboard_use_existing_metrics() -> None:
     rule = yaml.safe_load((CONTRIB / "prometheus" / "prometheusrule.yaml").read_text())
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdDatabaseNearQuota"} <= alerts
+    assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdBackupRetrying", "EtcdDatabaseNearQuota"} <= alerts
     dash = json.loads((CONTRIB / "grafana" / "etcdwarden-dashboard.json").read_text())
     exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"etcdwarden_\w+", e)}

@@ -44,6 +44,8 @@ async def run_due(ex: JobExecutor, store: MemoryStateStore, now: dt.datetime) ->
     results: list[str] = []
     while True:
         states = await store.load()
+        await ex.drop_stale_retries(now, states)  # as the daemon's loop does
+        states = await store.load()
         due = ex.due_jobs(now, states)
         if not due:
             return results
@@ -75,14 +77,15 @@ async def test_first_run_then_schedule_then_catch_up_once(tmp_path: Path) -> Non
 async def test_failure_counts_as_a_run_and_never_prunes(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     runner = ScriptedRunner(fail=True)
-    ex, store = executor(config(tmp_path), runner, clock)
+    ex, store = executor(config(tmp_path, DAILY.replace("    retention:", "    retry: {attempts: 1}\n    retention:")),
+                         runner, clock)
     assert await run_due(ex, store, clock()) == ["nightly:failure"]
     assert runner.calls == ["backup:nightly"]
     st = (await store.load())["backup/nightly"]
     assert st.failures == 1 and st.last_result == FAILURE and "every member" in (st.last_error or "")
-    assert st.last_success is None and st.running is None
+    assert st.last_success is None and st.running is None and st.retry_at is None and st.final_failures == 1
     clock.advance(minutes=5)
-    assert await run_due(ex, store, clock()) == []  # no retry storm; the next slot tries again
+    assert await run_due(ex, store, clock()) == []  # retry.attempts 1: the next slot tries again
 
 
 @arun

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from etcdwarden.cli.common import client_config
 from etcdwarden.cli.output import Output
 from etcdwarden.daemon import logs
-from etcdwarden.daemon.config import EtcdSection
+from etcdwarden.daemon.config import EtcdSection, check_listen, exposure_problem, parse_duration
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.service import Daemon, OnceReport
 from etcdwarden.daemon.spec import DaemonConfig
@@ -29,6 +29,14 @@ resources as they are; their pvcName names a repository of the DaemonConfig. --c
 than once and may name a directory (its *.yaml files, in name order).
 
 Settings of the etcd section override ETCDCTL_* variables; command-line flags override both.
+
+A failed scheduled backup is retried before its next slot (retry: attempts 3, backoff 5m doubling up to
+maxBackoff 30m, by default; agent.retry and each backup's retry change it). With --once the retries
+happen within the run, none starting after --deadline.
+
+HTTP is plain and on loopback by default. A non-loopback agent.listen (or --listen) needs agent.tls
+(certFile, keyFile) or an explicit agent.insecureHttp: true; agent.auth.tokenFile requires a bearer
+token on /api/* (and on /metrics with protectMetrics). SIGHUP re-reads the configuration and those files.
 """
 
 
@@ -41,7 +49,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true",
                    help="run every job that is due (and pending single backups) once, then exit "
                         "(for a Kubernetes CronJob); exit 1 if a job failed")
-    p.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default: agent.listen, 127.0.0.1:9796)")
+    p.add_argument("--deadline", metavar="DURATION", default="30m",
+                   help="with --once: start no retry of a failed backup later than this after the run began "
+                        "(default 30m; keep it below the CronJob's activeDeadlineSeconds)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="HTTP address (default: agent.listen, 127.0.0.1:9796); a non-loopback one needs agent.tls "
+                        "or agent.insecureHttp")
     p.add_argument("--agent-name", metavar="NAME", help="this agent's name (default: agent.name or the host name)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: agent.logLevel")
     p.set_defaults(func=cmd_daemon)
@@ -100,7 +113,19 @@ def _secrets(cfg: DaemonConfig, ccfg: ClientConfig) -> set[str]:
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     paths = [Path(p) for p in args.config]
+    try:
+        deadline = parse_duration(args.deadline)
+    except ValueError as e:
+        raise UsageError(f"--deadline: {e}") from None
     cfg = load_config(paths)
+    if args.listen and not args.once:
+        try:
+            check_listen(args.listen)
+        except ValueError as e:
+            raise UsageError(f"--listen: {e}") from None
+        problem = exposure_problem(args.listen, cfg.agent.tls is not None, cfg.agent.insecure_http, "--listen")
+        if problem:
+            raise UsageError(problem)
     ccfg = daemon_client_config(args, cfg.etcd)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
@@ -113,7 +138,7 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
             d = Daemon(cfg, client, agent=args.agent_name, listen=args.listen, reload=lambda: load_config(paths))
             d.install_signal_handlers()
             if args.once:
-                return await d.run_once()
+                return await d.run_once(deadline)
             await d.run()
             return None
 
@@ -134,7 +159,10 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
             out.info(report.note)
         for r in report.records:
             extra = f": {r.error}" if r.error else ""
-            out.line(f"{r.kind} {r.name}: {r.result} in {r.duration:.1f}s{extra}")
+            attempt = f" (attempt {r.attempt}/{r.attempts})" if r.attempts > 1 else ""
+            then = f"; retry at {r.retry_at.isoformat()}" if r.retry_at else (
+                f"; {r.detail['then']}" if r.detail.get("then") and r.attempts > 1 else "")
+            out.line(f"{r.kind} {r.name}: {r.result}{attempt} in {r.duration:.1f}s{extra}{then}")
             prune = r.detail.get("prune")
             if isinstance(prune, dict) and not prune.get("ok"):
                 out.warn(f"{r.name}: retention failed: {prune.get('error')}")
@@ -154,7 +182,9 @@ def cmd_validate(args: argparse.Namespace, out: Output) -> int:
     for kind in ("backups", "defrag"):
         for j in summary[kind]:  # type: ignore[attr-defined]
             when = f"next {j['next']}" if j.get("next") else "disabled"
-            out.line(f"  {j['kind']} {j['name']}: {j.get('schedule')} ({j.get('timeZone')}), {when}")
+            retry = j.get("retry") or {}
+            tries = f", up to {retry['attempts']} attempts" if retry.get("attempts", 1) > 1 else ""
+            out.line(f"  {j['kind']} {j['name']}: {j.get('schedule')} ({j.get('timeZone')}), {when}{tries}")
     for s in summary["singleBackups"]:  # type: ignore[attr-defined]
         out.line(f"  single backup {s['name']} -> {s['repository']}")
     for n in cfg.notes:

@@ -13,7 +13,10 @@ Example::
       endpoints: [https://10.0.0.1:2379, https://10.0.0.2:2379]
       cacert: /etc/kubernetes/pki/etcd/ca.crt
     agent:
-      listen: 127.0.0.1:9796
+      listen: 127.0.0.1:9796      # another address needs tls (or insecureHttp: true, said explicitly)
+      # tls: {certFile: /etc/etcdwarden/tls.crt, keyFile: /etc/etcdwarden/tls.key}
+      # auth: {tokenFile: /etc/etcdwarden/token, protectMetrics: true}   # bearer token for /api/*
+      retry: {attempts: 3, backoff: 5m, maxBackoff: 30m}   # for every scheduled backup that sets none
     repositories:
       - name: etcd-backup-pvc
         url: file:///var/lib/etcd-backups
@@ -24,6 +27,7 @@ Example::
         jitter: 2m
         repository: etcd-backup-pvc
         retention: {keepLast: 48, minKeep: 3}
+        retry: {attempts: 4}                                 # backoff and maxBackoff from agent.retry
     defrag:
       - name: nightly-defrag
         schedule: "30 3 * * *"
@@ -32,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zoneinfo
 from typing import Annotated, Any, Literal
@@ -54,6 +59,18 @@ _MACROS = {
 _CRON_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
 _CRON_RANGES = ("0-59", "0-23", "1-31", "1-12 or jan-dec", "0-7 or sun-sat")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
+
+
+def format_duration(seconds: float) -> str:
+    """``5400`` → ``1h30m``; ``90`` → ``1m30s``; ``0.5`` → ``0.5s`` (the form the config accepts)."""
+    if seconds < 1 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out
 
 
 def parse_duration(value: object) -> float:
@@ -152,6 +169,27 @@ def check_listen(text: str) -> str:
     return text
 
 
+def is_loopback_listen(listen: str) -> bool:
+    """Whether HOST of ``HOST:PORT`` is a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    host = listen.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_problem(listen: str, tls: bool, insecure_http: bool, source: str | None = None) -> str | None:
+    """The refusal of a non-loopback listen address without TLS (unless ``insecureHttp`` opts in), or None.
+    ``source`` (e.g. ``--listen``) starts the message when it is not reported at a config path."""
+    if tls or insecure_http or is_loopback_listen(listen):
+        return None
+    return (f"{source + ' ' if source else ''}{listen} is not a loopback address: the agent would serve the backup "
+            "catalog, the metrics and any bearer token over plain HTTP; set agent.tls (certFile and keyFile), or "
+            "agent.insecureHttp: true to accept plain HTTP on this address")
+
+
 def check_url(url: str) -> str:
     m = re.match(r"^([a-z][a-z0-9+.-]*)://", url)
     if m and m.group(1) not in ("file", "s3", "gs", "az"):
@@ -188,9 +226,72 @@ class EtcdSection(Strict):
     command_timeout: Duration | None = None
 
 
+class RetryPolicy(Strict):
+    """How a failed scheduled backup is tried again before its next slot.
+
+    ``attempts`` counts every try of one slot, the first included (``1``: no retry). After the n-th failed
+    attempt the next one starts ``backoff * 2**(n-1)`` later, capped at ``maxBackoff`` (never below
+    ``backoff``), and only if that is *before the next slot*: the next slot always wins, so retries never
+    overlap or delay it. Retries are decided and run by the elected leader only; every attempt is
+    recorded in the job state in etcd.
+    """
+
+    attempts: int = Field(default=3, ge=1, le=10)
+    backoff: Duration = Field(default=300.0, gt=0)
+    max_backoff: Duration = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> RetryPolicy:
+        if {"backoff", "max_backoff"} <= self.model_fields_set and self.backoff > self.max_backoff:
+            raise ValueError(f"backoff {format_duration(self.backoff)} is above maxBackoff "
+                             f"{format_duration(self.max_backoff)}")
+        return self
+
+    def delay(self, failed_attempt: int) -> float:
+        """Seconds between the end of failed attempt ``failed_attempt`` (1-based) and the next attempt."""
+        grown: float = self.backoff * float(2 ** max(0, failed_attempt - 1))
+        return min(grown, max(self.max_backoff, self.backoff))
+
+    def merged(self, override: RetryPolicy | None) -> RetryPolicy:
+        """This policy (the default) with the fields ``override`` sets explicitly."""
+        if override is None:
+            return self
+        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+    def describe(self) -> str:
+        if self.attempts == 1:
+            return "no retry"
+        return (f"{self.attempts} attempts, backoff {format_duration(self.backoff)} doubling up to "
+                f"{format_duration(max(self.max_backoff, self.backoff))}, never past the next slot")
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+class HttpTLS(Strict):
+    """TLS for the agent's HTTP endpoint. The files are read at start, on SIGHUP and when they change."""
+
+    cert_file: str = Field(min_length=1)  # PEM certificate (chain), server first
+    key_file: str = Field(min_length=1)  # PEM private key (unencrypted)
+
+
+class HttpAuth(Strict):
+    """A bearer token (``Authorization: Bearer <token>``) for ``/api/*`` and, with ``protectMetrics``,
+    ``/metrics``. ``/healthz`` and ``/readyz`` stay open for probes. The token is read from ``tokenFile``
+    (never written in the config, never logged); it is re-read on SIGHUP and when the file changes."""
+
+    token_file: str = Field(min_length=1)
+    protect_metrics: bool = False
+
+
 class AgentSection(Strict):
     name: str | None = None  # default: the host name
     listen: Annotated[str, AfterValidator(check_listen)] = DEFAULT_LISTEN
+    tls: HttpTLS | None = None
+    auth: HttpAuth | None = None
+    # a non-loopback listen address without tls is refused unless this says plain HTTP is intended
+    insecure_http: bool = False
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)  # for scheduled backups (and Backup CRs) that set none
     time_zone: TimeZone = "UTC"  # for schedules (and Backup CRs) that name none
     tick: Duration = Field(default=30.0, gt=0)  # the longest sleep between two looks at the schedules
     metrics_interval: Duration = Field(default=30.0, gt=0)  # member status / catalog refresh
@@ -279,6 +380,7 @@ class ScheduleFields(Strict):
 class ScheduledBackup(ScheduleFields, BackupSettings):
     repository: str
     retention: Retention | None = None
+    retry: RetryPolicy | None = None  # fields left out come from agent.retry
 
 
 class SingleBackup(BackupSettings):

@@ -4,10 +4,21 @@ Rules:
 
 * single backups (``EtcdBackup`` CRs, ``singleBackups``) run once; a failed one is not retried (as
   OpenShift's ``BackupFailed``), an aborted one is (it never finished);
-* scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run (the next
-  slot tries again, no retry storm); an aborted run (SIGTERM after the grace period, lost leadership)
-  does not, so the next leader runs it;
-* retention runs only after a successful backup, so a failing backup never deletes anything;
+* scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run; an
+  aborted run (SIGTERM after the grace period, lost leadership) does not, so the next leader runs it;
+* a failed *scheduled backup* is retried before its next slot, as its ``retry`` policy says (default:
+  3 attempts, 5m then 10m apart): after the n-th failed attempt the next is due ``backoff * 2**(n-1)``
+  (at most ``maxBackoff``) after it finished, but only if that is before the next slot. The next slot
+  always wins: a retry that would start at or after it is dropped, a pending retry the next slot
+  overtakes (downtime, a long attempt) is dropped, never run late, and never more than one attempt is
+  due at a time, so downtime cannot cause a storm. The retry time and every attempt are kept in the
+  job state in etcd (``retry_at``, ``attempt_log``), so a new leader honours a pending retry; only the
+  leader runs it. A run that ends failed with no retry left is counted in ``final_failures`` and
+  recorded as a failure (never a success). Defragmentation, key rotation and single backups are not
+  retried;
+* a slot that passes while a backup *succeeds* is covered by that backup (no back-to-back runs); a slot
+  that passes while a backup attempt *fails* is not, so it runs next (the next slot wins);
+* retention runs only after a successful backup, so a failing attempt never deletes anything;
 * an encryption key rotation (``encryptionRotation``) runs through the runner's ``rotate``; a runner
   without one fails the run (the job is reported, never skipped silently).
 """
@@ -23,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from etcdwarden.daemon.config import RetryPolicy
 from etcdwarden.daemon.runner import JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, Job, RotationSpec
@@ -50,10 +62,15 @@ class RunRecord:
     duration: float
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    attempts: int = 1  # the most this slot may get (the retry policy's attempts)
+    retry_at: dt.datetime | None = None  # when the next attempt is due (a failure with a retry pending)
 
     def as_json(self) -> dict[str, Any]:
         return {"job": self.name, "kind": self.kind, "slot": self.slot.isoformat(), "result": self.result,
-                "duration": round(self.duration, 3), "error": self.error, **self.detail}
+                "duration": round(self.duration, 3), "error": self.error, "attempt": self.attempt,
+                "attempts": self.attempts, "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+                **self.detail}
 
 
 class JobExecutor:
@@ -66,6 +83,32 @@ class JobExecutor:
         self.clock = clock
         self.on_state = on_state
         self.tolerance = max(300.0, 2 * config.agent.tick)
+        self.retry_deadline: dt.datetime | None = None  # --once: no retry is scheduled after this
+
+    @staticmethod
+    def _reference(job: Job, st: JobState | None) -> dt.datetime | None:
+        """The time after which a slot counts as not yet run: when the last run finished, except that a
+        failed backup attempt covers only the slots before it started (the next slot wins)."""
+        if st is None:
+            return None
+        if (isinstance(job, BackupJob) and st.last_result == FAILURE and st.last_started is not None
+                and st.last_finished is not None):
+            return min(st.last_started, st.last_finished)
+        return st.last_finished
+
+    @staticmethod
+    def _next_slot(job: Job, slot: dt.datetime) -> dt.datetime | None:
+        return job.schedule.next_after(slot) if job.schedule is not None else None
+
+    def _retry_due(self, job: Job, st: JobState, now: dt.datetime) -> Due | None:
+        if not isinstance(job, BackupJob) or st.retry_at is None or st.last_slot is None or now < st.retry_at:
+            return None
+        if not job.retries or st.attempt >= job.retry.attempts:
+            return None  # the policy changed: dropped by drop_stale_retries
+        nxt = self._next_slot(job, st.last_slot)
+        if nxt is not None and now >= nxt:
+            return None  # overtaken by the next slot: dropped by drop_stale_retries, never run late
+        return Due(slot=st.last_slot, start_at=st.retry_at, attempt=st.attempt + 1)
 
     # -- deciding ------------------------------------------------------------------------------
     def due_jobs(self, now: dt.datetime, states: dict[str, JobState], use_jitter: bool = True
@@ -80,8 +123,10 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
-            d = due_slot(job.schedule, job.key, now, st.last_finished if st else None, job.jitter,
+            d = due_slot(job.schedule, job.key, now, self._reference(job, st), job.jitter,
                          job.catch_up, self.tolerance, use_jitter)
+            if d is None and st is not None:
+                d = self._retry_due(job, st, now)
             if d is not None:
                 scheduled.append((job, d))
         scheduled.sort(key=lambda x: x[1].start_at)
@@ -92,8 +137,46 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
-            times.append(next_wakeup(job.schedule, job.key, now, st.last_finished if st else None, job.jitter))
+            times.append(next_wakeup(job.schedule, job.key, now, self._reference(job, st), job.jitter))
+            if (st is not None and st.retry_at is not None
+                    and (st.retry_at > now or self._retry_due(job, st, now) is not None)):
+                times.append(max(now, st.retry_at))
         return min(times) if times else None
+
+    def pending_retries(self, states: dict[str, JobState]) -> list[tuple[BackupJob, dt.datetime]]:
+        """Scheduled backups with a retry pending, and when it is due, earliest first."""
+        out = [(job, st.retry_at) for job in self.config.backups
+               if job.enabled and (st := states.get(job.key)) is not None and st.retry_at is not None]
+        return sorted(out, key=lambda x: x[1])
+
+    async def drop_stale_retries(self, now: dt.datetime, states: dict[str, JobState]) -> None:
+        """Drop pending retries that the next slot overtook (or whose job is gone or no longer retries):
+        that slot ended failed. The next slot's own run, if due, starts with attempt 1."""
+        for key, st in states.items():
+            if st.retry_at is None or st.running:
+                continue
+            job = self.config.job(key)
+            reason = None
+            if not isinstance(job, BackupJob) or not job.retries or not job.enabled:
+                reason = "the job no longer retries"
+            elif st.attempt >= job.retry.attempts:
+                reason = f"retry.attempts is now {job.retry.attempts}"
+            elif st.last_slot is not None and (nxt := self._next_slot(job, st.last_slot)) is not None and now >= nxt:
+                reason = f"the next slot ({nxt.isoformat()}) came first"
+            if reason is None:
+                continue
+            self._give_up(st, f"retry dropped: {reason}")
+            log.error("job %s: the retry of slot %s is dropped: %s; the slot ended failed", key,
+                      st.last_slot.isoformat() if st.last_slot else "?", reason,
+                      extra={"event": "retry_dropped", "job": key})
+            await self._save(key, st)
+
+    @staticmethod
+    def _give_up(st: JobState, why: str) -> None:
+        st.retry_at = None
+        st.final_failures += 1
+        if st.attempt_log:
+            st.attempt_log[-1]["then"] = why
 
     # -- running -------------------------------------------------------------------------------
     async def _save(self, key: str, st: JobState) -> None:
@@ -102,15 +185,25 @@ class JobExecutor:
             self.on_state(key, st)
 
     async def run(self, job: Job, due: Due, states: dict[str, JobState]) -> RunRecord:
-        """Run ``job`` for ``due.slot``; LeadershipLost if the start cannot be recorded."""
+        """Run ``job`` for ``due.slot`` (attempt ``due.attempt``); LeadershipLost if the start cannot be recorded."""
         st = states.get(job.key) or JobState()
         started = self.clock()
-        st.running = {"slot": due.slot.isoformat(), "started": started.isoformat(), "agent": self.agent}
+        slot_text = due.slot.isoformat()
+        if due.attempt == 1 and st.retry_at is not None and not st.running:
+            # a new slot overtook a pending retry of the previous one: that slot ended failed
+            self._give_up(st, f"retry dropped: the next slot ({slot_text}) came first")
+        st.attempt_log = [e for e in st.attempt_log if e.get("slot") == slot_text][-20:]
+        if due.retry:
+            st.retries += 1
+        st.running = {"slot": slot_text, "started": started.isoformat(), "agent": self.agent, "attempt": due.attempt}
         await self._save(job.key, st)  # only the leader gets past this line
-        log.info("job %s started (slot %s%s)", job.name, due.slot.isoformat(),
-                 ", catch-up" if due.missed else "", extra={"event": "job_started", "job": job.name, "kind": job.kind})
+        policy = job.retry if isinstance(job, BackupJob) and job.retries else None
+        of = f" attempt {due.attempt}/{policy.attempts}" if policy is not None else ""
+        log.info("job %s%s started (slot %s%s)", job.name, of, slot_text, ", catch-up" if due.missed else "",
+                 extra={"event": "job_started", "job": job.name, "kind": job.kind, "attempt": due.attempt})
         t0 = time.monotonic()
-        record = RunRecord(job.key, job.kind, job.name, due.slot, FAILURE, 0.0)
+        record = RunRecord(job.key, job.kind, job.name, due.slot, FAILURE, 0.0, attempt=due.attempt,
+                           attempts=policy.attempts if policy is not None else 1)
         try:
             if isinstance(job, BackupJob):
                 await self._backup(job, st, record)
@@ -119,18 +212,26 @@ class JobExecutor:
             else:
                 await self._defrag(job, st, record)
         except asyncio.CancelledError:
+            # not a finished attempt: a pending retry stays pending, an aborted slot is run again
             record.result, record.error = ABORTED, "aborted (shutdown or lost leadership)"
             st.running, st.last_result, st.last_error = None, ABORTED, record.error
             st.last_started, st.failures = started, st.failures + 1
+            st.attempt_log.append({"slot": slot_text, "attempt": due.attempt, "started": started.isoformat(),
+                                   "result": ABORTED, "error": record.error})
             with contextlib.suppress(EtcdwardenError, TimeoutError):
                 await asyncio.wait_for(self._save(job.key, st), 5.0)
             log.warning("job %s aborted", job.name, extra={"event": "job_aborted", "job": job.name})
             raise
         record.duration = time.monotonic() - t0
+        finished = self.clock()
         st.running = None
-        st.last_slot, st.last_started, st.last_finished = due.slot, started, self.clock()
+        st.last_slot, st.last_started, st.last_finished = due.slot, started, finished
         st.last_duration, st.agent = record.duration, self.agent
         st.last_result, st.last_error = record.result, record.error
+        st.attempt, st.retry_at = due.attempt, None
+        entry: dict[str, Any] = {"slot": slot_text, "attempt": due.attempt, "started": started.isoformat(),
+                                 "finished": finished.isoformat(), "result": record.result, "error": record.error}
+        st.attempt_log.append(entry)
         if isinstance(job, BackupJob) and job.uid is not None:
             st.uid = job.uid
         if record.result == SUCCESS:
@@ -138,13 +239,48 @@ class JobExecutor:
             st.last_success = st.last_finished
         else:
             st.failures += 1
+            self._after_failure(job, policy, due, finished, st, record, entry)
         if isinstance(job, BackupJob) and record.result == SUCCESS and job.retention is not None:
             await self._prune(job, st, record)
         await self._save(job.key, st)
-        level = logging.INFO if record.result == SUCCESS else logging.ERROR
-        log.log(level, "job %s finished: %s%s", job.name, record.result, f" ({record.error})" if record.error else "",
-                extra={"event": "job_finished", **record.as_json()})
+        if record.retry_at is not None:
+            assert policy is not None
+            log.warning("job %s attempt %d/%d failed (%s); retry at %s", job.name, due.attempt, policy.attempts,
+                        record.error, record.retry_at.isoformat(),
+                        extra={"event": "job_retry_scheduled", **record.as_json()})
+        else:
+            level = logging.INFO if record.result == SUCCESS else logging.ERROR
+            after = f" after {due.attempt} attempts" if due.attempt > 1 else ""
+            why = f"; {entry['then']}" if record.result != SUCCESS and entry.get("then") else ""
+            log.log(level, "job %s finished: %s%s%s%s", job.name, record.result, after,
+                    f" ({record.error})" if record.error else "", why,
+                    extra={"event": "job_finished", **record.as_json()})
         return record
+
+    def _after_failure(self, job: Job, policy: RetryPolicy | None, due: Due, finished: dt.datetime, st: JobState,
+                       record: RunRecord, entry: dict[str, Any]) -> None:
+        """Schedule the next attempt of a failed scheduled backup, or record the slot as failed for good."""
+        why: str | None = None
+        if policy is None:
+            why = None if job.kind in ("defrag", "rotate", "single") else "no retry (retry.attempts is 1)"
+        elif due.attempt >= policy.attempts:
+            why = f"no retry left: {due.attempt} attempts failed"
+        else:
+            at = finished + dt.timedelta(seconds=policy.delay(due.attempt))
+            nxt = self._next_slot(job, due.slot)
+            if nxt is not None and at >= nxt:
+                why = f"retry dropped: it would start at {at.isoformat()}, not before the next slot ({nxt.isoformat()})"
+            elif self.retry_deadline is not None and at > self.retry_deadline:
+                why = (f"retry dropped: it would start at {at.isoformat()}, after the --once deadline "
+                       f"({self.retry_deadline.isoformat()})")
+            else:
+                st.retry_at = record.retry_at = at
+                entry["then"] = f"retry at {at.isoformat()}"
+                return
+        st.final_failures += 1
+        if why:
+            entry["then"] = why
+            record.detail["then"] = why
 
     async def _backup(self, job: BackupJob, st: JobState, record: RunRecord) -> None:
         try:

@@ -21,7 +21,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from etcdwarden.daemon import crs
-from etcdwarden.daemon.config import API_VERSION, KIND, BackupSettings, DaemonConfigDoc, Strict
+from etcdwarden.daemon.config import (
+    API_VERSION,
+    KIND,
+    BackupSettings,
+    DaemonConfigDoc,
+    RetryPolicy,
+    Strict,
+    exposure_problem,
+    format_duration,
+    is_loopback_listen,
+)
 from etcdwarden.daemon.schedule import Schedule
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import UsageError
@@ -324,9 +334,10 @@ class _Loader:
         for ref_loc, ref in cdoc.raw_refs:
             check_repo(ref, cdoc, ref_loc)
         tz = cfg.agent.time_zone
+        notes: list[str] = []
+        self._check_http(cfg, cdoc, cloc, notes)
         backups: list[BackupJob] = []
         seen: dict[str, str] = {}
-        notes: list[str] = []
 
         def unique(key: str, origin: str, doc: _Doc, loc: Loc) -> None:
             if key in seen:
@@ -339,9 +350,11 @@ class _Loader:
             check_repo(b.repository, cdoc, (*loc, "repository"))
             job = BackupJob(name=b.name, repository=b.repository, settings=b, origin=origin,
                             schedule=Schedule(b.schedule, b.time_zone or tz), jitter=b.jitter,
-                            catch_up=b.catch_up, enabled=b.enabled, retention=b.retention)
+                            catch_up=b.catch_up, enabled=b.enabled, retention=b.retention,
+                            retry=cfg.agent.retry.merged(b.retry))
             unique(job.key, origin, cdoc, (*loc, "name"))
             self._check_jitter(job.schedule, b.jitter, cdoc, (*loc, "jitter"), now)
+            self._note_retry(job.schedule, job.retry, origin, notes, now)
             backups.append(job)
         for cr, doc, loc in self.backups:
             e = cr.spec.etcd
@@ -354,10 +367,14 @@ class _Loader:
                              f"required: the name of a repository of the DaemonConfig ({known})")
             else:
                 check_repo(e.pvc_name, doc, (*loc, "spec", "etcd", "pvcName"))
+            # the CR has no retry field: it gets agent.retry (the default: 3 attempts)
             job = BackupJob(name=cr.metadata.name, repository=e.pvc_name, settings=crs_settings(),
                             origin=origin, schedule=Schedule(e.schedule or "@daily", e.time_zone or tz),
-                            enabled=enabled, retention=cr.retention(), namespace=cr.metadata.namespace)
+                            enabled=enabled, retention=cr.retention(), namespace=cr.metadata.namespace,
+                            retry=cfg.agent.retry)
             unique(job.key, origin, doc, (*loc, "metadata", "name"))
+            if enabled:
+                self._note_retry(job.schedule, job.retry, origin, notes, now)
             backups.append(job)
         singles: list[BackupJob] = []
         for i, s in enumerate(cfg.single_backups):
@@ -405,6 +422,25 @@ class _Loader:
         return DaemonConfig(etcd=cfg.etcd, agent=cfg.agent, election=cfg.election, repositories=repos,
                             backups=tuple(backups), singles=tuple(singles), defrags=tuple(defrags),
                             rotations=tuple(rotations), files=tuple(self.files), notes=tuple(notes))
+
+    def _check_http(self, cfg: DaemonConfigDoc, doc: _Doc, loc: Loc, notes: list[str]) -> None:
+        a = cfg.agent
+        msg = exposure_problem(a.listen, a.tls is not None, a.insecure_http)
+        if msg:
+            self.problem(doc, (*loc, "agent", "listen"), msg)
+        elif a.tls is None and a.auth is not None and not is_loopback_listen(a.listen):
+            notes.append(f"agent.insecureHttp: the bearer token for {a.listen} is sent in clear text (no agent.tls)")
+
+    @staticmethod
+    def _note_retry(schedule: Schedule | None, retry: RetryPolicy, origin: str, notes: list[str],
+                    now: dt.datetime) -> None:
+        if schedule is None or retry.attempts <= 1:
+            return
+        gap = schedule.shortest_gap(now)
+        if retry.backoff >= gap:
+            notes.append(f"{origin}: retry backoff {format_duration(retry.backoff)} is not shorter than the "
+                         f"schedule's interval ({format_duration(gap)}): a failed run is retried by the next slot "
+                         "only")
 
     def _check_jitter(self, schedule: Schedule | None, jitter: float, doc: _Doc, loc: Loc, now: dt.datetime) -> None:
         if schedule is None or jitter <= 0:

@@ -61,6 +61,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def add_secret(value: str) -> None:
+    """Mask ``value`` from now on in every line of the JSON log handlers (a token read after start-up)."""
+    if not value:
+        return
+    for h in logging.getLogger().handlers:
+        if isinstance(h.formatter, JsonFormatter):
+            h.formatter.secrets.add(value)
+
+
 def configure(level: str, stream: TextIO, secrets: set[str] | None = None) -> JsonFormatter:
     """Send every log record to ``stream`` as JSON (replaces the root logger's handlers)."""
     fmt = JsonFormatter(secrets)

@@ -113,7 +113,15 @@ class _Collector(Collector):
                       "Longest interval between two scheduled runs (alert when no success in 2x this)", bl)
         running = _g("etcdwarden_backup_running", "1 while a backup of this job is running", bl)
         ok_total = _c("etcdwarden_backup_success", "Successful backup runs", bl)
-        fail_total = _c("etcdwarden_backup_failures", "Failed or aborted backup runs", bl)
+        fail_total = _c("etcdwarden_backup_failures", "Failed or aborted backup attempts (every attempt, retries "
+                        "included)", bl)
+        final_fail = _c("etcdwarden_backup_final_failures", "Backup runs that ended failed: no retry left, or the "
+                        "retry dropped for the next slot", bl)
+        retries = _c("etcdwarden_backup_retries", "Retry attempts started (attempts after the first of a slot)", bl)
+        attempt = _g("etcdwarden_backup_last_attempt", "Attempt number of the last finished run of the slot "
+                     "(1: the first)", bl)
+        pending = _g("etcdwarden_backup_retry_pending", "1 while a retry of a failed backup is scheduled", bl)
+        retry_at = _g("etcdwarden_backup_next_retry_timestamp_seconds", "Unix time the pending retry is due", bl)
         prune_fail = _c("etcdwarden_prune_failures", "Retention runs that failed", bl)
         dl = ["job_name"]
         d_success = _g("etcdwarden_defrag_last_success_timestamp_seconds", "Unix time of the last successful "
@@ -151,9 +159,17 @@ class _Collector(Collector):
             running.add_metric(lab, 1 if st.running else 0)
             ok_total.add_metric(lab, st.successes)
             fail_total.add_metric(lab, st.failures)
+            final_fail.add_metric(lab, st.final_failures)
+            retries.add_metric(lab, st.retries)
+            if st.attempt:
+                attempt.add_metric(lab, st.attempt)
+            pending.add_metric(lab, 1 if st.retry_at is not None else 0)
+            if st.retry_at is not None:
+                retry_at.add_metric(lab, st.retry_at.timestamp())
             prune_fail.add_metric(lab, st.prune_failures)
         yield from (last_success, last_run, last_ok, duration, size, revision, interval, running, ok_total,
-                    fail_total, prune_fail, d_success, d_duration, d_members, d_ok, d_fail)
+                    fail_total, final_fail, retries, attempt, pending, retry_at, prune_fail, d_success, d_duration,
+                    d_members, d_ok, d_fail)
 
     def _members(self) -> Iterator[Metric]:
         ml = ["member", "endpoint"]

@@ -150,6 +150,11 @@ class Due:
     start_at: dt.datetime  # slot + jitter
     first_run: bool = False
     missed: bool = False  # the slot passed while the daemon was down or busy (catch-up run)
+    attempt: int = 1  # 2, 3...: a retry of the slot after failed attempts
+
+    @property
+    def retry(self) -> bool:
+        return self.attempt > 1
 
 
 def due_slot(schedule: Schedule, key: str, now: dt.datetime, last_finished: dt.datetime | None,

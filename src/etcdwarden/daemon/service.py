@@ -4,37 +4,49 @@ Every agent (one per control-plane host, say) campaigns in etcd's election under
 prefix; only the leader runs jobs. A leader whose lease is lost aborts its running job at once (its
 state writes would be refused anyway) and campaigns again. SIGTERM stops scheduling, lets a running
 job finish within ``agent.shutdownGrace`` and aborts it after that, then resigns so another agent takes
-over at once. SIGHUP re-reads the configuration; an invalid one is reported and the running one kept.
+over at once. SIGHUP re-reads the configuration and the HTTP TLS certificate, key and bearer token
+files (which are also re-read when they change); an invalid configuration or unusable file is reported
+and what runs is kept.
+
+``--once`` (:meth:`Daemon.run_once`) retries a failed scheduled backup *within the run*, as its retry
+policy says, but starts no attempt after the run's deadline (``--deadline``, 30m by default) or at or
+after the job's next slot: a CronJob run is the only chance until the next schedule, and a pod re-run
+by Kubernetes would find nothing due (the failure is recorded) and report success over it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from etcdwarden import __version__
+from etcdwarden.daemon.config import AgentSection, exposure_problem, is_loopback_listen
 from etcdwarden.daemon.http import HttpServer, Response
+from etcdwarden.daemon.httpsec import HttpSecurity
 from etcdwarden.daemon.jobs import Clock, JobExecutor, RunRecord, utcnow
 from etcdwarden.daemon.metrics import CONTENT_TYPE, DaemonMetrics, JobInfo, MemberFigures
 from etcdwarden.daemon.runner import DefaultRunner, JobRunner
 from etcdwarden.daemon.schedule import Due
 from etcdwarden.daemon.spec import DaemonConfig, Job
 from etcdwarden.daemon.state import FAILURE, SUCCESS, EtcdStateStore, JobState, StateStore
-from etcdwarden.errors import EtcdwardenError, Timeout
+from etcdwarden.errors import EtcdwardenError, Timeout, UsageError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.election import Election, LeadershipLost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RunnerFactory = Callable[[EtcdClient, DaemonConfig], JobRunner]
+Sleep = Callable[[float], Awaitable[None]]
+ONCE_DEADLINE = 1800.0  # --once: no retry starts later than this after the run began
 
 
 @dataclass
@@ -43,10 +55,17 @@ class OnceReport:
     records: list[RunRecord] = field(default_factory=list)
     note: str | None = None
 
+    def finals(self) -> list[RunRecord]:
+        """The last attempt of each job run (a failed attempt followed by a successful retry counts as success)."""
+        last: dict[str, RunRecord] = {}
+        for r in self.records:
+            last[r.key] = r
+        return list(last.values())
+
     @property
     def ok(self) -> bool:
         """Every job succeeded, retention included (a CronJob must not report success over a failed prune)."""
-        return all(r.result == SUCCESS and (r.detail.get("prune") or {}).get("ok", True) for r in self.records)
+        return all(r.result == SUCCESS and (r.detail.get("prune") or {}).get("ok", True) for r in self.finals())
 
     def as_json(self) -> dict[str, Any]:
         return {"leader": self.leader, "ok": self.ok, "note": self.note, "runs": [r.as_json() for r in self.records]}
@@ -66,7 +85,7 @@ def sd_notify(message: str) -> None:
 class Daemon:
     def __init__(self, config: DaemonConfig, client: EtcdClient, *, runner_factory: RunnerFactory = DefaultRunner,
                  agent: str | None = None, clock: Clock = utcnow, reload: Callable[[], DaemonConfig] | None = None,
-                 store: StateStore | None = None, listen: str | None = None) -> None:
+                 store: StateStore | None = None, listen: str | None = None, sleep: Sleep | None = None) -> None:
         self.config = config
         self.client = client
         self.agent = agent or config.agent.name or socket.gethostname()
@@ -75,6 +94,9 @@ class Daemon:
         self.runner_factory = runner_factory
         self.runner = runner_factory(client, config)
         self.listen = listen or config.agent.listen
+        self.listen_source = "--listen" if listen else "agent.listen"  # for the message of a refused address
+        self.sleep = sleep  # --once waits for retries with it (tests pass one that advances their clock)
+        self.security = HttpSecurity()
         self.metrics = DaemonMetrics(self.agent, __version__)
         el = config.election
         self.election: Election | None = None
@@ -85,7 +107,8 @@ class Daemon:
             client, el.prefix, (lambda: election.leadership) if election is not None else None)
         self.executor = JobExecutor(config, self.runner, self.store, self.agent, clock, on_state=self._on_state)
         self.http = HttpServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics,
-                                "/api/backups": self._api_backups, "/api/jobs": self._api_jobs})
+                                "/api/backups": self._api_backups, "/api/jobs": self._api_jobs},
+                               guard=self.security.guard)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -113,17 +136,27 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
+    def _reload_failed(self, what: str, error: EtcdwardenError) -> None:
+        self.metrics.view.config_ok = False
+        self.metrics.view.config_reload_failures += 1
+        log.error("%s failed, keeping what runs: %s", what, error, extra={"event": "config_reload_failed"})
+
     async def reload(self) -> bool:
+        """SIGHUP: the configuration, then the HTTP TLS and token files, all or nothing."""
         if self.reload_fn is None:
-            return False
+            return await self.reload_http_files("reloading the HTTP TLS/token files")
         sd_notify("RELOADING=1")
         try:
             new = await asyncio.to_thread(self.reload_fn)
         except EtcdwardenError as e:
-            self.metrics.view.config_ok = False
-            self.metrics.view.config_reload_failures += 1
-            log.error("configuration reload failed, keeping the running configuration: %s", e,
-                      extra={"event": "config_reload_failed"})
+            self._reload_failed("configuration reload", e)
+            sd_notify("READY=1")
+            return False
+        try:
+            material = await asyncio.to_thread(self.security.prepare, self._security_view(new))
+        except EtcdwardenError as e:
+            self.security.failed(self._security_view(new))  # the file watch retries once they change again
+            self._reload_failed("configuration reload (HTTP TLS/token files)", e)
             sd_notify("READY=1")
             return False
         for section in ("etcd", "election"):
@@ -131,11 +164,35 @@ class Daemon:
                 log.warning("the %s section changed: it takes effect after a restart", section)
         if new.agent.listen != self.config.agent.listen:
             log.warning("agent.listen changed: it takes effect after a restart")
+        if (new.agent.tls is None) != (self.config.agent.tls is None):
+            log.warning("agent.tls was %s: it takes effect after a restart",
+                        "added" if new.agent.tls is not None else "removed")
+        self.security.commit(material)
         self.apply_config(new)
         self.metrics.view.config_ok = True
         log.info("configuration reloaded: %d scheduled job(s), %d single backup(s)", len(new.scheduled),
                  len(new.singles), extra={"event": "config_reloaded"})
         sd_notify("READY=1")
+        return True
+
+    def _security_view(self, config: DaemonConfig) -> AgentSection:
+        """``config.agent`` as far as it can apply while serving: TLS stays as it was started (on or off)."""
+        agent = config.agent
+        if agent.tls is not None and not self.security.tls_enabled:
+            agent = agent.model_copy(update={"tls": None})
+        return agent
+
+    async def reload_http_files(self, what: str = "reloading the changed HTTP TLS/token files") -> bool:
+        agent = self._security_view(self.config)
+        try:
+            material = await asyncio.to_thread(self.security.prepare, agent)
+        except EtcdwardenError as e:
+            self.security.failed(agent)
+            self._reload_failed(what, e)
+            return False
+        self.security.commit(material)
+        self.metrics.view.config_ok = True
+        log.info("HTTP TLS/token files reloaded", extra={"event": "http_files_reloaded"})
         return True
 
     def apply_config(self, config: DaemonConfig) -> None:
@@ -192,8 +249,15 @@ class Daemon:
 
     # -- the loops -----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve until :meth:`request_stop` (SIGTERM)."""
-        await self.http.start(self.listen)
+        """Serve until :meth:`request_stop` (SIGTERM). UsageError if the HTTP endpoint cannot be set up safely."""
+        agent = self.config.agent
+        problem = exposure_problem(self.listen, agent.tls is not None, agent.insecure_http, self.listen_source)
+        if problem:
+            raise UsageError(problem)
+        ssl_context = self.security.start(agent)
+        await self.http.start(self.listen, ssl_context)
+        if agent.tls is None and not is_loopback_listen(self.listen):
+            log.warning("serving plain HTTP on %s:%d (agent.insecureHttp)", self.http.host, self.http.port)
         refresher = asyncio.create_task(self._refresh_loop(), name="etcdwarden-refresh")
         sd_notify("READY=1")
         try:
@@ -265,6 +329,12 @@ class Daemon:
                 await self._wait(min(5.0, self.config.agent.tick), *([lost] if lost else []))
                 continue
             now = self.clock()
+            try:
+                await self.executor.drop_stale_retries(now, states)
+            except LeadershipLost:
+                raise
+            except EtcdwardenError as e:
+                log.warning("cannot record a dropped retry: %s", e)
             due = self.executor.due_jobs(now, states)
             if due:
                 job, d = due[0]
@@ -309,8 +379,17 @@ class Daemon:
             self.current = None
             self._refreshes = 0  # refresh the catalog soon
 
-    async def run_once(self) -> OnceReport:
-        """Become leader (waiting up to ``election.onceWait``), run every due job once, resign."""
+    async def _pause(self, seconds: float, lost: asyncio.Event | None) -> None:
+        """Wait for a retry (cut short by a stop or lost leadership); the injected ``sleep`` in tests."""
+        if self.sleep is not None:
+            await self.sleep(seconds)
+        else:
+            await self._wait(seconds, *([lost] if lost is not None else []))
+
+    async def run_once(self, deadline: float = ONCE_DEADLINE) -> OnceReport:
+        """Become leader (waiting up to ``election.onceWait``), run every due job once, retry failed scheduled
+        backups as their policy says while the next attempt starts within ``deadline`` seconds (and before
+        the job's next slot), resign."""
         if self.election is not None:
             self.election.value = self._identity()
             try:
@@ -324,24 +403,39 @@ class Daemon:
         self._set_leader(True)
         report = OnceReport(leader=True)
         lost = self.election.lost if self.election is not None else None
+        self.executor.retry_deadline = self.clock() + dt.timedelta(seconds=deadline)
         try:
             ran: set[str] = set()
+            tried: set[tuple[str, int]] = set()
             states = await self.store.load()
             await self.executor.clear_stale(states)
             while not self._stop.is_set() and not (lost is not None and lost.is_set()):
                 states = await self.store.load()
-                due = [(j, d) for j, d in self.executor.due_jobs(self.clock(), states, use_jitter=False)
-                       if j.key not in ran]
+                now = self.clock()
+                await self.executor.drop_stale_retries(now, states)
+                due = [(j, d) for j, d in self.executor.due_jobs(now, states, use_jitter=False)
+                       if (j.key not in ran or d.retry) and (j.key, d.attempt) not in tried]
                 if not due:
-                    break
+                    pending = [(j, t) for j, t in self.executor.pending_retries(states)
+                               if j.key in ran and (j.key, (states[j.key].attempt + 1)) not in tried]
+                    if not pending:
+                        break
+                    waiting, at = pending[0]
+                    if at <= now:
+                        break  # due but not runnable (dropped, or no longer allowed): nothing to wait for
+                    log.info("waiting for the retry of %s at %s", waiting.name, at.isoformat())
+                    await self._pause(max(0.0, (at - now).total_seconds()), lost)
+                    continue
                 job, d = due[0]
                 ran.add(job.key)
+                tried.add((job.key, d.attempt))
                 rec = await self._run_job(job, d, states, lost)
                 report.records.append(rec or RunRecord(job.key, job.kind, job.name, d.slot, FAILURE, 0.0,
-                                                       "aborted or not recorded"))
+                                                       "aborted or not recorded", attempt=d.attempt))
             if not ran:
                 report.note = "no job was due"
         finally:
+            self.executor.retry_deadline = None
             self._set_leader(False)
             if self.election is not None:
                 await self.election.close()
@@ -350,6 +444,8 @@ class Daemon:
     # -- figures ---------------------------------------------------------------------------------
     async def _refresh_loop(self) -> None:
         while not self._stop.is_set():
+            if self.security.changed(self._security_view(self.config)):
+                await self.reload_http_files()
             await self.refresh()
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({stop}, timeout=self.config.agent.metrics_interval)

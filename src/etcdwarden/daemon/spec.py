@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from etcdwarden.daemon.config import (
+    NO_RETRY,
     AgentSection,
     BackupSettings,
     DefragJob,
@@ -15,6 +16,7 @@ from etcdwarden.daemon.config import (
     EtcdSection,
     Repository,
     Retention,
+    RetryPolicy,
 )
 from etcdwarden.daemon.schedule import Schedule
 
@@ -40,6 +42,12 @@ class BackupJob:
     single: bool = False
     namespace: str | None = None
     uid: str | None = None  # a re-created EtcdBackup (new uid) is a new single backup
+    retry: RetryPolicy = NO_RETRY  # scheduled backups: agent.retry merged with the job's own retry
+
+    @property
+    def retries(self) -> bool:
+        """Whether a failed run of this job is tried again (scheduled backups with more than one attempt)."""
+        return not self.single and self.schedule is not None and self.retry.attempts > 1
 
     @property
     def kind(self) -> str:
@@ -140,7 +148,8 @@ class DaemonConfig:
             "repositories": [{"name": r.name, "url": redact_url(r.url)} for r in self.repositories.values()],
             "backups": [
                 {**sched(b), "repository": b.repository,
-                 "retention": b.retention.as_dict() if b.retention else None} for b in self.backups],
+                 "retention": b.retention.as_dict() if b.retention else None,
+                 "retry": b.retry.model_dump(by_alias=True)} for b in self.backups],
             "singleBackups": [{"name": b.name, "namespace": b.namespace, "repository": b.repository,
                                "origin": b.origin} for b in self.singles],
             "defrag": [{**sched(d), "rule": d.options.rule} for d in self.defrags],

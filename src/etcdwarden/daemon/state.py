@@ -44,13 +44,19 @@ class JobState:
     last_revision: int | None = None
     last_location: str | None = None
     successes: int = 0
-    failures: int = 0
+    failures: int = 0  # every failed or aborted attempt (retries included)
     agent: str | None = None  # the agent that ran it last
     running: dict[str, Any] | None = None  # {"slot", "started", "agent"} while a run is in progress
     uid: str | None = None  # single backups: the EtcdBackup's uid
     prune: dict[str, Any] | None = None  # last retention run: {"ok", "deleted", "error", "at"}
     prune_failures: int = 0
     details: dict[str, Any] = field(default_factory=dict)  # job-kind specific figures (defrag)
+    # retries of a failed scheduled backup (see etcdwarden.daemon.jobs)
+    attempt: int = 0  # the attempt number of the last finished run for last_slot (1: the first)
+    retry_at: dt.datetime | None = None  # when the next attempt of last_slot is due; None: no retry pending
+    retries: int = 0  # retry attempts started (every attempt after the first of a slot)
+    final_failures: int = 0  # runs that ended failed with no retry left (or dropped for the next slot)
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)  # the attempts of last_slot, oldest first
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -64,7 +70,7 @@ class JobState:
         d = json.loads(raw)
         known = {f.name for f in fields(cls)}
         st = cls(**{k: v for k, v in d.items() if k in known})
-        for name in ("last_slot", "last_started", "last_finished", "last_success"):
+        for name in ("last_slot", "last_started", "last_finished", "last_success", "retry_at"):
             setattr(st, name, _ts(getattr(st, name)))
         return st
 
