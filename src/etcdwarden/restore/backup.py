@@ -201,21 +201,43 @@ def verify(b: Backup) -> SnapshotReport | None:
 
 @dataclass(frozen=True)
 class SnapshotFacts:
-    """What a restored member must serve: the live keys at the snapshot's revision."""
+    """What a restored member must serve: the live keys at the snapshot's revision.
+
+    ``revision`` is the newest revision in the ``key`` bucket (what ``snapshot status`` reports and what
+    ``etcdutl --bump-revision`` adds to); ``compact_revision`` the ``finishedCompactRev`` of the ``meta`` bucket.
+    """
 
     revision: int
     live_keys: int
     kubernetes_keys: int
+    compact_revision: int = 0
+
+    def served_revision(self, bump: int = 0) -> int:
+        """The revision an etcd started on the restored data reports.
+
+        etcd starts at the compaction revision when that is newer than every key left (the keys of the last
+        revisions were deletions the compaction removed); a bump marks the bumped revision compacted instead.
+        """
+        return self.revision + bump if bump > 0 else max(self.revision, self.compact_revision)
+
+
+def _compact_revision(db: BoltFile) -> int:
+    for key, value in iter_bucket(db, b"meta"):
+        if key == b"finishedCompactRev" and len(value) >= 8:
+            return int.from_bytes(value[:8], "big", signed=True)
+    return 0
 
 
 def snapshot_facts(plain: str | os.PathLike[str], stop_at_kubernetes: bool = False) -> SnapshotFacts:
     """Count the live keys (and Kubernetes keys) of a plain bbolt file by replaying its ``key`` bucket.
 
-    With ``stop_at_kubernetes`` the scan stops at the first Kubernetes key (only its presence is wanted).
+    With ``stop_at_kubernetes`` the scan stops at the first Kubernetes key (only its presence is wanted;
+    the revision is then not the snapshot's).
     """
     live: set[bytes] = set()
     latest = 0
     with BoltFile(plain) as db:
+        compacted = _compact_revision(db)
         for key, value in iter_bucket(db, KEY_BUCKET):
             if len(key) >= 8:
                 latest = int.from_bytes(key[:8], "big", signed=True)
@@ -224,10 +246,10 @@ def snapshot_facts(plain: str | os.PathLike[str], stop_at_kubernetes: bool = Fal
             kv = kv_pb2.KeyValue()
             kv.ParseFromString(value)
             if stop_at_kubernetes and kv.key.startswith(KUBERNETES_PREFIXES):
-                return SnapshotFacts(latest, -1, 1)
+                return SnapshotFacts(latest, -1, 1, compacted)
             if len(key) == 18 and key[17] == 0x74:
                 live.discard(kv.key)
             else:
                 live.add(kv.key)
     k8s = sum(1 for k in live if k.startswith(KUBERNETES_PREFIXES))
-    return SnapshotFacts(latest, len(live), k8s)
+    return SnapshotFacts(latest, len(live), k8s, compacted)

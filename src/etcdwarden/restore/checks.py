@@ -25,6 +25,7 @@ CHECKS = {
     "cluster-id": "the backup comes from another cluster than the one being restored",
     "in-use": "a data directory is in use by a process the member's runtime does not manage",
     "healthy": "member replace of a member that is healthy",
+    "bump": "--bump-revision was asked for but the etcdutl cannot bump (restore WITHOUT the bump)",
 }
 
 
@@ -86,6 +87,18 @@ def check_versions(backup: str | None, etcdutl: str, target: str | None, forces:
                 raise refuse("version", msg)
             warnings.append(msg + " (--force=version)")
     return warnings
+
+
+def check_bump(requested: int, version: str, supported: bool, where: str, forces: Forces) -> list[str]:
+    """``--bump-revision N`` with an etcdutl that lacks the flag refuses (``--force=bump``: restore unbumped)."""
+    if not requested or supported:
+        return []
+    msg = (f"--bump-revision {requested} --mark-compacted: etcdutl {version}{where} does not support these flags "
+           "(etcdutl 3.5.10+ and 3.6 do): pass --etcdutl PATH of such an etcdutl of the backup's minor version, or "
+           "restore without --bump-revision/--mark-compacted and restart every kube-apiserver afterwards")
+    if "bump" not in forces:
+        raise refuse("bump", msg)
+    return [msg + "; restoring WITHOUT a revision bump (--force=bump)"]
 
 
 def check_release(recorded: str | None, given: str | None, forces: Forces) -> list[str]:

@@ -22,7 +22,7 @@ from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, check_resources, find_backup
-from etcdwarden.restore.checks import Forces, check_release, check_versions
+from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
 from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
 from etcdwarden.restore.health import ClusterCheck
@@ -112,12 +112,15 @@ def make_host(member_host: str, spec: ClusterSpec, cache: dict[str, Host]) -> Ho
 def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     if opts.mode not in MODES:
         raise UsageError(f"--mode {opts.mode}: one of {', '.join(MODES)}")
+    if opts.bump_revision < 0:
+        raise UsageError("--bump-revision must not be negative")
     if (opts.bump_revision > 0) != opts.mark_compacted:
         raise UsageError("--bump-revision N and --mark-compacted go together (etcdutl requires both)")
     spec = ClusterSpec.load(opts.spec_path)
     state_path = opts.state_path or default_state_path(opts.spec_path)
     state = RestoreState.load(state_path)
     backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    tool = eu.find_etcdutl(opts.etcdutl)
     resumed: str | None = None
     if state is not None and state.doc.get("finished"):
         if not dry_run:
@@ -128,6 +131,12 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
             raise SafetyRefusal(f"a restore from {state.doc.get('snapshot')} (mode {state.doc.get('mode')}) is in "
                          f"progress (state {state_path}): rerun it with the same backup and --mode to continue, or "
                          "move the state file away to start over", None)
+        recorded = int(state.doc.get("bump_revision") or 0)
+        if recorded != opts.bump_revision:
+            # members restored with one bump and others with another would not form one consistent cluster
+            was = f"--bump-revision {recorded} --mark-compacted" if recorded else "no --bump-revision"
+            raise SafetyRefusal(f"the restore in progress (state {state_path}) was started with {was}: rerun it with "
+                                "the same flags to continue, or move the state file away to start over", None)
         done = [s for s in STEPS[opts.mode] if state.done(s)]
         resumed = STEPS[opts.mode][len(done)] if len(done) < len(STEPS[opts.mode]) else None
     else:
@@ -135,7 +144,8 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
         state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=str(backup.snapshot.resolve()),
                                  backup=backup.describe(), spec=str(opts.spec_path.resolve()),
                                  token=opts.token or spec.token or f"etcdwarden-{tag}",
-                                 bump_revision=opts.bump_revision)
+                                 bump_revision=opts.bump_revision,
+                                 bump_applied=opts.bump_revision if tool.supports_bump else 0)
     hosts: dict[str, Host] = {}
     runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
     if opts.mode == "single-then-join":
@@ -143,7 +153,6 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
             if not runtimes[m.name].supports_join:
                 raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
                                  "with initial-cluster-state existing (only the process runtime can); use all-members")
-    tool = eu.find_etcdutl(opts.etcdutl)
     client = opts.client or ClientConfig(endpoints=())
     return Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
                    client=client, resumed_at=resumed, dry_run=dry_run)
@@ -157,9 +166,8 @@ def checks_without_io(ctx: Context) -> list[str]:
     w += check_resources(b, "resources" in o.forces)
     w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)
     w += check_release(b.release, o.release, o.forces)
-    if o.bump_revision and not ctx.etcdutl.supports_bump:
-        w.append(f"etcdutl {ctx.etcdutl.version} has no --bump-revision/--mark-compacted (3.5.10+): restoring "
-                 "WITHOUT a revision bump")
+    w += check_bump(o.bump_revision, ctx.etcdutl.version, ctx.etcdutl.supports_bump, f" ({ctx.etcdutl.path})",
+                    o.forces)
     return w
 
 

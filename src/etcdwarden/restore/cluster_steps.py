@@ -21,7 +21,7 @@ from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from etcdwarden.restore import etcdutl as eu
-from etcdwarden.restore.backup import Backup, snapshot_facts, verify
+from etcdwarden.restore.backup import Backup, SnapshotFacts, snapshot_facts, verify
 from etcdwarden.restore.checks import check_versions, db_locked, etcd_pids_using, refuse
 from etcdwarden.restore.datadir import PRE_RESTORE, RESTORING
 from etcdwarden.restore.health import ClusterCheck, verify_cluster, wait_healthy
@@ -63,6 +63,10 @@ class Context:
 
     @property
     def bump(self) -> int:
+        """The bump every member is restored with: fixed when the restore began (a rerun must not change it)."""
+        applied = self.state.doc.get("bump_applied")
+        if applied is not None:
+            return int(applied)
         return self.opts.bump_revision if self.etcdutl.supports_bump else 0
 
     def say(self, text: str) -> None:
@@ -108,7 +112,7 @@ class Context:
         check = None
         if v:
             check = ClusterCheck([MemberCheck(m["endpoint"], int(m["member_id"], 16), m["revision"], m["hash"],
-                                              m["keys"], 0) for m in v["members"]],
+                                              m["keys"], 0, int(m.get("hash_revision") or 0)) for m in v["members"]],
                                  v["expected_revision"], v["expected_keys"], v["problems"], v["notes"])
         members = [{"name": m.name, "runtime": m.runtime, "host": m.host, "data_dir": m.data_dir,
                     "moved_aside": self.state.member(m.name).get("aside"),
@@ -134,7 +138,8 @@ def _facts(b: Backup) -> dict[str, int]:
     verify(b)
     with open_snapshot(b.snapshot, b.identity) as plain:
         f = snapshot_facts(plain)
-    return {"revision": f.revision, "keys": f.live_keys, "kubernetes_keys": f.kubernetes_keys}
+    return {"revision": f.revision, "keys": f.live_keys, "kubernetes_keys": f.kubernetes_keys,
+            "compact_revision": f.compact_revision}
 
 
 async def preflight(ctx: Context) -> dict[str, Any]:
@@ -155,6 +160,8 @@ async def preflight(ctx: Context) -> dict[str, Any]:
                 ver = r.stdout.split("etcdutl version:")[-1].split()[0] if "etcdutl version:" in r.stdout else None
                 if ver:
                     ctx.warnings += check_versions(ctx.backup.server_version, ver, None, ctx.opts.forces)
+            if ctx.bump and name in {t.name for t in ctx.restore_targets()}:
+                problems += await remote_bump_problems(rt.host, tool, name)
             continue
         if rt.kind == "process":
             strangers = set(etcd_pids_using(m.data_path)) - rt.managed_pids()
@@ -169,6 +176,16 @@ async def preflight(ctx: Context) -> dict[str, Any]:
         ctx.warnings.append("the snapshot holds Kubernetes keys and the revision is NOT bumped: restart every "
                             "kube-apiserver after the restore (their watch caches hold newer resourceVersions)")
     return {"facts": facts}
+
+
+async def remote_bump_problems(host: Host, tool: str, name: str) -> list[str]:
+    """The bump flags must exist in the etcdutl that restores ``name`` on ``host`` too (not only in ours)."""
+    r = await host.run([tool, "snapshot", "restore", "--help"])
+    text = r.stdout + r.stderr
+    if "--bump-revision" in text and "--mark-compacted" in text:
+        return []
+    return [f"member {name}: {tool} on {host.name} has no --bump-revision/--mark-compacted (etcdutl 3.5.10+ and 3.6 "
+            "have): set the member's etcdutl in the spec to such an etcdutl, or restore without --bump-revision"]
 
 
 async def _cluster_id_check(ctx: Context) -> None:
@@ -320,10 +337,14 @@ async def healthy(ctx: Context) -> dict[str, Any]:
 
 async def verify_step(ctx: Context) -> dict[str, Any]:
     facts = ctx.state.doc["facts"]
-    expected = int(facts["revision"]) + ctx.bump
+    f = SnapshotFacts(int(facts["revision"]), int(facts["keys"]), int(facts["kubernetes_keys"]),
+                      int(facts.get("compact_revision") or 0))
+    expected = f.served_revision(ctx.bump)
     async with ctx.etcd_client(ctx.spec.members) as c:
-        check = await verify_cluster(c, ctx.endpoints(ctx.spec.members), expected,
-                                     None if ctx.bump else int(facts["keys"]))
+        # the bump's marker (an empty key at the bumped revision) is neither a live key of the snapshot nor
+        # counted by a range from \x00: the key count is the backup's with or without a bump
+        check = await verify_cluster(c, ctx.endpoints(ctx.spec.members), expected, f.live_keys,
+                                     compacted_at_expected=ctx.bump > 0 or f.compact_revision >= expected)
     if not check.ok:
         raise EtcdwardenError("the restored cluster does not hold the backup's data: " + "; ".join(check.problems))
     return {"check": check.as_json()}
@@ -380,6 +401,7 @@ def step_commands(ctx: Context, step: str) -> list[str]:
     if step == "wait-healthy":
         return ["wait for a leader and every member healthy: " + ", ".join(m.client_urls[0] for m in ms)]
     if step == "verify":
-        return [f"HashKV at the backup's revision (+{ctx.bump} bump) equal on every member; revision and key "
-                "count as in the backup"]
+        at = (f"the current revision (the backup's + {ctx.bump} is marked compacted)" if ctx.bump
+              else "the backup's revision")
+        return [f"HashKV at {at} equal on every member; revision and key count as in the backup"]
     return [f"print the report; the state stays in {ctx.state.path}"]

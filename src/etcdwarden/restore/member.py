@@ -26,10 +26,12 @@ from etcdwarden.restore.backup import Backup, SnapshotFacts, check_resources, fi
 from etcdwarden.restore.checks import (
     Forces,
     Owner,
+    check_bump,
     check_release,
     check_versions,
     chown_tree,
     default_owner,
+    minor,
     parse_owner,
 )
 from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
@@ -99,9 +101,16 @@ class MemberPlan:
         snap = snapshot or str(self.backup.snapshot)
         return self.args.command(str(self.etcdutl.path), snap, str(self.restoring))
 
+    def versions_line(self) -> str:
+        known = [v for v in (self.backup.server_version, self.etcdutl.version, self.target_version) if v]
+        verdict = "same minor version" if len({minor(v) for v in known}) <= 1 else "minor versions differ (forced)"
+        return (f"versions: backup etcd {self.backup.server_version or '?'}, etcdutl {self.etcdutl.version}, "
+                f"target etcd {self.target_version or '?'}: {verdict}")
+
     def steps(self) -> list[str]:
         fmt = detect_format(self.backup.snapshot)
-        out = [f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
+        out = [self.versions_line(),
+               f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
                "(in parallel with the next step)"]
         if fmt != "db":
             out.append(f"decode the {fmt} snapshot into a private temporary file")
@@ -174,7 +183,7 @@ def target_etcd_version(version: str | None, binary: Path | None) -> str | None:
 def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
     """Every check that needs no full read of the snapshot; raise on refusal, return the plan."""
     if opts.bump_revision < 0:
-        raise UsageError("--bump-revision must be positive")
+        raise UsageError("--bump-revision must not be negative")
     if (opts.bump_revision > 0) != opts.mark_compacted:
         raise UsageError("--bump-revision N and --mark-compacted go together (etcdutl requires both)")
     backup = find_backup(opts.backup, opts.backup_id, opts.identity)
@@ -188,8 +197,7 @@ def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
     bump = opts.bump_revision
     unsupported = False
     if bump and not tool.supports_bump:
-        warnings.append(f"etcdutl {tool.version} has no --bump-revision/--mark-compacted (etcdutl 3.5.10+ or 3.6 "
-                        "has): restoring WITHOUT a revision bump")
+        warnings += check_bump(bump, tool.version, False, f" ({tool.path})", opts.forces)  # refuses unless forced
         bump, unsupported = 0, True
     skip_hash = detect_format(backup.snapshot) == "db" and not has_trailer(backup.snapshot.stat().st_size)
     if skip_hash:
@@ -259,8 +267,8 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
         if opts.verify_start:
             from etcdwarden.restore.startcheck import start_check
 
-            expected_rev = (plan.backup.revision if plan.backup.revision is not None else facts.revision)
-            expected_rev += plan.args.bump_revision
+            # from the snapshot itself (fully scanned for --verify-start): etcd's own rule, see served_revision
+            expected_rev = facts.served_revision(plan.args.bump_revision)
             start = start_check(restoring, opts.name, restoring.with_name(f"{restoring.name}.verify"),
                                 opts.etcd_binary, expected_rev, facts.live_keys)
             if not start.ok:
