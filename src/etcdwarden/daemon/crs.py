@@ -6,6 +6,8 @@
   disabled. An empty time zone means the agent's time zone.
 * ``operator.openshift.io/v1alpha1`` ``EtcdBackup``: one backup (``spec.pvcName``), run once.
 
+Each becomes a :class:`~.spec.BackupJob` (``to_job``) with the default backup settings (a CR has none).
+
 ``pvcName`` names a repository of the DaemonConfig. Retention keeps OpenShift's defaults
 (RetentionNumber, 15 backups; RetentionSize 10 GiB) but, unlike OpenShift, runs *after* the new backup
 succeeded, counts only complete backups, and never goes below ``minKeep`` (1), so neither the N+1 nor
@@ -18,7 +20,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from etcdwarden.daemon.config import Retention, Strict, check_cron, check_time_zone
+from etcdwarden.daemon.config import BackupSettings, Retention, RetryPolicy, Strict, check_cron, check_time_zone
+from etcdwarden.daemon.schedule import Schedule
+from etcdwarden.daemon.spec import BackupJob
 
 BACKUP_API = "config.openshift.io/v1alpha1"
 ETCDBACKUP_API = "operator.openshift.io/v1alpha1"
@@ -97,6 +101,15 @@ class BackupCR(Strict):
     def retention(self) -> Retention:
         return (self.spec.etcd.retention_policy or RetentionPolicy()).to_retention()
 
+    def to_job(self, origin: str, time_zone: str, retry: RetryPolicy) -> BackupJob:
+        """The recurring backup: disabled without a schedule; ``time_zone`` and ``retry`` are the agent's (a CR
+        has no retry field, so it gets ``agent.retry``: 3 attempts by default)."""
+        e = self.spec.etcd
+        return BackupJob(name=self.metadata.name, repository=e.pvc_name, settings=BackupSettings(), origin=origin,
+                         schedule=Schedule(e.schedule or "@daily", e.time_zone or time_zone),
+                         enabled=bool(e.schedule), retention=self.retention(), namespace=self.metadata.namespace,
+                         retry=retry)
+
 
 class EtcdBackupSpec(Strict):
     pvc_name: str = ""
@@ -108,6 +121,11 @@ class EtcdBackupCR(Strict):
     metadata: ObjectMeta
     spec: EtcdBackupSpec
     status: dict[str, Any] | None = None
+
+    def to_job(self, origin: str) -> BackupJob:
+        """The single backup (a re-created object, with a new uid, is a new one)."""
+        return BackupJob(name=self.metadata.name, repository=self.spec.pvc_name, settings=BackupSettings(),
+                         origin=origin, single=True, namespace=self.metadata.namespace, uid=self.metadata.uid)
 
 
 KINDS: dict[tuple[str, str], type[Strict]] = {

@@ -1,5 +1,8 @@
 """The agent: elect, run due jobs while leading, serve health and metrics, obey SIGTERM and SIGHUP.
 
+What the endpoints answer and the figures behind ``/metrics`` are :mod:`.observe`'s (an
+:class:`~.observe.Observer` the :class:`Daemon` owns); this module starts and stops the HTTP server.
+
 Every agent (one per control-plane host, say) campaigns in etcd's election under the configured
 prefix; only the leader runs jobs. A leader whose lease is lost aborts its running job at once (its
 state writes would be refused anyway) and campaigns again. SIGTERM stops scheduling, lets a running
@@ -30,10 +33,11 @@ from typing import Any, TypeVar
 
 from etcdwarden import __version__
 from etcdwarden.daemon.config import AgentSection, exposure_problem, is_loopback_listen
-from etcdwarden.daemon.http import HttpServer, Response
+from etcdwarden.daemon.http import HttpServer
 from etcdwarden.daemon.httpsec import HttpSecurity
 from etcdwarden.daemon.jobs import Clock, JobExecutor, RunRecord, utcnow
-from etcdwarden.daemon.metrics import CONTENT_TYPE, DaemonMetrics, JobInfo, MemberFigures
+from etcdwarden.daemon.metrics import DaemonMetrics
+from etcdwarden.daemon.observe import Observer
 from etcdwarden.daemon.runner import DefaultRunner, JobRunner
 from etcdwarden.daemon.schedule import Due
 from etcdwarden.daemon.spec import DaemonConfig, Job
@@ -105,19 +109,16 @@ class Daemon:
         election = self.election
         self.store: StateStore = store or EtcdStateStore(
             client, el.prefix, (lambda: election.leadership) if election is not None else None)
-        self.executor = JobExecutor(config, self.runner, self.store, self.agent, clock, on_state=self._on_state)
-        self.http = HttpServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics,
-                                "/api/backups": self._api_backups, "/api/jobs": self._api_jobs},
-                               guard=self.security.guard)
+        self.observer = Observer(self)  # the metrics view and the HTTP endpoints
+        self.executor = JobExecutor(config, self.runner, self.store, self.agent, clock, on_state=self.observer.on_state)
+        self.http = HttpServer(self.observer.routes(), guard=self.security.guard)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.leading = False
         self.campaigning = False
         self.current: str | None = None  # key of the running job
-        self.refresh_error: str | None = "not refreshed yet"
-        self._refreshes = 0
-        self._job_infos()
+        self.observer.job_infos()
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -200,27 +201,8 @@ class Daemon:
         self.runner = self.runner_factory(self.client, config)
         self.executor.config = config
         self.executor.runner = self.runner
-        self._job_infos()
+        self.observer.job_infos()
         self._wake.set()
-
-    def _job_infos(self) -> None:
-        now = self.clock()
-        infos: dict[str, JobInfo] = {}
-        for b in (*self.config.backups, *self.config.singles):
-            gap = b.schedule.longest_gap(now) if b.schedule is not None and b.enabled else None
-            infos[b.key] = JobInfo(b.key, b.name, b.kind, b.repository, gap)
-        for d in self.config.defrags:
-            infos[d.key] = JobInfo(d.key, d.name, "defrag", "", d.schedule.longest_gap(now) if d.enabled else None)
-        for r in self.config.rotations:
-            gap = r.schedule.longest_gap(now) if r.enabled and r.schedule is not None else None
-            infos[r.key] = JobInfo(r.key, r.name, "rotate", "", gap)
-        old = self.metrics.view.jobs
-        self.metrics.view.jobs = {k: (i, old[k][1] if k in old else JobState()) for k, i in infos.items()}
-
-    def _on_state(self, key: str, st: JobState) -> None:
-        jobs = self.metrics.view.jobs
-        if key in jobs:
-            jobs[key] = (jobs[key][0], st)
 
     # -- waiting helpers ---------------------------------------------------------------------
     async def _until_stop(self, coro: Coroutine[Any, Any, T]) -> T | None:
@@ -377,7 +359,7 @@ class Daemon:
             if lost_w is not None:
                 lost_w.cancel()
             self.current = None
-            self._refreshes = 0  # refresh the catalog soon
+            self.observer.catalogs_soon()
 
     async def _pause(self, seconds: float, lost: asyncio.Event | None) -> None:
         """Wait for a retry (cut short by a stop or lost leadership); the injected ``sleep`` in tests."""
@@ -441,111 +423,13 @@ class Daemon:
                 await self.election.close()
         return report
 
-    # -- figures ---------------------------------------------------------------------------------
+    # -- periodic chores --------------------------------------------------------------------------
     async def _refresh_loop(self) -> None:
+        """Every ``agent.metricsInterval``: reload changed HTTP TLS/token files, refresh the figures."""
         while not self._stop.is_set():
             if self.security.changed(self._security_view(self.config)):
                 await self.reload_http_files()
-            await self.refresh()
+            await self.observer.refresh()
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({stop}, timeout=self.config.agent.metrics_interval)
             stop.cancel()
-
-    async def refresh(self) -> None:
-        """Job state, member status and (every 5th time, or after a job) the catalogs, for metrics."""
-        errors: list[str] = []
-        try:
-            for key, st in (await self.store.load()).items():
-                self._on_state(key, st)
-        except EtcdwardenError as e:
-            errors.append(f"job state: {e}")
-        try:
-            self.metrics.view.members = await self._member_figures()
-        except EtcdwardenError as e:
-            errors.append(f"member status: {e}")
-        if self._refreshes % 5 == 0:
-            await self._refresh_catalogs()
-        self._refreshes += 1
-        self.refresh_error = "; ".join(errors) or None
-        if errors:
-            self.metrics.view.refresh_errors += 1
-            log.warning("refresh: %s", self.refresh_error)
-
-    async def _member_figures(self) -> list[MemberFigures]:
-        from etcdwarden.inspect import status_all
-
-        members = await self.client.member_list(linearizable=False)
-        eps, names = [], {}
-        for m in members:
-            for url in list(m.clientURLs)[:1]:
-                ep = self.client.endpoint(url)
-                eps.append(ep)
-                names[ep.raw] = m.name or f"{m.ID:x}"
-        out = []
-        for s in await status_all(self.client, eps):
-            f = MemberFigures(endpoint=s.endpoint.raw, name=names.get(s.endpoint.raw, ""), up=s.ok)
-            if s.status is not None:
-                f.is_leader = s.is_leader
-                f.db_size, f.db_size_in_use = int(s.status.dbSize), int(s.status.dbSizeInUse)
-                f.quota = int(s.status.dbSizeQuota) or self.config.agent.etcd_quota_bytes
-            out.append(f)
-        return out
-
-    async def _refresh_catalogs(self) -> None:
-        counts: dict[str, tuple[int, int]] = {}
-        for name in self.config.repositories:
-            try:
-                entries = await self.runner.catalog(name)
-            except EtcdwardenError as e:
-                log.debug("catalog of %s: %s", name, e)
-                continue
-            counts[name] = (len(entries), sum(int(e.get("size") or 0) for e in entries))
-        self.metrics.view.repositories = counts
-
-    # -- HTTP --------------------------------------------------------------------------------------
-    async def _healthz(self, _q: dict[str, list[str]]) -> Response:
-        return Response.json(200, {"status": "ok", "agent": self.agent, "leader": self.leading})
-
-    async def _readyz(self, _q: dict[str, list[str]]) -> Response:
-        problems = []
-        if self.refresh_error:
-            problems.append(self.refresh_error)
-        if not self.metrics.view.config_ok:
-            problems.append("the last configuration reload failed (the previous one is in use)")
-        if self.election is not None and not (self.leading or self.campaigning):
-            problems.append("not taking part in the election")
-        body = {"ready": not problems, "agent": self.agent, "leader": self.leading, "problems": problems}
-        return Response.json(200 if not problems else 503, body)
-
-    async def _metrics(self, _q: dict[str, list[str]]) -> Response:
-        return Response(200, self.metrics.render(), CONTENT_TYPE)
-
-    async def _api_backups(self, q: dict[str, list[str]]) -> Response:
-        names = q.get("repository") or list(self.config.repositories)
-        unknown = [n for n in names if n not in self.config.repositories]
-        if unknown:
-            return Response.json(404, {"error": f"unknown repository {unknown[0]!r}",
-                                       "repositories": sorted(self.config.repositories)})
-        out: dict[str, list[dict[str, Any]]] = {}
-        errors: dict[str, str] = {}
-        for n in names:
-            try:
-                out[n] = await self.runner.catalog(n)
-            except EtcdwardenError as e:
-                errors[n] = str(e)
-        return Response.json(200, {"repositories": out, "errors": errors})
-
-    async def _api_jobs(self, _q: dict[str, list[str]]) -> Response:
-        now = self.clock()
-        jobs = []
-        for key, (info, st) in sorted(self.metrics.view.jobs.items()):
-            job = self.config.job(key)
-            nxt = None
-            if job is not None and job.schedule is not None and job.enabled:
-                nxt = job.schedule.next_after(now).isoformat()
-            d = json.loads(st.to_json())
-            jobs.append({"key": key, "name": info.name, "kind": info.kind, "repository": info.repository,
-                         "next": nxt, "state": d})
-        return Response.json(200, {"agent": self.agent, "leader": self.leading, "running": self.current,
-                                   "jobs": jobs})
-

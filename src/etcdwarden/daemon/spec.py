@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
 
 from etcdwarden.daemon.config import (
     NO_RETRY,
@@ -60,11 +61,17 @@ class BackupJob:
         return f"backup/{self.name}"
 
 
+Options = TypeVar("Options", DefragJob, EncryptionRotation)
+
+
 @dataclass(frozen=True)
-class DefragSpec:
+class _ScheduledTask(Generic[Options]):
+    """A scheduled maintenance job on the cluster: its ``options`` are its section of the DaemonConfig."""
+
+    KIND: ClassVar[str]
     name: str
     schedule: Schedule
-    options: DefragJob
+    options: Options
     origin: str
     jitter: float = 0.0
     catch_up: bool = True
@@ -72,32 +79,25 @@ class DefragSpec:
 
     @property
     def kind(self) -> str:
-        return "defrag"
+        return self.KIND
 
     @property
     def key(self) -> str:
-        return f"defrag/{self.name}"
+        return f"{self.KIND}/{self.name}"
 
 
 @dataclass(frozen=True)
-class RotationSpec:
+class DefragSpec(_ScheduledTask[DefragJob]):
+    """A scheduled defragmentation (an item of ``defrag``)."""
+
+    KIND: ClassVar[str] = "defrag"
+
+
+@dataclass(frozen=True)
+class RotationSpec(_ScheduledTask[EncryptionRotation]):
     """The scheduled encryption-at-rest key rotation (``encryptionRotation``)."""
 
-    name: str
-    schedule: Schedule
-    options: EncryptionRotation
-    origin: str
-    jitter: float = 0.0
-    catch_up: bool = True
-    enabled: bool = True
-
-    @property
-    def kind(self) -> str:
-        return "rotate"
-
-    @property
-    def key(self) -> str:
-        return f"rotate/{self.name}"
+    KIND: ClassVar[str] = "rotate"
 
 
 Job = BackupJob | DefragSpec | RotationSpec
