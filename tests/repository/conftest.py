@@ -1,5 +1,6 @@
-"""Fixtures of the repository tests: one real SeaweedFS S3 gateway per session, a fresh S3 prefix per test,
-and fabricated backups (real files with real sha256 in a real manifest, no etcd needed)."""
+"""Fixtures of the repository tests: one real SeaweedFS S3 gateway and one real Azurite blob service per
+session, a fresh prefix per test, and fabricated backups (real files with real sha256 in a real manifest,
+no etcd needed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from etcdwarden.repository.base import Repository, open_repository
+from tests.repository.azurite import Azurite
 from tests.repository.seaweed import SeaweedS3
 
 _counter = itertools.count()
@@ -25,10 +27,30 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _prefix(request: pytest.FixtureRequest) -> str:
+    return f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+
+
 @pytest.fixture
 def s3_repo(seaweed: SeaweedS3, request: pytest.FixtureRequest) -> Iterator[Repository]:
-    prefix = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
-    repo = open_repository(seaweed.url(prefix), seaweed.options())
+    repo = open_repository(seaweed.url(_prefix(request)), seaweed.options())
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def az_repo(azurite: Azurite, request: pytest.FixtureRequest) -> Iterator[Repository]:
+    repo = open_repository(azurite.url(_prefix(request)), azurite.options())
     yield repo
     repo.close()
 
@@ -38,8 +60,7 @@ def local_repo(tmp_path: Path) -> Repository:
     return open_repository(tmp_path / "repo")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "az"])
 def any_repo(request: pytest.FixtureRequest) -> Repository:
-    name = "local_repo" if request.param == "local" else "s3_repo"
-    repo: Repository = request.getfixturevalue(name)
+    repo: Repository = request.getfixturevalue(f"{request.param}_repo")
     return repo

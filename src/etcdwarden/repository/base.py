@@ -69,7 +69,9 @@ class RepositoryOptions:
     """How to reach a repository: object-store endpoint, region, credentials, retries, part sizes.
 
     Anything left ``None`` falls back to the store's own environment variables (``AWS_*``,
-    ``GOOGLE_*``, ``AZURE_*``). Secrets are excluded from ``repr``.
+    ``GOOGLE_*``, ``AZURE_*``). Secrets are excluded from ``repr``. For ``az://``, ``access_key_id`` is
+    the storage account name and ``secret_access_key`` the account key; ``service_account`` (the path
+    of a JSON key file) is for ``gs://`` only (see :mod:`etcdwarden.repository.objectstore`).
     """
 
     endpoint: str | None = None
@@ -77,6 +79,7 @@ class RepositoryOptions:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    service_account: str | None = None  # gs://: path of a service-account JSON key file
     allow_http: bool | None = None  # None: allowed exactly when the endpoint is http://
     max_retries: int = 4  # per request, with exponential backoff and jitter
     retry_timeout: float = 60.0  # seconds, per request including its retries
@@ -260,8 +263,8 @@ def split_query(url: str) -> tuple[str, dict[str, str]]:
     """``s3://b/p?endpoint=...&region=...`` -> (``s3://b/p``, options); secrets are refused there."""
     parts = urlsplit(url)
     if parts.username or parts.password:
-        raise UsageError("credentials do not belong in a repository URL; use the AWS_ACCESS_KEY_ID/"
-                         "AWS_SECRET_ACCESS_KEY environment variables or the repository config file")
+        raise UsageError("credentials do not belong in a repository URL; use the store's environment variables "
+                         "(AWS_*, AZURE_STORAGE_*, GOOGLE_*) or the repository config file")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     for key in query:
         if any(s in key.lower() for s in ("secret", "key_id", "token", "password")):

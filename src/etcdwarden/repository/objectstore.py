@@ -3,26 +3,67 @@
 
 Writes stream into a multipart upload (parts of :attr:`RepositoryOptions.part_size`, at most
 :attr:`RepositoryOptions.max_concurrency` in flight, so memory stays bounded whatever the size); the
-object appears under its key only when the upload completes, and an abandoned write is aborted.
+object appears under its key only when the upload completes, and an abandoned write is aborted (S3, GCS)
+or left as uncommitted blocks, which Azure never lists and deletes by itself after a week.
 Every request is retried with exponential backoff and jitter, bounded by ``max_retries`` and
 ``retry_timeout``; then the operation fails with a :class:`RepositoryError` naming the object and the
-first line of the store's error, with every known secret masked.
+first line of the store's error (with the code of an XML error body), every known secret masked.
 
-S3 settings come from the options (config file / command line), then the URL query
-(``?endpoint=http://127.0.0.1:8333&region=us-east-1``; secrets are refused in a URL), then the usual
-``AWS_*`` environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``), which obstore reads itself. A custom
-endpoint uses path-style requests; ``http://`` endpoints are allowed only when named explicitly.
+Where the settings come from, first match wins: the options (``--repository-config`` file, its
+``repository:`` keys, or the daemon's repository ``options``; ``--s3-endpoint``/``--region`` on the
+command line), then the URL query (``?endpoint=...``, ``?region=...`` for S3, ``?allow_http=true``;
+secrets are refused in a URL), then the environment variables obstore reads itself. ``http://``
+endpoints are allowed only when named explicitly (option, URL or the endpoint variable below), or with
+``allow_http``. A credential option that a scheme does not use (``service_account`` for ``s3://``, keys
+for ``gs://``) is refused rather than ignored.
+
+``s3://``
+    ``endpoint`` (path-style requests when set), ``region``, ``access_key_id``, ``secret_access_key``,
+    ``session_token``; environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL(_S3)``, and the rest
+    of obstore's ``AWS_*`` (web identity, container credentials, instance metadata).
+
+``az://container/prefix``
+    ``endpoint`` (the blob service URL; for an emulator it ends in the account:
+    ``http://127.0.0.1:10000/devstoreaccount1``), ``access_key_id`` = the storage **account name**,
+    ``secret_access_key`` = the **account key** (base64). Environment: ``AZURE_STORAGE_ACCOUNT_NAME``,
+    ``AZURE_STORAGE_ACCOUNT_KEY`` (or ``_ACCESS_KEY``), ``AZURE_STORAGE_SAS_TOKEN``, a service principal
+    (``AZURE_CLIENT_ID``, ``AZURE_CLIENT_SECRET``, ``AZURE_TENANT_ID``), workload or managed identity,
+    ``AZURE_STORAGE_ENDPOINT``; ``AZURE_STORAGE_USE_EMULATOR=true`` talks to Azurite with its
+    well-known ``devstoreaccount1`` account (at ``AZURITE_BLOB_STORAGE_URL``, default
+    ``http://127.0.0.1:10000``). The container must exist; etcdwarden never creates one.
+
+``gs://bucket/prefix``
+    ``endpoint`` (GCS base URL), ``service_account`` (path of a service-account JSON key file);
+    environment: ``GOOGLE_APPLICATION_CREDENTIALS``, ``GOOGLE_SERVICE_ACCOUNT`` (a path),
+    ``GOOGLE_SERVICE_ACCOUNT_KEY`` (the JSON itself), ``GOOGLE_BEARER_TOKEN``, ``GOOGLE_BASE_URL``; without
+    any, obstore asks the instance metadata server. The bucket must exist. obstore speaks GCS's XML API
+    (object PUT, ``?uploads`` multipart, ``?list-type=2`` listing), which the GCS emulators installable
+    here (fake-gcs-server 1.54, gcp-storage-emulator) do not implement, so gs:// is not tested against a
+    server; its configuration and error paths are.
+
+Secrets are masked in every message this module produces: the credentials given in the options and
+the credential-bearing ``AWS_*``/``AZURE_*``/``GOOGLE_*`` environment variables (names containing
+SECRET, TOKEN, KEY, PASSWORD or SAS, other than ``*_ID``/``*_FILE``/``*_PATH``/``*_URL``-style ones; plus
+``AWS_ACCESS_KEY_ID``), each also percent-encoded, the ``sig`` of a SAS token and the private key of a
+JSON service-account key (an Azure account name is no secret: it is part of every URL). The environment
+is read once, when the repository is opened — the same moment obstore reads it — so a variable changed
+later is neither used nor masked. Bearer tokens, SAS and SigV4 signatures and Shared Key signatures that
+appear in a message are masked by their shape, whoever issued them (tokens fetched at run time included).
+Not masked: secrets inside credential *files* (``GOOGLE_APPLICATION_CREDENTIALS``, web identity token
+files), which this module never reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, Self
-from urllib.parse import urlsplit
+import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 import obstore
 from obstore.exceptions import NotFoundError
@@ -44,20 +85,99 @@ if TYPE_CHECKING:
     from obstore import WritableFile
     from obstore.store import AzureConfig, ClientConfig, GCSConfig, ObjectStore, RetryConfig, S3Config
 
-_QUERY_KEYS = {"endpoint", "region", "allow_http"}
+#: credential-bearing variables of obstore's AWS_*, AZURE_* and GOOGLE_* families (matched case-insensitively)
+_SECRET_ENV = re.compile(r"^(AWS|AZURE|GOOGLE)_\w*(SECRET|TOKEN|KEY|PASSWORD|SAS)\w*$", re.IGNORECASE)
+_NOT_SECRET_ENV = re.compile(r"_(ID|NAME|TYPE|FILE|PATH|URL|URI|ENDPOINT|HOST)$", re.IGNORECASE)
+_ALSO_SECRET_ENV = {"AWS_ACCESS_KEY_ID"}
+#: fields of a JSON service-account key (or authorized-user file) that are secret
+_JSON_SECRET_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token")
+#: credentials recognisable by their shape, whoever issued them (tokens fetched at run time included)
+_PATTERNS = [
+    (re.compile(r"(?i)([?&](?:sig|x-amz-signature|x-amz-security-token|x-goog-signature|x-goog-credential)=)"
+                r"[^&\s\"'<>]+"), r"\1***"),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1***"),
+    (re.compile(r"(?i)\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]{8,}"), r"\1***"),
+    (re.compile(r"(?i)\b(Signature=)[0-9a-f]{16,}"), r"\1***"),
+]
+#: a 404 while listing or writing: the bucket/container is missing (S3, Azure and GCS spellings)
+_MISSING_CONTAINER = re.compile(r"\b(404 Not Found|NoSuchBucket|ContainerNotFound)\b")
+#: reads whose "not found" means the object (``stat`` and ``delete`` handle it themselves)
+_OBJECT_READS = ("cannot read", "download failed for")
+_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
+_OS_MESSAGE = re.compile(r'message: "([^"\n]{1,200})"')
+_XML_CODE = re.compile(r"<Code>\s*([^<]{1,100}?)\s*</Code>")
+_XML_MESSAGE = re.compile(r"<Message>\s*([^<\n]{1,300})")
+
+
+def env_secrets(environ: Iterable[tuple[str, str]] | None = None) -> list[str]:
+    """The values of the credential-bearing variables in the environment (see the module docstring)."""
+    items = os.environ.items() if environ is None else environ
+    out = []
+    for name, value in items:
+        upper = name.upper()
+        secret = upper in _ALSO_SECRET_ENV or (_SECRET_ENV.match(upper) and not _NOT_SECRET_ENV.search(upper))
+        # "1", "no": flags, not secrets; masking such short values would garble every message
+        if secret and len(value.strip()) >= 3:
+            out.append(value)
+    return out
+
+
+def secret_variants(secrets: Iterable[str]) -> list[str]:
+    """Every form in which a secret may show up in a message, longest first (so none is half-masked)."""
+    out: set[str] = set()
+    for s in secrets:
+        if not s:
+            continue
+        forms = {s, s.strip()}
+        if "sig=" in s:  # a SAS token: its signature is what matters, in whatever order the URL puts it
+            forms.update(v for k, v in parse_qsl(s.lstrip("?"), keep_blank_values=False) if k == "sig")
+        if s.lstrip().startswith("{"):  # a JSON key: its private parts, wherever they are echoed
+            with contextlib.suppress(ValueError, AttributeError):
+                doc = json.loads(s)
+                for key in _JSON_SECRET_FIELDS:
+                    value = doc.get(key)
+                    if isinstance(value, str) and value:
+                        forms.add(value)
+                        forms.update(ln.strip() for ln in value.splitlines()
+                                     if len(ln.strip()) >= 16 and "-----" not in ln)
+        for f in list(forms):
+            forms.update({quote(f, safe=""), quote_plus(f), _form_encode(f), unquote(f), json.dumps(f)[1:-1]})
+        out.update(f for f in forms if f)
+    return sorted(out, key=len, reverse=True)
+
+
+def _form_encode(text: str) -> str:
+    """``application/x-www-form-urlencoded`` as Rust's encoder writes it (``~`` encoded, unlike Python's)."""
+    return "".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "*-._") else
+                   "+" if b == 0x20 else f"%{b:02X}" for b in text.encode())
 
 
 def _mask(text: str, secrets: list[str]) -> str:
     for s in secrets:
         text = text.replace(s, "***")
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
     return text
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).split("\n\nDebug source:", 1)[0]
+def _first_line(e: BaseException, secrets: list[str]) -> str:
+    """The store's message in one line (masked before it is cut, so no secret is left half visible)."""
+    text, _, debug = _mask(str(e), secrets).partition("\n\nDebug source:")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     line = lines[0] if lines else type(e).__name__
-    return line if len(line) <= 400 else line[:400] + "..."
+    detail = ""
+    if "<?xml" in line:  # an XML error body starts on this line: name its code and message instead
+        line = line[:line.index("<?xml")].rstrip(": ")
+        code, message = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+        if code is not None:
+            detail += f": {code.group(1)}"
+        if message is not None:
+            detail += f" ({message.group(1).strip()})"
+    elif "HTTP error" in line:  # no response: say why (connect, timeout, ...) from obstore's debug text
+        kind, reasons = _HTTP_KIND.search(debug), _OS_MESSAGE.findall(debug)
+        why = [x for x in (kind.group(1).lower() if kind else "", reasons[-1] if reasons else "") if x]
+        detail += f" ({': '.join(why)})" if why else " (no response: check the endpoint's address and scheme)"
+    return (line if len(line) <= 400 else line[:400] + "...") + detail
 
 
 class ObjectStoreWriter(Writer):
@@ -98,19 +218,35 @@ class ObjectStoreRepository(Repository):
     """Common code of the obstore-backed repositories; subclasses build the store."""
 
     scheme = ""
+    #: what the first URL component names, for messages
+    container_word: ClassVar[str] = "bucket"
+    #: the URL query options this backend accepts (``?endpoint=...``)
+    query_keys: ClassVar[frozenset[str]] = frozenset({"endpoint", "allow_http"})
+    #: the :class:`RepositoryOptions` credential fields this backend uses (others are refused)
+    credential_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, store: ObjectStore, url: str, options: RepositoryOptions) -> None:
+    def __init__(self, store: ObjectStore, url: str, options: RepositoryOptions,
+                 secrets: list[str] | None = None) -> None:
         self.store = store
         self.url = url
         self.options = options
+        self.container = urlsplit(url).netloc
+        #: every form of every known secret (options and environment), longest first
+        self.secrets = secrets if secrets is not None else \
+            secret_variants([*self.option_secrets(options), *env_secrets()])
+
+    @classmethod
+    def option_secrets(cls, opts: RepositoryOptions) -> list[str]:
+        """The secrets among the options (all credentials, unless the backend says otherwise)."""
+        return opts.secrets()
 
     @classmethod
     def from_url(cls, url: str, options: RepositoryOptions) -> Self:
         base, query = split_query(url)
-        unknown = set(query) - _QUERY_KEYS
+        unknown = set(query) - cls.query_keys
         if unknown:
             raise UsageError(f"{base}: unknown URL option(s) {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(sorted(_QUERY_KEYS))})")
+                             f"(known for {cls.scheme}://: {', '.join(sorted(cls.query_keys))})")
         opts = RepositoryOptions(**vars(options))
         if "endpoint" in query and opts.endpoint is None:
             opts.endpoint = query["endpoint"]
@@ -123,17 +259,26 @@ class ObjectStoreRepository(Repository):
         parts = urlsplit(base)
         bucket = parts.netloc
         if not bucket:
-            raise UsageError(f"{base}: no bucket/container (expected {cls.scheme}://BUCKET[/PREFIX])")
+            raise UsageError(f"{base}: no {cls.container_word} (expected {cls.scheme}://"
+                             f"{cls.container_word.upper()}[/PREFIX])")
         prefix = parts.path.strip("/") or None
         display = f"{cls.scheme}://{bucket}" + (f"/{prefix}" if prefix else "")
+        given = {f for f in ("access_key_id", "secret_access_key", "session_token", "service_account")
+                 if getattr(opts, f)}
+        if given - cls.credential_fields:
+            raise UsageError(f"{display}: the repository option(s) {', '.join(sorted(given - cls.credential_fields))} "
+                             f"do not apply to {cls.scheme}:// (it takes "
+                             f"{', '.join(sorted(cls.credential_fields)) or 'none'})")
+        # read the environment's secrets now, when obstore reads its variables too
+        secrets = secret_variants([*cls.option_secrets(opts), *env_secrets()])
         try:
             store = cls.make_store(bucket, prefix, opts)
         except UsageError:
             raise
         except Exception as e:
             raise RepositoryError(f"{display}: cannot configure the store: "
-                                  f"{_mask(_first_line(e), opts.secrets())}") from None
-        return cls(store, display, opts)
+                                  f"{_first_line(e, secrets)}") from None
+        return cls(store, display, opts, secrets)
 
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
@@ -158,11 +303,20 @@ class ObjectStoreRepository(Repository):
                 "backoff": {"init_backoff": dt.timedelta(seconds=opts.init_backoff),
                             "max_backoff": dt.timedelta(seconds=opts.max_backoff), "base": 2}}
 
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret and every credential-shaped token replaced by ``***``."""
+        return _mask(text, self.secrets)
+
     def fail(self, what: str, name: str | None, e: BaseException) -> NoReturn:
         where = self.where(name) if name else self.url
-        if isinstance(e, NotFoundError | FileNotFoundError):
+        line = _first_line(e, self.secrets)
+        if isinstance(e, NotFoundError | FileNotFoundError) and name is not None and what in _OBJECT_READS:
             raise ObjectNotFound(f"{where}: no such object") from None
-        raise RepositoryError(f"{what} {where}: {_mask(_first_line(e), self.options.secrets())}") from None
+        if isinstance(e, NotFoundError | FileNotFoundError) or _MISSING_CONTAINER.search(line):
+            # listing or writing: what is missing is the bucket/container (or the upload itself)
+            raise RepositoryError(f"{what} {where}: {line} (does the {self.container_word} "
+                                  f"{self.container!r} exist? etcdwarden does not create it)") from None
+        raise RepositoryError(f"{what} {where}: {line}") from None
 
     def list(self) -> list[ObjectInfo]:
         try:
@@ -209,7 +363,11 @@ class ObjectStoreRepository(Repository):
 
 
 class S3Repository(ObjectStoreRepository):
+    """``s3://bucket/prefix`` on AWS S3 or an S3-compatible store."""
+
     scheme = "s3"
+    query_keys = frozenset({"endpoint", "region", "allow_http"})
+    credential_fields = frozenset({"access_key_id", "secret_access_key", "session_token"})
 
     @classmethod
     def env_endpoint(cls) -> str | None:
@@ -242,9 +400,14 @@ class S3Repository(ObjectStoreRepository):
 
 
 class GCSRepository(ObjectStoreRepository):
-    """``gs://bucket/prefix``; credentials: ``GOOGLE_APPLICATION_CREDENTIALS`` / ``GOOGLE_SERVICE_ACCOUNT``."""
+    """``gs://bucket/prefix``: ``endpoint`` is the base URL, ``service_account`` a JSON key file's path."""
 
     scheme = "gs"
+    credential_fields = frozenset({"service_account"})
+
+    @classmethod
+    def env_endpoint(cls) -> str | None:
+        return os.environ.get("GOOGLE_BASE_URL") or None
 
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
@@ -252,16 +415,28 @@ class GCSRepository(ObjectStoreRepository):
 
         config: GCSConfig = {}
         if opts.endpoint:
-            config["base_url"] = opts.endpoint
+            config["base_url"] = opts.endpoint.rstrip("/")
+        if opts.service_account:
+            config["service_account"] = opts.service_account
         return GCSStore(bucket, prefix=prefix, config=config, client_options=cls.client_options(opts),
                         retry_config=cls.retry_config(opts))
 
 
 class AzureRepository(ObjectStoreRepository):
-    """``az://container/prefix``; account and credentials: ``AZURE_STORAGE_ACCOUNT_NAME``,
-    ``AZURE_STORAGE_ACCOUNT_KEY`` / SAS / service principal variables (read by obstore)."""
+    """``az://container/prefix``: ``access_key_id`` is the storage account name, ``secret_access_key``
+    its key; otherwise obstore's ``AZURE_*`` variables (see the module docstring)."""
 
     scheme = "az"
+    container_word = "container"
+    credential_fields = frozenset({"access_key_id", "secret_access_key"})
+
+    @classmethod
+    def env_endpoint(cls) -> str | None:
+        return os.environ.get("AZURE_STORAGE_ENDPOINT") or os.environ.get("AZURE_ENDPOINT") or None
+
+    @classmethod
+    def option_secrets(cls, opts: RepositoryOptions) -> list[str]:
+        return [s for s in (opts.secret_access_key,) if s]  # the account name is in every URL: not secret
 
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
@@ -269,7 +444,9 @@ class AzureRepository(ObjectStoreRepository):
 
         config: AzureConfig = {}
         if opts.endpoint:
-            config["endpoint"] = opts.endpoint
+            if not opts.endpoint.lower().startswith(("http://", "https://")):
+                raise UsageError(f"Azure endpoint {opts.endpoint!r} must start with http:// or https://")
+            config["endpoint"] = opts.endpoint.rstrip("/")
         if opts.access_key_id:
             config["account_name"] = opts.access_key_id
         if opts.secret_access_key:
