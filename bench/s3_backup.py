@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -95,7 +96,11 @@ def _median(runs: list[Run]) -> float:
 
 
 def _pin(pid: int, cpus: set[int] | None) -> None:
-    os.sched_setaffinity(pid, cpus if cpus else set(range(os.cpu_count() or 1)))
+    """Pin every thread of a running process (the affinity of the PID alone covers only its main thread;
+    threads created later inherit it from their creator)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus if cpus else set(range(os.cpu_count() or 1)))
 
 
 def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: SeaweedS3, mode: str,

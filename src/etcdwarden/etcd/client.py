@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE = (Unreachable, Timeout, NoLeader)
+STREAM_WINDOW = 4 * 1024 * 1024  # bytes a member may send on one stream before we read them (see _member)
 
 
 class _Member:
@@ -102,6 +103,13 @@ class EtcdClient:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2_000),
                 ("grpc.min_reconnect_backoff_ms", max(1, int(self.config.dial_timeout * 1000))),
+                # A fixed 4 MiB flow-control window per stream instead of BDP probing: when a snapshot
+                # arrives faster than its consumer takes it (an upload to a busy object store), probing
+                # grows the window and grpc buffers tens of MiB more (peak RSS 95-170 MiB instead of a
+                # flat ~100); 4 MiB still fills loopback (no change in local backup time) and carries
+                # 80 MiB/s over a 50 ms link.
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
                 *channel_proxy_options(ep.host, ep.port, env),
             ]
             if self._uses_tls(ep):
