@@ -18,7 +18,6 @@ import hmac
 import http.client
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from etcdwarden.local.ports import free_port
 from etcdwarden.repository.base import RepositoryOptions
+from tests.repository.servers import stop_process, tail_log
 
 REPO = Path(__file__).resolve().parents[2]
 #: the emulator's documented, public development account (not a secret)
@@ -129,17 +129,7 @@ class Azurite:
 
     def stop(self, timeout: float = 5.0) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+        stop_process(p, timeout)
 
     def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return tail_log(self.log, n)

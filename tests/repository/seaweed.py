@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from etcdwarden.local.ports import free_ports
 from etcdwarden.repository.base import RepositoryOptions
+from tests.repository.servers import stop_process, tail_log
 
 
 def weed_binary() -> Path:
@@ -147,14 +147,7 @@ class SeaweedS3:
 
     def stop(self, timeout: float = 5.0) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+        stop_process(p, timeout)
 
     def kill(self) -> None:
         """Stop at once (SIGKILL): the server vanishes in the middle of whatever it was doing."""
@@ -164,7 +157,4 @@ class SeaweedS3:
             p.wait(10)
 
     def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return tail_log(self.log, n)
