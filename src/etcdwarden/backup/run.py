@@ -147,9 +147,20 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
             run = _Run(opts, target, res_dir, BackupNames(ts, opts.compress, bool(recipients)), recipients,
                        list(pre.warnings))
             chosen, result = await run.snapshot(client, pre.candidates, progress)
-            status, verification, final = await asyncio.to_thread(run.verify_and_commit, result)
-            manifest = await asyncio.to_thread(run.finish, pre, chosen, result, status, verification, final,
-                                               resources)
+
+            def commit() -> dict[str, Any]:
+                status, verification, final = run.verify_and_commit(result)
+                return run.finish(pre, chosen, result, status, verification, final, resources)
+
+            # A thread cannot be cancelled: when the task is (SIGTERM, lost leadership), let the commit end
+            # before the directory lock is released, so no half-committed backup is left behind unlocked.
+            work = asyncio.ensure_future(asyncio.to_thread(commit))
+            try:
+                manifest = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
             return BackupResult(directory, directory / run.names.manifest, manifest, run.warnings,
                                 location=target.where(run.names.manifest))
 

@@ -203,7 +203,7 @@ class _SinkWriter(io.BufferedIOBase):
 class StreamResult:
     db_size: int
     db_sha256: str  # hex of the database bytes (= the trailer)
-    file_sha256: str = ""  # hex of every byte received (database + trailer): what a plain snapshot file holds
+    file_sha256: str  # hex of every byte received (database + trailer): what a plain snapshot file holds
 
 
 class TrailerChecker:

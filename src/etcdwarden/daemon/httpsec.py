@@ -87,7 +87,10 @@ def load_token(auth: HttpAuth) -> bytes:
     if len(token) < _MIN_TOKEN:
         log.warning("agent.auth.tokenFile %s holds a short token (%d characters); use at least %d random ones",
                     path, len(token), _MIN_TOKEN)
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:  # removed or replaced between the read and here (a non-atomic rotation)
+        raise UsageError(f"agent.auth.tokenFile {path}: {e.strerror}") from None
     if mode & 0o004:
         log.warning("agent.auth.tokenFile %s is readable by every user (mode %o); chmod 0600 it", path, mode & 0o777)
     return token
