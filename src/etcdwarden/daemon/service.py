@@ -48,6 +48,7 @@ from etcdwarden.etcd.election import Election, LeadershipLost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RESIGN_TIMEOUT = 5.0  # seconds a stopping agent spends resigning and revoking its lease
 RunnerFactory = Callable[[EtcdClient, DaemonConfig], JobRunner]
 Sleep = Callable[[float], Awaitable[None]]
 ONCE_DEADLINE = 1800.0  # --once: no retry starts later than this after the run began
@@ -256,7 +257,13 @@ class Daemon:
                 await refresher
             self._set_leader(False)
             if self.election is not None:
-                await self.election.close()
+                # best effort and bounded: if etcd does not answer, the lease expires within its TTL anyway,
+                # and a stop must not hang on one request timeout per endpoint
+                try:
+                    await asyncio.wait_for(self.election.close(), RESIGN_TIMEOUT)
+                except TimeoutError:
+                    log.warning("could not resign within %gs; the leadership ends when the lease expires",
+                                RESIGN_TIMEOUT)
             await self.http.close()
             log.info("stopped")
 
