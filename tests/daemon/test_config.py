@@ -193,18 +193,9 @@ def test_log_lines_are_json_and_mask_secrets() -> None:
     from etcdwarden.daemon import logs
 
     stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        logs.configure("info", stream, {"hunter2"})
+    with logs.configured("info", stream, {"hunter2"}):
         logging.getLogger("etcdwarden.test").info("connecting with %s", "hunter2",
                                                   extra={"job": "x", "password": "p", "detail": {"token": "t"}})
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
     line = json.loads(stream.getvalue())
     assert line["msg"] == "connecting with ***" and line["job"] == "x" and line["level"] == "info"
     assert line["password"] == "***" and line["detail"] == {"token": "***"}

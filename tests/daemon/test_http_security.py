@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import ipaddress
 import json
-import logging
 import os
 import signal
 import ssl
@@ -90,15 +89,8 @@ def get(url: str, token: str | None = None, cafile: Path | None = None,
 def captured_logs() -> Iterator[io.StringIO]:
     """The daemon's structured JSON logs, as ``daemon`` configures them."""
     stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    logs.configure("debug", stream)
-    yield stream
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in saved[0]:
-        root.addHandler(h)
-    root.setLevel(saved[1])
+    with logs.configured("debug", stream):
+        yield stream
 
 
 @asynccontextmanager

@@ -127,12 +127,6 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
         if problem:
             raise UsageError(problem)
     ccfg = daemon_client_config(args, cfg.etcd)
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    logs.configure(args.log_level or cfg.agent.log_level, out.err, _secrets(cfg, ccfg))
-    for note in cfg.notes:
-        logging.getLogger("etcdwarden.daemon").info("%s", note)
-
     async def go() -> OnceReport | None:
         async with EtcdClient(ccfg) as client:
             d = Daemon(cfg, client, agent=args.agent_name, listen=args.listen, reload=lambda: load_config(paths))
@@ -142,14 +136,10 @@ def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
             await d.run()
             return None
 
-    try:
+    with logs.configured(args.log_level or cfg.agent.log_level, out.err, _secrets(cfg, ccfg)):
+        for note in cfg.notes:
+            logging.getLogger("etcdwarden.daemon").info("%s", note)
         report = asyncio.run(go())
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
     if report is None:
         return EXIT_OK
     if out.is_json:

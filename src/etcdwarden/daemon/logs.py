@@ -8,10 +8,12 @@ message and field.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|(access|private|api)[_-]?key|credential", re.IGNORECASE)
@@ -81,3 +83,19 @@ def configure(level: str, stream: TextIO, secrets: set[str] | None = None) -> Js
     root.addHandler(handler)
     root.setLevel(level.upper())
     return fmt
+
+
+@contextlib.contextmanager
+def configured(level: str, stream: TextIO, secrets: set[str] | None = None) -> Iterator[JsonFormatter]:
+    """:func:`configure` for the duration of a ``with`` block; the root logger's handlers and level are
+    put back afterwards (the CLI and tests run the daemon inside a longer-lived process)."""
+    root = logging.getLogger()
+    handlers, level_before = list(root.handlers), root.level
+    try:
+        yield configure(level, stream, secrets)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level_before)
