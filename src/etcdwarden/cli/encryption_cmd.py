@@ -55,7 +55,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         sp.add_argument("--rate-limit", type=float, metavar="VALUES_PER_S",
                         help="throttle the scan (each rewrite is a MODIFIED event for watchers)")
         sp.add_argument("--skip-unreadable", action="store_true",
-                        help="leave values that cannot be decrypted as they are (reported) instead of stopping")
+                        help="leave values that cannot be decrypted as they are (reported) instead of stopping "
+                             "(a key that fails on most of its values is a wrong key and still stops everything)")
         sp.add_argument("--force", action="append", default=[], choices=[FORCE_NON_KUBERNETES], metavar="CHECK",
                         help="override a safety refusal: non-kubernetes = encrypt with aescbc, or decrypt from it, "
                              "values that are not Kubernetes objects (their decryption cannot be checked)")

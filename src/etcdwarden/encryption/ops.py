@@ -40,7 +40,7 @@ from etcdwarden.encryption.resources import Resource
 from etcdwarden.encryption.rollout import Rollout
 from etcdwarden.encryption.state import MigrationState
 from etcdwarden.encryption.status import collect
-from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.errors import EXIT_FAILED, EtcdwardenError, UsageError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.fsutil import atomic_write, fsync_dir
 
@@ -137,6 +137,8 @@ async def run_operation(client: EtcdClient, operation: str, config_path: Path, r
                          f"{journal.path} is not continued by this {operation}")
         notify(res.notes[-1])
     phases = _plan(operation, cfg, config_path, names, ptype, journal.new_key if resuming and journal else None, res)
+    if resuming and journal is not None and not res.new_key:
+        res.new_key = journal.new_key
     target = phases[-1].config if phases else cfg
     assert target is not None
 
@@ -144,8 +146,8 @@ async def run_operation(client: EtcdClient, operation: str, config_path: Path, r
     seen, notes = await preflight(client, target, resources, source=str(config_path),
                                   skip_unreadable=opts.skip_unreadable,
                                   allow_non_kubernetes=opts.allow_non_kubernetes, page_size=opts.page_size)
-    notify(f"decrypted {sum(r.total for r in seen.resources)} stored value(s) with the "
-           f"{'planned ' if phases else ''}configuration: every key checked")
+    notify(f"checked {sum(r.total for r in seen.resources)} stored value(s) against the "
+           f"{'planned ' if phases else ''}configuration by decrypting them")
     res.notes += notes
     rollout = opts.rollout if opts.rollout is not None and opts.rollout.active else None
     pruning = opts.prune and operation in ("rotate", "disable")
@@ -264,7 +266,7 @@ async def _apply(phase: Phase, config_path: Path, rollout: Rollout | None, notif
         notify(f"{phase.name}: {phase.description}; wrote {config_path} ({digest})")
         if rollout is not None:
             await _roll_out(rollout, phase, digest, notify, consequence)
-    except EtcdwardenError as e:
+    except (EtcdwardenError, OSError) as e:
         failed = _put_back(before)
         where = f"{config_path}" + (f" and {len(files) - 1} apiserver configuration file(s)" if len(files) > 1 else "")
         if failed:
@@ -272,7 +274,7 @@ async def _apply(phase: Phase, config_path: Path, rollout: Rollout | None, notif
                                   f"check {where} by hand before rerunning") from None
         notify(f"{phase.name}: failed; put the previous configuration back in {where}")
         raise PhaseFailed(f"{e}; the previous configuration was put back in {where}; rerun to finish",
-                          e.exit_code) from None
+                          getattr(e, "exit_code", EXIT_FAILED)) from None
 
 
 async def _roll_out(rollout: Rollout, phase: Phase, digest: str, notify: Callable[[str], None],
