@@ -158,8 +158,12 @@ def test_rule_variables() -> None:
     assert env["fragmentation"] == 0.75
     assert env["dbQuota"] == 2 * 1024**3
     assert env["dbQuotaUsage"] == pytest.approx(200 / 2048)
-    empty = rule_variables(0, 0, None)
-    assert empty["fragmentation"] == 0.0 and empty["dbQuotaUsage"] == 0.0
+    empty = rule_variables(0, 0, -1)  # no quota
+    assert empty["fragmentation"] == 0.0 and empty["dbQuotaUsage"] == 0.0 and empty["dbQuota"] == math.inf
+    unknown = rule_variables(0, 0, None)  # quota unknown: nothing is made up
+    assert "dbQuota" not in unknown and "dbQuotaUsage" not in unknown
+    with pytest.raises(RuleEvalError, match="without dbQuotaUsage"):
+        compile_rule("dbQuotaUsage > 0.5").matches(unknown)
 
 
 def test_auto_rule_is_openshifts() -> None:

@@ -37,10 +37,13 @@ VARIABLES: dict[str, str] = {
     "dbSize": "physically allocated size of the member's database file (bytes)",
     "dbSizeInUse": "bytes of the database in use (dbSize minus free pages)",
     "dbSizeFree": "dbSize - dbSizeInUse (bytes a defragmentation can give back)",
-    "dbQuota": "the backend quota (from the server on etcd 3.6, else --db-quota-bytes)",
+    "dbQuota": "the member's backend quota (etcd >= 3.6 reports it; else its local command line or manifest, "
+               "or --quota-backend-bytes)",
     "dbQuotaUsage": "dbSize / dbQuota (0..1; the NOSPACE alarm fires near 1)",
     "fragmentation": "dbSizeFree / dbSize (0..1)",
 }
+
+QUOTA_VARIABLES = frozenset({"dbQuota", "dbQuotaUsage"})  # need the member's quota to be known
 
 # The issue's statement of OpenShift's controller rule: at least 45 % of the file is free pages and
 # at least 100 MiB is free. (The controller's source checks dbSize >= 100 MiB instead; requiring
@@ -382,8 +385,20 @@ class Rule:
     text: str
     tree: Node
 
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables the rule uses."""
+        found: set[str] = set()
+        todo = [self.tree]
+        while todo:
+            n = todo.pop()
+            if n.op == "var":
+                found.add(n.name)
+            todo.extend(n.args)
+        return frozenset(found)
+
     def value(self, env: Mapping[str, float]) -> Value:
-        missing = [v for v in VARIABLES if v not in env]
+        missing = sorted(self.variables - set(env))
         if missing:
             raise RuleEvalError(f"--rule evaluated without {', '.join(missing)}")
         return evaluate(self.tree, env)
@@ -423,19 +438,23 @@ def compile_rule(text: str) -> Rule:
 
 
 def rule_variables(db_size: int, db_size_in_use: int, db_quota: int | None) -> dict[str, float]:
-    """The variables of one member. ``db_quota`` None or ≤ 0 means no quota (usage 0)."""
+    """The variables of one member. ``db_quota`` ≤ 0 means no quota (``dbQuota`` infinite, usage 0);
+    None means the quota is unknown: ``dbQuota`` and ``dbQuotaUsage`` are left out (a rule using them
+    fails for that member rather than guess)."""
     size = float(db_size)
     in_use = float(db_size_in_use)
     free = max(0.0, size - in_use)
-    quota = float(db_quota) if db_quota and db_quota > 0 else math.inf
-    return {
+    env = {
         "dbSize": size,
         "dbSizeInUse": in_use,
         "dbSizeFree": free,
-        "dbQuota": quota,
-        "dbQuotaUsage": size / quota if quota != math.inf else 0.0,
         "fragmentation": free / size if size > 0 else 0.0,
     }
+    if db_quota is not None:
+        quota = float(db_quota) if db_quota > 0 else math.inf
+        env["dbQuota"] = quota
+        env["dbQuotaUsage"] = size / quota if quota != math.inf else 0.0
+    return env
 
 
 def parse_size(text: str) -> int:
@@ -444,4 +463,6 @@ def parse_size(text: str) -> int:
     if not m or (m.group(2) and m.group(2) not in SIZE_SUFFIXES):
         raise UsageError(f"invalid size {text!r}; use bytes or e.g. 16MiB, 2GiB, 500MB")
     n = float(m.group(1)) * SIZE_SUFFIXES.get(m.group(2) or "B", 1)
+    if not n < 2**63:
+        raise UsageError(f"invalid size {text.strip()[:40]!r}: too large")
     return int(n)
