@@ -12,7 +12,7 @@ from etcdwarden.cli.common import DEFAULT_MANIFEST, parse_duration, resolve
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.defrag import AUTO_RULE, DefragEvent, DefragOptions, DefragReport, compile_rule, rolling_defrag
 from etcdwarden.defrag.quota import parse_quota
-from etcdwarden.defrag.rules import VARIABLES
+from etcdwarden.defrag.rules import MAX_DEPTH, MAX_RULE_LENGTH, VARIABLES
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdwarden.etcd.client import EtcdClient
 
@@ -25,6 +25,8 @@ Rule variables (per member, floats): {", ".join(VARIABLES)}.
 Operators: + - * / % == != < <= > >= && || ! and parentheses; sizes like 100MiB or 2GiB.
 --auto uses OpenShift's controller rule: {AUTO_RULE}
 Example: --rule 'dbQuotaUsage > 0.8 || dbSizeFree > 200MiB'
+A rule is checked, and tried on sample figures, before anything is dialled (exit 2 if bad): at most
+{MAX_RULE_LENGTH} characters and {MAX_DEPTH} levels of nesting, finite numbers, 64-bit integers, no division by zero.
 """
 
 

@@ -221,7 +221,11 @@ class _Run:
             try:
                 r.rule_matched = self.o.rule.matches(env)
             except RuleEvalError as e:
-                r.outcome, r.detail = Outcome.FAILED, str(e)
+                # e.g. a division by a figure that is 0 on this member: no verdict, so no defragmentation
+                r.outcome = Outcome.FAILED
+                r.detail = (f"{e} with this member's figures (dbSize {int(st.dbSize)}, dbSizeInUse "
+                            f"{int(st.dbSizeInUse)}); it was not defragmented (guard the rule, e.g. "
+                            "'dbSizeFree > 0 && ...')")
                 return False
             if not r.rule_matched:
                 r.outcome = Outcome.SKIPPED
