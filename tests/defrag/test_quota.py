@@ -162,3 +162,15 @@ def test_parse_quota() -> None:
 
 def test_this_process_is_not_taken_for_etcd() -> None:
     assert all(p.pid != os.getpid() for p in local_etcds())
+
+
+def test_a_known_source_beats_one_that_cannot_tell(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    _fake_process(proc, 10, ["etcd", "--name", "cp1", "--advertise-client-urls", URL], None)  # environ unreadable
+    m = tmp_path / "etcd.yaml"
+    m.write_text(f"spec: {{containers: [{{command: [etcd, '--advertise-client-urls={URL}', "
+                 "'--quota-backend-bytes=4294967296']}]}\n")
+    finder = QuotaFinder(None, manifest=m, proc=proc)
+    finder.load()
+    q = finder.find(member("cp1"), pb.StatusResponse(version="3.5.1"))
+    assert q is not None and q.bytes == 4 * 1024**3 and str(m) in q.source

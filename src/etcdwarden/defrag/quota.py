@@ -190,7 +190,8 @@ def local_etcds(proc: Path = PROC) -> list[LocalEtcd]:
         if not args or os.path.basename(args[0]) != "etcd":
             continue
         environ = _read_nul_list(entry / "environ")
-        env = None if environ is None else dict(e.split("=", 1) for e in environ if "=" in e)
+        wanted = (ENV_NAME, "ETCD_NAME", "ETCD_ADVERTISE_CLIENT_URLS")  # nothing else is kept (secrets)
+        env = None if environ is None else {k: v for k, _, v in (e.partition("=") for e in environ) if k in wanted}
         where = f"the local etcd PID {entry.name}"
         name = _flag(args[1:], "name")
         if name is None and env is not None:
@@ -265,13 +266,10 @@ class QuotaFinder:
         urls = _urls(",".join(member.clientURLs))
         if not urls:
             return False, None
-        for p in self.processes:
-            if p.name == member.name and p.client_urls & urls:
-                return True, p.quota
-        for murls, q in self.manifests:
-            if murls & urls:
-                return True, q
-        return False, None
+        matches = [p.quota for p in self.processes if p.name == member.name and p.client_urls & urls]
+        matches += [q for murls, q in self.manifests if murls & urls]
+        known = [q for q in matches if q is not None]
+        return bool(matches), known[0] if known else None
 
     def find(self, member: pb.Member | None, status: pb.StatusResponse | None) -> Quota | None:
         """The member's quota, or None when no source knows it."""
