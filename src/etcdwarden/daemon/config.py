@@ -395,7 +395,10 @@ class DefragJob(ScheduleFields):
     wait: Duration = 60.0
     recover_timeout: Duration = 60.0
     defrag_timeout: Duration = 30.0
-    db_quota_bytes: Bytes = 2 * 1024**3  # when the server does not report its quota (etcd < 3.6)
+    # the members' --quota-backend-bytes (0: etcd's 2 GiB default), for members that do not report it
+    # (etcd < 3.6) and whose command line or manifest cannot be read on this host; unset: NOSPACE is not
+    # disarmed on such members (their quota is unknown)
+    db_quota_bytes: Bytes | None = None
     continue_on_error: bool = False
 
 
