@@ -195,6 +195,14 @@ class Repository(ABC):
     @abstractmethod
     def delete(self, name: str) -> None: ...
 
+    def fingerprint(self, name: str) -> str | None:
+        """What identifies the object's current bytes without reading them (``None``: it does not exist).
+
+        A changed fingerprint means "hash it again". The default is size and modification time; local
+        directories add ctime, inode and device, object stores the store's ETag."""
+        info = self.stat(name)
+        return None if info is None else f"{info.size}:{info.mtime.isoformat()}"
+
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Make earlier deletions durable (local: fsync the directory). Object stores: nothing to do."""
 

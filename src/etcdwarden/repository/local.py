@@ -142,6 +142,18 @@ class LocalRepository(Repository):
             raise RepositoryError(f"cannot stat {self.directory / name}: {e.strerror}") from None
         return _info(name, st) if stat.S_ISREG(st.st_mode) else None
 
+    def fingerprint(self, name: str) -> str | None:
+        """size, mtime, ctime (ns), inode and device: any write, rename over or ``touch`` changes it."""
+        try:
+            st = os.stat(self.directory / check_name(name), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RepositoryError(f"cannot stat {self.directory / name}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
     def open_read(self, name: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         path = self.directory / check_name(name)
         try:

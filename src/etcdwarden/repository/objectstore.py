@@ -336,6 +336,16 @@ class ObjectStoreRepository(Repository):
             self.fail("cannot stat", name, e)
         return ObjectInfo(name, int(meta["size"]), meta["last_modified"])
 
+    def fingerprint(self, name: str) -> str | None:
+        """size, last-modified time and ETag (the store's checksum of the object) as it reports them now."""
+        try:
+            meta = obstore.head(self.store, check_name(name))
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except Exception as e:
+            self.fail("cannot stat", name, e)
+        return f"{int(meta['size'])}:{meta['last_modified'].isoformat()}:{meta.get('e_tag') or ''}"
+
     def open_read(self, name: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         try:
             result = obstore.get(self.store, check_name(name))
