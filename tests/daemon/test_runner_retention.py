@@ -97,6 +97,7 @@ def test_daemon_retention_keeps_good_backup_when_newest_is_corrupt(etcd1: LocalC
             return ids, st, record
 
     ids, st, record = asyncio.run(go())
+    assert record.detail["prune"] is st.prune
     assert st.prune is not None and not st.prune["ok"] and st.prune["corrupt"] == [ids[1]]
     assert st.prune["deleted"] == [] and st.prune_failures == 1 and "corrupt" in st.prune["error"]
     assert sorted(p.name for p in manifests(repo)) == [f"backup_{i}.json" for i in ids]  # both still there

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdwarden.errors import SafetyRefusal
-from etcdwarden.fsutil import dir_lock
 from etcdwarden.repository.base import Repository
 from etcdwarden.repository.catalog import CORRUPT, Catalog, CatalogEntry, delete_backup, load_catalog
 from etcdwarden.repository.local import LocalRepository
@@ -30,11 +29,11 @@ from etcdwarden.repository.reverify import (
 
 
 @contextlib.contextmanager
-def repository_lock(repo: Repository, wait: float = 0.0) -> Iterator[None]:
+def repository_lock(repo: Repository, wait: float = 0.0, create: bool = False) -> Iterator[None]:
     """Local repositories: the same directory lock ``etcdwarden backup`` takes. Object stores: none
     (an upload in progress is invisible, and failed leftovers have a grace period)."""
-    if isinstance(repo, LocalRepository) and repo.directory.is_dir():
-        with dir_lock(repo.directory, wait):
+    if isinstance(repo, LocalRepository):
+        with repo.lock(wait, create=create):
             yield
     else:
         yield
