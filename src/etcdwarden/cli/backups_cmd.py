@@ -70,7 +70,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--min-keep", type=int, metavar="N", help="never keep fewer than N verified backups "
                                                              "(protects against age-based rules when backups fail)")
     q.add_argument("--incomplete-grace", default="24h", metavar="DURATION",
-                   help="delete failed/incomplete backups untouched for this long (default 24h)")
+                   help="delete failed/incomplete backups untouched for this long, and abort incomplete "
+                        "multipart uploads (s3://) started this long ago (default 24h)")
     q.add_argument("--reverify-after", default="7d", metavar="DURATION",
                    help="before deleting, every backup kept is hashed again against its manifest; a file "
                         "unchanged (size, mtime, ctime, inode; object stores: ETag) since it was last hashed "
@@ -148,6 +149,7 @@ def _age(t: dt.datetime) -> str:
 def cmd_list(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.catalog import load_catalog
     from etcdwarden.repository.reverify import mark_known_corrupt
+    from etcdwarden.repository.uploads import pending_uploads
 
     checks: dict[str, Any] = {}
     notes: list[str] = []
@@ -158,6 +160,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
         else:
             mark_known_corrupt(repo, cat.entries)
         rows = [e.as_json(repo) for e in reversed(cat.entries)]  # newest first
+        uploads, why_not = pending_uploads(repo)
     for r in rows:
         if args.verify:
             c = checks.get(r["id"])
@@ -165,7 +168,9 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     corrupt = [e for e in cat.entries if e.state == CORRUPT]
     code = EXIT_FAILED if corrupt and args.verify else EXIT_OK  # a plain listing reports, --verify checks
     if out.is_json:
-        out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown, "notes": notes})
+        out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown,
+                  "incomplete_uploads": [u.as_json() for u in uploads], "incomplete_uploads_note": why_not,
+                  "notes": notes})
         for e in corrupt:
             out.error(f"backup {e.id} is corrupt: {e.problem}")
         return code
@@ -185,6 +190,13 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
         out.info(n)
     if cat.unknown:
         out.info(f"{len(cat.unknown)} other object(s) in the repository are not backups and are left alone")
+    if uploads:
+        out.warn(f"{len(uploads)} incomplete upload(s) under {cat.url} (a killed or failed write; their parts "
+                 "are stored until aborted): " + ", ".join(f"{u.name} (started {u.initiated.isoformat()[:19]})"
+                                                          for u in uploads)
+                 + "; `etcdwarden backups prune` aborts them once older than --incomplete-grace (24h)")
+    if why_not is not None:
+        out.info(why_not)
     if args.verify:
         out.info(f"re-hashed {len(checks)} backup(s) against their manifests: {len(corrupt)} corrupt")
     for e in corrupt:
@@ -294,9 +306,15 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
              for k, v in result.plan.keep.items()]
     rows += [[k, "leave", v] for k, v in result.plan.leave.items()]
     rows.sort(key=lambda r: str(r[0]), reverse=True)
+    rows += [[f"upload {u.name}", "would abort" if args.dry_run else "abort",
+              f"incomplete upload started {u.initiated.isoformat()[:19]}, older than --incomplete-grace"]
+             for u in result.uploads_aborted]
+    rows += [[f"upload {k}", "leave", v] for k, v in result.uploads_left.items()]
     out.table(["ID", "ACTION", "REASON"], rows)
     verb = "would delete" if args.dry_run else "deleted"
-    out.info(f"{verb} {len(result.plan.delete)} backup(s) from {url}; {len(result.plan.keep)} verified kept")
+    aborted = f"; {'would abort' if args.dry_run else 'aborted'} {len(result.uploads_aborted)} incomplete " \
+        "upload(s)" if result.uploads_aborted else ""
+    out.info(f"{verb} {len(result.plan.delete)} backup(s) from {url}; {len(result.plan.keep)} verified kept{aborted}")
     _report_corrupt(result.corrupt, out)
     return code
 

@@ -56,9 +56,11 @@ files), which this module never reads.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -85,6 +87,10 @@ if TYPE_CHECKING:
     from obstore import WritableFile
     from obstore.store import AzureConfig, ClientConfig, GCSConfig, ObjectStore, RetryConfig, S3Config
 
+    from etcdwarden.repository.uploads import PendingUpload
+
+log = logging.getLogger(__name__)
+
 #: credential-bearing variables of obstore's AWS_*, AZURE_* and GOOGLE_* families (matched case-insensitively)
 _SECRET_ENV = re.compile(r"^(AWS|AZURE|GOOGLE)_\w*(SECRET|TOKEN|KEY|PASSWORD|SAS)\w*$", re.IGNORECASE)
 _NOT_SECRET_ENV = re.compile(r"_(ID|NAME|TYPE|FILE|PATH|URL|URI|ENDPOINT|HOST)$", re.IGNORECASE)
@@ -107,6 +113,8 @@ _HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
 _OS_MESSAGE = re.compile(r'message: "([^"\n]{1,200})"')
 _XML_CODE = re.compile(r"<Code>\s*([^<]{1,100}?)\s*</Code>")
 _XML_MESSAGE = re.compile(r"<Message>\s*([^<\n]{1,300})")
+#: obstore's close() reports the abort of the multipart upload when that failed too
+_ABORT_FAILED = re.compile(r"Error performing DELETE \S*[?&]uploadId=")
 
 
 def env_secrets(environ: Iterable[tuple[str, str]] | None = None) -> list[str]:
@@ -195,23 +203,33 @@ class ObjectStoreWriter(Writer):
         try:
             self.file.write(data)
         except Exception as e:
-            self.repo.fail("upload failed for", self.name, e)
+            self.repo.upload_failed(self.name, e)
 
     def _commit(self) -> None:
         assert self.file is not None
         try:
-            self.file.close()  # completes the multipart upload: the key appears now
+            # parts in flight first: a failed part is reported as itself (obstore's close() aborts the
+            # upload on a failure and reports the abort's error instead of the part's)
+            self.file.flush()
         except Exception as e:
-            self.repo.fail("upload failed for", self.name, e)
-        finally:
+            self.repo.upload_failed(self.name, e)
+        try:
+            self.file.close()  # the last part, then complete the multipart upload: the key appears now
+        except Exception as e:
             self.file = None
+            self.repo.upload_failed(self.name, e)
+        self.file = None
 
     def _discard(self) -> None:
         f, self.file = self.file, None
         if f is not None:
-            # leaving the writer's context with an exception aborts the multipart upload
-            with contextlib.suppress(Exception):
+            # leaving the writer's context with an exception aborts the multipart upload; if that fails
+            # too, the original error is what the caller reports (it already says an upload may remain)
+            try:
                 f.__exit__(RepositoryError, RepositoryError("upload abandoned"), None)
+            except Exception as e:
+                log.warning("could not abort the upload of %s (an incomplete upload may remain): %s",
+                            self.repo.where(self.name), _first_line(e, self.repo.secrets))
 
 
 class ObjectStoreRepository(Repository):
@@ -318,6 +336,20 @@ class ObjectStoreRepository(Repository):
                                   f"{self.container!r} exist? etcdwarden does not create it)") from None
         raise RepositoryError(f"{what} {where}: {line}") from None
 
+    def upload_failed(self, name: str, e: BaseException) -> NoReturn:
+        """An upload failed: say so first, then (if it was the abort that failed) that, then what may remain."""
+        line = _first_line(e, self.secrets)
+        if isinstance(e, NotFoundError | FileNotFoundError) or _MISSING_CONTAINER.search(line):
+            self.fail("upload failed for", name, e)
+        if _ABORT_FAILED.search(line):  # obstore's close() aborted after a failure, and the abort failed
+            line = f"the upload did not complete, and aborting it failed too ({line})"
+        raise RepositoryError(f"upload failed for {self.where(name)}: {line}; {self.leftover_hint()}") from None
+
+    def leftover_hint(self) -> str:
+        """What a failed upload may leave behind, and what cleans it."""
+        return (f"an incomplete multipart upload may remain under {self.url}: `etcdwarden backups list` shows "
+                "it and `etcdwarden backups prune` aborts it once older than --incomplete-grace")
+
     def list(self) -> list[ObjectInfo]:
         try:
             res = obstore.list_with_delimiter(self.store)
@@ -383,6 +415,16 @@ class S3Repository(ObjectStoreRepository):
     def env_endpoint(cls) -> str | None:
         return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        from etcdwarden.repository.uploads import S3Uploads
+
+        return S3Uploads(self).list()
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        from etcdwarden.repository.uploads import S3Uploads
+
+        S3Uploads(self).abort(upload)
+
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
         from obstore.store import S3Store
@@ -419,6 +461,18 @@ class GCSRepository(ObjectStoreRepository):
     def env_endpoint(cls) -> str | None:
         return os.environ.get("GOOGLE_BASE_URL") or None
 
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        from etcdwarden.repository.uploads import LIFECYCLE_HINT, UploadsUnavailable
+
+        raise UploadsUnavailable(f"{self.url}: incomplete multipart uploads cannot be listed or aborted for gs:// "
+                                 f"by etcdwarden; {LIFECYCLE_HINT}")
+
+    def leftover_hint(self) -> str:
+        from etcdwarden.repository.uploads import LIFECYCLE_HINT
+
+        return (f"an incomplete multipart upload may remain under {self.url} (etcdwarden cannot list them on "
+                f"gs://: {LIFECYCLE_HINT})")
+
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
         from obstore.store import GCSStore
@@ -447,6 +501,9 @@ class AzureRepository(ObjectStoreRepository):
     @classmethod
     def option_secrets(cls, opts: RepositoryOptions) -> list[str]:
         return [s for s in (opts.secret_access_key,) if s]  # the account name is in every URL: not secret
+
+    def leftover_hint(self) -> str:
+        return "its uncommitted blocks are never listed and Azure discards them by itself within 7 days"
 
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:

@@ -4,6 +4,10 @@ Retention never deletes a backup on the strength of one it has not re-proven: be
 is deleted, every backup the plan keeps is hashed again against its manifest (:mod:`.reverify`). A
 kept backup that turns out corrupt is marked so, taken out of the count, and the plan is made again
 (the next good backup takes its place), until every backup kept is proven.
+
+Prune also aborts the incomplete multipart uploads a killed writer left under an object-store prefix
+(names of our own pattern, started longer ago than ``--incomplete-grace``), where the store allows it
+(:mod:`.uploads`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdwarden.errors import SafetyRefusal
+from etcdwarden.errors import EtcdwardenError, SafetyRefusal
 from etcdwarden.repository.base import Repository
-from etcdwarden.repository.catalog import CORRUPT, Catalog, CatalogEntry, delete_backup, load_catalog
+from etcdwarden.repository.catalog import (
+    CORRUPT,
+    Catalog,
+    CatalogEntry,
+    classify,
+    delete_backup,
+    internal,
+    load_catalog,
+)
 from etcdwarden.repository.local import LocalRepository
+from etcdwarden.repository.retention.base import format_duration
 from etcdwarden.repository.retention.plan import RetentionConfig, RetentionPlan, plan_retention
 from etcdwarden.repository.reverify import (
     EntryCheck,
@@ -26,6 +39,7 @@ from etcdwarden.repository.reverify import (
     VerifyPolicy,
     mark_known_corrupt,
 )
+from etcdwarden.repository.uploads import PendingUpload, pending_uploads
 
 
 @contextlib.contextmanager
@@ -48,12 +62,16 @@ class PruneResult:
     corrupt: dict[str, str] = field(default_factory=dict)  # ID -> what does not match its manifest
     proven: dict[str, str] = field(default_factory=dict)  # kept ID -> how it was re-proven in this run
     notes: list[str] = field(default_factory=list)
+    uploads_aborted: list[PendingUpload] = field(default_factory=list)  # (or to abort, in a dry run)
+    uploads_left: dict[str, str] = field(default_factory=dict)  # upload name -> why it was left alone
 
     def as_json(self) -> dict[str, Any]:
         return {**self.plan.as_json(), "dry_run": self.dry_run, "deleted": self.deleted,
                 "objects_deleted": self.objects,
                 "corrupt": [{"id": k, "problem": v} for k, v in self.corrupt.items()],
-                "proven": [{"id": k, "how": v} for k, v in self.proven.items()], "notes": self.notes}
+                "proven": [{"id": k, "how": v} for k, v in self.proven.items()], "notes": self.notes,
+                "uploads_aborted": [u.as_json() for u in self.uploads_aborted],
+                "uploads_left": [{"name": k, "reason": v} for k, v in self.uploads_left.items()]}
 
 
 def describe(check: EntryCheck) -> str:
@@ -107,14 +125,37 @@ def prune(repo: Repository, config: RetentionConfig, now: dt.datetime | None = N
         for backup_id, check in verifier.checks.items():
             if check.ok and backup_id in plan.keep:
                 result.proven[backup_id] = describe(check)
-        if dry_run:
-            return result
-        for backup_id in plan.delete:  # oldest first
-            entry = catalog.get(backup_id)
-            assert entry.state != CORRUPT
-            result.objects.extend(delete_backup(repo, entry))
-            result.deleted.append(backup_id)
+        if not dry_run:
+            for backup_id in plan.delete:  # oldest first
+                entry = catalog.get(backup_id)
+                assert entry.state != CORRUPT
+                result.objects.extend(delete_backup(repo, entry))
+                result.deleted.append(backup_id)
+        _abort_uploads(repo, config.incomplete.grace, now, dry_run, result)
     return result
+
+
+def _abort_uploads(repo: Repository, grace: dt.timedelta, now: dt.datetime, dry_run: bool,
+                   result: PruneResult) -> None:
+    """Abort the incomplete multipart uploads (a killed writer's) of our names older than ``grace``."""
+    uploads, note = pending_uploads(repo)
+    if note is not None and not isinstance(repo, LocalRepository):
+        result.notes.append(note)
+    for up in uploads:
+        if classify(up.name) is None and not internal(up.name):
+            result.uploads_left[up.name] = "not a name etcdwarden writes; left alone"
+            continue
+        if now - up.initiated < grace:
+            result.uploads_left[up.name] = (f"started {up.initiated.isoformat()[:19]}, within the "
+                                            f"{format_duration(grace)} grace period (may be in progress)")
+            continue
+        if not dry_run:
+            try:
+                repo.abort_upload(up)
+            except EtcdwardenError as e:
+                result.uploads_left[up.name] = f"could not be aborted: {e}"
+                continue
+        result.uploads_aborted.append(up)
 
 
 def delete_one(repo: Repository, backup_id: str, force: bool = False, dry_run: bool = False,
