@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import os
 import re
@@ -21,7 +22,16 @@ from typing import Self
 from urllib.parse import unquote, urlsplit
 
 from etcdwarden.errors import UsageError
-from etcdwarden.fsutil import DiskFull, Holder, LockInfo, dir_lock, fsync_dir, private_dir, raise_os_error
+from etcdwarden.fsutil import (
+    DiskFull,
+    Holder,
+    LockInfo,
+    dir_lock,
+    fsync_dir,
+    not_writable_hint,
+    private_dir,
+    raise_os_error,
+)
 from etcdwarden.repository.base import (
     CHUNK,
     ObjectInfo,
@@ -180,7 +190,9 @@ class LocalRepository(Repository):
         except FileNotFoundError:
             return
         except OSError as e:
-            raise RepositoryError(f"cannot delete {path}: {e.strerror}") from None
+            hint = f"; {not_writable_hint(self.directory)}" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) \
+                else ""
+            raise RepositoryError(f"cannot delete {path}: {e.strerror}{hint}") from None
 
     def sync(self) -> None:
         if self.directory.is_dir():
