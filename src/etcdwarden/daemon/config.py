@@ -344,6 +344,9 @@ class Retention(Strict):
     keep_within: Duration | None = None
     tiers: Tiers | None = None
     min_keep: int = Field(default=1, ge=0)
+    # before deleting, every backup kept is hashed again; an unchanged file's hash is trusted this long
+    reverify_after: Duration = 7 * 86400.0
+    max_verify_bytes: Bytes | None = None  # bytes one run may read to re-prove (None: 50GiB for object stores)
 
     @model_validator(mode="after")
     def _some_rule(self) -> Retention:

@@ -314,7 +314,12 @@ class JobExecutor:
             log.exception("retention of job %s crashed", job.name)
             st.prune = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}", "at": at}
         else:
-            st.prune = {"ok": p.ok, "deleted": p.deleted, "kept": p.kept, "error": p.error, "at": at}
+            st.prune = {"ok": p.ok, "deleted": p.deleted, "kept": p.kept, "error": p.error, "at": at,
+                        "corrupt": sorted(p.corrupt)}
+            if st.prune["corrupt"]:
+                log.error("retention of job %s: corrupt backup(s) kept, not counted, not deleted: %s", job.name,
+                          "; ".join(f"{k}: {v}" for k, v in sorted(p.corrupt.items())),
+                          extra={"event": "backup_corrupt", "job": job.name})
         if not st.prune.get("ok"):
             st.prune_failures += 1
             log.error("retention of job %s failed: %s", job.name, st.prune.get("error"),

@@ -55,6 +55,7 @@ class PruneOutcome:
     deleted: list[str] = field(default_factory=list)
     kept: int = 0
     error: str | None = None
+    corrupt: dict[str, str] = field(default_factory=dict)  # backup ID -> what does not match its manifest
 
 
 @dataclass
@@ -152,6 +153,7 @@ class DefaultRunner:
         from etcdwarden.repository.retention.size import RetentionSize
         from etcdwarden.repository.retention.tiered import Tiered
         from etcdwarden.repository.retention.within import KeepWithin
+        from etcdwarden.repository.reverify import VerifyPolicy
 
         r = job.retention
         cfg = RetentionConfig(
@@ -161,21 +163,29 @@ class DefaultRunner:
             tiered=Tiered(r.tiers.hourly, r.tiers.daily, r.tiers.weekly, r.tiers.monthly) if r.tiers else None,
             min_keep=MinKeep(r.min_keep) if r.min_keep >= 1 else None,
         )
+        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes)
         store = self._store(job.repository)
         try:
-            res = await asyncio.to_thread(prune, store, cfg)
+            res = await asyncio.to_thread(prune, store, cfg, verify=policy)
         finally:
             store.close()
-        return PruneOutcome(ok=True, deleted=list(res.deleted), kept=len(res.plan.keep),
-                            error="; ".join(res.plan.alerts) or None)
+        # a corrupt backup fails the retention run (it is kept, not counted, and must be looked at)
+        return PruneOutcome(ok=not res.corrupt, deleted=list(res.deleted), kept=len(res.plan.keep),
+                            error="; ".join(res.plan.alerts) or None, corrupt=dict(res.corrupt))
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
         from etcdwarden.repository.catalog import load_catalog
+        from etcdwarden.repository.reverify import mark_known_corrupt
+
+        def read(store: Any) -> Any:
+            cat = load_catalog(store)
+            mark_known_corrupt(store, cat.entries)  # found by an earlier re-hash, file unchanged since
+            return cat
 
         store = self._store(repository)
         try:
-            cat = await asyncio.to_thread(load_catalog, store)
+            cat = await asyncio.to_thread(read, store)
             out: list[dict[str, Any]] = []
             for e in reversed(cat.entries):
                 d = e.as_json(store)

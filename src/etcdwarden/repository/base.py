@@ -22,6 +22,7 @@ Credentials never appear in :attr:`Repository.url` or in an error message.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import importlib
@@ -31,10 +32,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from etcdwarden.errors import EtcdwardenError, UsageError
+
+if TYPE_CHECKING:
+    from etcdwarden.repository.uploads import PendingUpload
 
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+:-]*$")
@@ -194,6 +198,27 @@ class Repository(ABC):
 
     @abstractmethod
     def delete(self, name: str) -> None: ...
+
+    def fingerprint(self, name: str) -> str | None:
+        """What identifies the object's current bytes without reading them (``None``: it does not exist).
+
+        A changed fingerprint means "hash it again". The default is size and modification time; local
+        directories add ctime, inode and device, object stores the store's ETag."""
+        info = self.stat(name)
+        return None if info is None else f"{info.size}:{info.mtime.isoformat()}"
+
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        """Uploads started and never completed nor aborted (a killed writer's), under this location.
+
+        Local directories have none (a killed write leaves a ``.part`` file, which the catalog shows).
+        Raises :class:`~etcdwarden.repository.uploads.UploadsUnavailable` when the store cannot say."""
+        return []
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort one incomplete upload (its parts are freed; no object appears)."""
+        from etcdwarden.repository.uploads import UploadsUnavailable
+
+        raise UploadsUnavailable(f"{self.url}: uploads cannot be aborted here")
 
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Make earlier deletions durable (local: fsync the directory). Object stores: nothing to do."""
