@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from etcdwarden.cli.common import client_config
+from etcdwarden.cli.common import client_config, duration_arg
 from etcdwarden.cli.output import Output
 from etcdwarden.daemon import logs
-from etcdwarden.daemon.config import EtcdSection, check_listen, exposure_problem, parse_duration
+from etcdwarden.daemon.config import EtcdSection, check_listen, exposure_problem
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.service import Daemon, OnceReport
 from etcdwarden.daemon.spec import DaemonConfig
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.units import format_duration
 
 _EPILOG = """\
 The configuration is YAML: one etcdwarden.io/v1alpha1 DaemonConfig document plus, in the same or other
@@ -49,7 +50,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true",
                    help="run every job that is due (and pending single backups) once, then exit "
                         "(for a Kubernetes CronJob); exit 1 if a job failed")
-    p.add_argument("--deadline", metavar="DURATION", default="30m",
+    p.add_argument("--deadline", metavar="DURATION", default="30m", type=duration_arg(),
                    help="with --once: start no retry of a failed backup later than this after the run began "
                         "(default 30m; keep it below the CronJob's activeDeadlineSeconds)")
     p.add_argument("--listen", metavar="HOST:PORT",
@@ -96,8 +97,8 @@ def daemon_client_config(args: argparse.Namespace, etcd: EtcdSection) -> ClientC
     fill("user", etcd.user)
     fill("password", read_password(etcd, os.environ))
     fill("insecure_skip_tls_verify", True if etcd.insecure_skip_tls_verify else None)
-    fill("dial_timeout", str(etcd.dial_timeout) if etcd.dial_timeout is not None else None)
-    fill("command_timeout", str(etcd.command_timeout) if etcd.command_timeout is not None else None)
+    fill("dial_timeout", format_duration(etcd.dial_timeout) if etcd.dial_timeout is not None else None)
+    fill("command_timeout", format_duration(etcd.command_timeout) if etcd.command_timeout is not None else None)
     return client_config(ns)
 
 
@@ -113,10 +114,7 @@ def _secrets(cfg: DaemonConfig, ccfg: ClientConfig) -> set[str]:
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     paths = [Path(p) for p in args.config]
-    try:
-        deadline = parse_duration(args.deadline)
-    except ValueError as e:
-        raise UsageError(f"--deadline: {e}") from None
+    deadline = float(args.deadline)
     cfg = load_config(paths)
     if args.listen and not args.once:
         try:

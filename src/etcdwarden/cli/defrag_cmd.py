@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 from etcdwarden.cli._async import with_client
-from etcdwarden.cli.common import parse_duration, resolve
+from etcdwarden.cli.common import duration_arg, resolve, size_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.defrag import AUTO_RULE, DefragEvent, DefragOptions, DefragReport, compile_rule, rolling_defrag
-from etcdwarden.defrag.rules import VARIABLES, parse_size
+from etcdwarden.defrag.rules import VARIABLES
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdwarden.etcd.client import EtcdClient
 
@@ -41,14 +41,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="compact the history to the current revision first (physical)")
     p.add_argument("--move-leader", action="store_true",
                    help="move leadership to a defragmented member before defragmenting the leader")
-    p.add_argument("--wait", default="60s", metavar="DURATION",
+    p.add_argument("--wait", default="60s", type=duration_arg(), metavar="DURATION",
                    help="minimum pause between members (default 60s; each member must also be healthy and "
                         "caught up)")
-    p.add_argument("--recover-timeout", default="60s", metavar="DURATION",
+    p.add_argument("--recover-timeout", default="60s", type=duration_arg(positive=True), metavar="DURATION",
                    help="how long a member may take to be healthy and caught up after its defrag (default 60s)")
     p.add_argument("--continue-on-error", action="store_true",
                    help="go on with the next member after a failed or timed-out defrag")
-    p.add_argument("--db-quota-bytes", default="2GiB", metavar="SIZE",
+    p.add_argument("--db-quota-bytes", default="2GiB", type=size_arg(bare_bytes=True), metavar="SIZE",
                    help="the backend quota when the server does not report it (etcd < 3.6; default 2GiB)")
     p.add_argument("--disarm-threshold", type=float, default=0.9, metavar="RATIO",
                    help="disarm NOSPACE only when every database is below RATIO x quota (default 0.9)")
@@ -68,11 +68,9 @@ def options_from_args(args: argparse.Namespace, environ: Any = None) -> DefragOp
     assert isinstance(timeout, float)
     if not 0 < args.disarm_threshold <= 1:
         raise UsageError("--disarm-threshold must be in (0, 1]")
-    wait = parse_duration(args.wait)
-    recover = parse_duration(args.recover_timeout)
-    if wait < 0 or recover <= 0 or timeout <= 0:
-        raise UsageError("--wait must be ≥ 0, --recover-timeout and --command-timeout > 0")
-    quota = parse_size(args.db_quota_bytes)
+    wait = float(args.wait)
+    recover = float(args.recover_timeout)
+    quota = int(args.db_quota_bytes)
     return DefragOptions(
         cluster=bool(args.cluster), rule=rule, compact=bool(args.compact), move_leader=bool(args.move_leader),
         wait=wait, defrag_timeout=timeout, recover_timeout=recover, dry_run=bool(args.dry_run),

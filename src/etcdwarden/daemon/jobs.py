@@ -315,6 +315,9 @@ class JobExecutor:
             st.prune = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}", "at": at}
         else:
             st.prune = {"ok": p.ok, "deleted": p.deleted, "kept": p.kept, "error": p.error, "at": at}
+            for backup_id, why in getattr(p, "reasons", {}).items():
+                log.info("retention of job %s deleted backup %s: %s", job.name, backup_id, why,
+                         extra={"event": "backup_pruned", "job": job.name})
         if not st.prune.get("ok"):
             st.prune_failures += 1
             log.error("retention of job %s failed: %s", job.name, st.prune.get("error"),

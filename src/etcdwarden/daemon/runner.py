@@ -21,12 +21,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdwarden.daemon.config import Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
+
+if TYPE_CHECKING:
+    from etcdwarden.repository.retention.base import Names
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class PruneOutcome:
     deleted: list[str] = field(default_factory=list)
     kept: int = 0
     error: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)  # deleted ID -> why (naming the job's settings)
 
 
 @dataclass
@@ -147,6 +151,7 @@ class DefaultRunner:
 
         from etcdwarden.repository.prune import prune
         from etcdwarden.repository.retention.floor import MinKeep
+        from etcdwarden.repository.retention.incomplete import IncompleteCleanup
         from etcdwarden.repository.retention.number import RetentionNumber
         from etcdwarden.repository.retention.plan import RetentionConfig
         from etcdwarden.repository.retention.size import RetentionSize
@@ -154,12 +159,15 @@ class DefaultRunner:
         from etcdwarden.repository.retention.within import KeepWithin
 
         r = job.retention
+        cap = r.size_cap
         cfg = RetentionConfig(
             number=RetentionNumber(r.keep_last) if r.keep_last is not None else None,
-            size=RetentionSize(r.max_size_gib) if r.max_size_gib is not None else None,
+            size=RetentionSize.of_bytes(cap) if cap is not None else None,
             within=KeepWithin(dt.timedelta(seconds=r.keep_within)) if r.keep_within is not None else None,
             tiered=Tiered(r.tiers.hourly, r.tiers.daily, r.tiers.weekly, r.tiers.monthly) if r.tiers else None,
             min_keep=MinKeep(r.min_keep) if r.min_keep >= 1 else None,
+            incomplete=IncompleteCleanup(dt.timedelta(seconds=r.incomplete_grace)),
+            names=retention_names(job),
         )
         store = self._store(job.repository)
         try:
@@ -167,7 +175,8 @@ class DefaultRunner:
         finally:
             store.close()
         return PruneOutcome(ok=True, deleted=list(res.deleted), kept=len(res.plan.keep),
-                            error="; ".join(res.plan.alerts) or None)
+                            error="; ".join(res.plan.alerts) or None,
+                            reasons={i: res.plan.delete[i] for i in res.deleted if i in res.plan.delete})
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
@@ -248,6 +257,17 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
         out.ok = False
         out.error = "the migration is not complete: " + ("; ".join(mig.problems[:3]) or "values kept changing")
     return out
+
+
+def retention_names(job: BackupJob) -> Names:
+    """What retention messages call the settings: the job's configuration keys (those of a Backup CR)."""
+    from etcdwarden.repository.retention.base import Names
+
+    if job.from_cr:
+        return Names(max_number="retentionNumber.maxNumberOfBackups", max_size="retentionSize.maxSizeOfBackupsGb")
+    size = job.retention.size_key if job.retention is not None else "maxSizeGiB"
+    return Names(max_number="keepLast", max_size=size, keep_within="keepWithin", tier="tiers.{tier}",
+                 min_keep="minKeep", incomplete_grace="incompleteGrace")
 
 
 def elapsed_since(start: float) -> float:
