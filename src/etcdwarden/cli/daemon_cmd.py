@@ -30,6 +30,11 @@ resources as they are; their pvcName names a repository of the DaemonConfig. --c
 than once and may name a directory (its *.yaml files, in name order).
 
 Settings of the etcd section override ETCDCTL_* variables; command-line flags override both.
+Durations and sizes are written as on the command line: 90s, 15m, 1h30m, 7d; 500MiB, 10GiB.
+
+A job with no recorded run waits for its first slot (logged in its time zone); only a backup whose
+repository holds no complete backup of this cluster runs at once. After downtime a missed backup slot
+runs once (catchUp); a missed defrag or key rotation waits for its next slot.
 
 A failed scheduled backup is retried before its next slot (retry: attempts 3, backoff 5m doubling up to
 maxBackoff 30m, by default; agent.retry and each backup's retry change it). With --once the retries

@@ -368,7 +368,9 @@ class ScheduleFields(Strict):
     schedule: Cron
     time_zone: TimeZone | None = None
     jitter: Duration = 0.0
-    catch_up: bool = True  # after downtime, run once for the missed slots (never once per slot)
+    # after downtime, run once for the missed slots (never once per slot); off by default for defrag and key
+    # rotation, whose missed slot waits for the next one
+    catch_up: bool = True
     enabled: bool = True
 
 
@@ -384,6 +386,8 @@ class SingleBackup(BackupSettings):
 
 
 class DefragJob(ScheduleFields):
+    # a missed defragmentation waits for its next slot: it never runs at whatever hour the daemon comes back
+    catch_up: bool = False
     rule: str | None = DEFAULT_DEFRAG_RULE  # null: defragment every member
     compact: bool = False
     move_leader: bool = True
@@ -401,6 +405,7 @@ class EncryptionRotation(ScheduleFields):
 
     name: Name = "encryption-rotation"
     schedule: Cron = "0 3 * * 0"
+    catch_up: bool = False  # a missed rotation waits for its next slot
     config: str = Field(min_length=1)  # the EncryptionConfiguration file etcdwarden keeps up to date
     resources: list[str] = Field(default_factory=list)  # default: the resources `encryption rotate` uses
     layout: Literal["kubernetes", "openshift", "all"] = "all"

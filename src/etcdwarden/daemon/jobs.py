@@ -2,6 +2,13 @@
 
 Rules:
 
+* a scheduled job with no recorded run waits for its first slot, and a record that does not validate is
+  logged and reset (:mod:`etcdwarden.daemon.firstrun`): a daemon installed at 14:00 does not defragment,
+  with ``moveLeader``, at 14:00; only a backup whose repository holds no complete backup of this cluster
+  (or whose record was reset) runs at once, and the log says why;
+* after downtime one catch-up run is due for a missed backup slot (``catchUp``, on by default); a missed
+  defragmentation or key rotation waits for its next slot (their ``catchUp`` is off by default);
+
 * single backups (``EtcdBackup`` CRs, ``singleBackups``) run once; a failed one is not retried (as
   OpenShift's ``BackupFailed``), an aborted one is (it never finished);
 * scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run; an
@@ -34,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from etcdwarden.daemon import firstrun
 from etcdwarden.daemon.config import RetryPolicy
 from etcdwarden.daemon.runner import JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
@@ -88,13 +96,18 @@ class JobExecutor:
     @staticmethod
     def _reference(job: Job, st: JobState | None) -> dt.datetime | None:
         """The time after which a slot counts as not yet run: when the last run finished, except that a
-        failed backup attempt covers only the slots before it started (the next slot wins)."""
-        if st is None:
+        failed backup attempt covers only the slots before it started (the next slot wins); for a job that
+        never finished a run, when it was first seen (None: not adopted yet, nothing is due)."""
+        if st is None or st.invalid is not None:
             return None
         if (isinstance(job, BackupJob) and st.last_result == FAILURE and st.last_started is not None
                 and st.last_finished is not None):
             return min(st.last_started, st.last_finished)
-        return st.last_finished
+        return st.last_finished or st.first_seen
+
+    async def adopt(self, now: dt.datetime, states: dict[str, JobState]) -> None:
+        """Record when jobs with no history were first seen (see :func:`etcdwarden.daemon.firstrun.adopt`)."""
+        await firstrun.adopt(self.config, self.runner, self._save, now, states)
 
     @staticmethod
     def _next_slot(job: Job, slot: dt.datetime) -> dt.datetime | None:
@@ -123,6 +136,10 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
+            if firstrun.first_run_due(st):
+                assert st is not None and st.first_seen is not None
+                scheduled.append((job, Due(slot=st.first_seen, start_at=st.first_seen, first_run=True)))
+                continue
             d = due_slot(job.schedule, job.key, now, self._reference(job, st), job.jitter,
                          job.catch_up, self.tolerance, use_jitter)
             if d is None and st is not None:
@@ -137,6 +154,9 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
+            if firstrun.needs_adopting(st) or firstrun.first_run_due(st):
+                times.append(now)
+                continue
             times.append(next_wakeup(job.schedule, job.key, now, self._reference(job, st), job.jitter))
             if (st is not None and st.retry_at is not None
                     and (st.retry_at > now or self._retry_due(job, st, now) is not None)):

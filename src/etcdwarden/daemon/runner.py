@@ -94,6 +94,13 @@ class RotationRunner(Protocol):
     async def rotate(self, job: RotationSpec) -> RotationOutcome: ...
 
 
+class BackupProbe(Protocol):
+    async def complete_backups(self, job: BackupJob) -> int:
+        """How many complete backups of this cluster the job's repository holds (a first start runs a backup
+        at once only when there is none; see :meth:`etcdwarden.daemon.jobs.JobExecutor.adopt`)."""
+        ...
+
+
 class DefaultRunner:
     """Backs up into local directories; retention and defrag through the libraries, loaded lazily."""
 
@@ -177,6 +184,20 @@ class DefaultRunner:
         return PruneOutcome(ok=True, deleted=list(res.deleted), kept=len(res.plan.keep),
                             error="; ".join(res.plan.alerts) or None,
                             reasons={i: res.plan.delete[i] for i in res.deleted if i in res.plan.delete})
+
+    async def complete_backups(self, job: BackupJob) -> int:
+        """Complete backups of this cluster (its ID from etcd) in the job's repository."""
+        from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
+        from etcdwarden.repository.catalog import load_catalog
+
+        resp = await self.client.range(pb.RangeRequest(key=self.config.election.prefix.encode(), count_only=True))
+        cluster = f"{resp.header.cluster_id:x}"
+        store = self._store(job.repository)
+        try:
+            cat = await asyncio.to_thread(load_catalog, store)
+        finally:
+            store.close()
+        return sum(1 for e in cat.good if (e.manifest or {}).get("cluster_id") == cluster)
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
