@@ -127,3 +127,24 @@ async def test_catch_up_after_downtime_is_for_backups_only(tmp_path: Path) -> No
     st = (await store.load())["defrag/nightly-defrag"]
     assert st.successes == 2 and st.last_slot == dt.datetime(2024, 5, 10, 1, 30, tzinfo=UTC)
     assert runner.probes == ["nightly"]  # the repository is looked at once, at the first start
+
+
+@arun
+async def test_a_first_start_just_after_a_slot_is_on_time_for_it(tmp_path: Path) -> None:
+    """A ``--once`` CronJob given the backups' schedule starts a few seconds after the slot: that slot is its
+    first one (within the 5-minute tolerance), not the next day's."""
+    p = tmp_path / "d.yaml"
+    p.write_text(daemon_doc(tmp_path / "repo", election=False) + JOBS)
+    cfg = load_config([p])
+    clock = FakeClock(dt.datetime(2024, 5, 2, 1, 0, 20, tzinfo=UTC))  # 03:00:20 Berlin
+    runner = ScriptedRunner(existing=3)
+    store = MemoryStateStore()
+    ex = JobExecutor(cfg, runner, store, "agent-a", clock)
+    await ex.adopt(clock(), await store.load())
+    (job, due), = ex.due_jobs(clock(), await store.load(), use_jitter=False)
+    assert job.name == "nightly" and due.slot == dt.datetime(2024, 5, 2, 1, 0, tzinfo=UTC) and not due.missed
+    clock.now = dt.datetime(2024, 5, 2, 1, 36, tzinfo=UTC)  # 03:36: six minutes after the defrag's slot
+    store2 = MemoryStateStore()
+    ex2 = JobExecutor(cfg, runner, store2, "agent-a", clock)
+    await ex2.adopt(clock(), await store2.load())
+    assert [j.name for j, _ in ex2.due_jobs(clock(), await store2.load())] == []

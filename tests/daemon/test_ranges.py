@@ -178,3 +178,32 @@ def test_max_size_in_bytes_and_gib_give_the_same_cap(tmp_path: Path) -> None:
         p.write_text(daemon_doc(tmp_path / "repo", election=False) + BACKUP.format(retention=retention))
         (job,) = load_config([p]).backups
         assert job.retention is not None and job.retention.size_cap == 1536 * 1024**2
+
+
+@pytest.mark.parametrize(("option", "value", "ok"), [
+    ("retry_timeout", "60s", True), ("retry_timeout", "60", False), ("connect_timeout", "0s", False),
+    ("part_size", "16MiB", True), ("part_size", "16777216", False), ("max_retries", "3", True),
+    ("max_retries", "-1", False), ("request_timeout", ".inf", False), ("part_size", ".nan", False),
+])
+def test_repository_options_use_the_same_grammar(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
+                                                 value: str, ok: bool) -> None:
+    """The object-store options read from --repository-config and from a daemon repository's options."""
+    cfg = tmp_path / "repo.yaml"
+    cfg.write_text(f"repository:\n  {option}: {value}\n")
+    repo = tmp_path / "r"
+    repo.mkdir()
+    res = cli("backups", "list", str(repo), "--repository-config", str(cfg))
+    assert res.code == (0 if ok else 2), res.err
+    assert ok or f"repository option {option!r}" in res.err
+    camel = "".join(w if i == 0 else w.title() for i, w in enumerate(option.split("_")))
+    repo_item = (f"repositories:\n  - name: s3\n    url: s3://bucket/etcd\n    options: {{{camel}: {value}, "
+                 "endpoint: 'http://127.0.0.1:9'}\n")
+    p = tmp_path / "d.yaml"
+    p.write_text(daemon_doc(tmp_path / "repo", election=False).replace("repositories:\n", repo_item))
+    try:
+        load_config([p])
+        daemon_ok = True
+    except ConfigError as e:
+        assert f"repositories[0].options: repository option {camel!r}" in str(e) or "unknown" not in str(e), e
+        daemon_ok = False
+    assert daemon_ok is ok

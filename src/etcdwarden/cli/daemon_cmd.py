@@ -45,6 +45,15 @@ HTTP is plain and on loopback by default. A non-loopback agent.listen (or --list
 token on /api/* (and on /metrics with protectMetrics). SIGHUP re-reads the configuration and those files.
 """
 
+_VALIDATE_EPILOG = """\
+The files hold one etcdwarden.io/v1alpha1 DaemonConfig document plus, in the same or other files, OpenShift
+Backup (config.openshift.io/v1alpha1) and EtcdBackup (operator.openshift.io/v1alpha1) resources as they are.
+Durations and sizes are written as on the command line: 90s, 15m, 1h30m, 7d; 500MiB, 10GiB (a bare number
+is refused with a hint, except 0 and settings named in bytes).
+
+Example: etcdwarden config validate /etc/etcdwarden/daemon.yaml /etc/etcdwarden/conf.d
+"""
+
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("daemon", parents=parents, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -65,12 +74,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: agent.logLevel")
     p.set_defaults(func=cmd_daemon)
 
-    c = sub.add_parser("config", help="check daemon configuration files")
+    c = sub.add_parser("config", help="check daemon configuration files",
+                       description="Check daemon configuration files without running the daemon.")
     csub = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-    v = csub.add_parser("validate", parents=parents, epilog=_EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        help="validate daemon configuration files; report every problem with its path")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v = csub.add_parser("validate", epilog=_VALIDATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="validate daemon configuration files; report every problem with its path",
+                        description="Read and check the files `etcdwarden daemon --config` would read, offline\n"
+                        "(etcd is not contacted), and report every problem at once with its file, line and path.\n"
+                        "Exit 0 and a summary of the jobs and their next slots when valid; exit 2 when not.")
+    v.add_argument("files", nargs="+", metavar="FILE", help="configuration file or directory (its *.yaml files)")
+    v.add_argument("-w", "--write-out", dest="write_out", choices=["table", "json"], default=argparse.SUPPRESS,
+                   help="table (default) or json: the resolved configuration (no secrets)")
     v.set_defaults(func=cmd_validate)
 
 

@@ -1,8 +1,9 @@
 """Jobs with no history: a new job, or one whose record in etcd did not validate and is reset.
 
 * A scheduled job with no recorded run waits for its first slot: :func:`adopt` records when the leader
-  first saw it (``first_seen``; slots before it are not due) and logs that slot in the schedule's time
-  zone, so a daemon installed at 14:00 does not start a rolling defrag with ``moveLeader`` at 14:00.
+  first saw it (``first_seen``; slots more than the tolerance, 5 minutes, before it are not due) and logs
+  that slot in the schedule's time zone, so a daemon installed at 14:00 does not start a rolling defrag
+  with ``moveLeader`` at 14:00 (a ``--once`` CronJob started on its slot runs it).
 * The one exception is a backup whose repository holds no complete backup of this cluster (or cannot be
   listed): it runs at once and ``first_run`` (logged) says why. A cluster with no backup at all should not
   wait for 03:00.
@@ -40,9 +41,10 @@ def first_run_due(st: JobState | None) -> bool:
 
 
 async def adopt(config: DaemonConfig, runner: JobRunner, save: Callable[[str, JobState], Awaitable[None]],
-                now: dt.datetime, states: dict[str, JobState]) -> None:
+                now: dt.datetime, states: dict[str, JobState], tolerance: float = 300.0) -> None:
     """Give every scheduled job with no history its ``first_seen`` (and a backup its ``first_run`` reason),
-    saved through ``save``; updates ``states``. LeadershipLost if a record cannot be written."""
+    saved through ``save``; updates ``states``. A slot at most ``tolerance`` seconds old counts as the first
+    (a ``--once`` CronJob starts just after its slot). LeadershipLost if a record cannot be written."""
     for single in config.singles:
         if (st := states.get(single.key)) is not None and st.invalid is not None:
             log.warning("job %s: its state record does not validate (%s); it is reset and the backup runs",
@@ -69,7 +71,9 @@ async def adopt(config: DaemonConfig, runner: JobRunner, save: Callable[[str, Jo
             log.info("job %s runs now: %s", job.name, reason,
                      extra={"event": "job_first_run", "job": job.name, "reason": reason})
         else:
-            slot = job.schedule.next_after(now)
+            latest = job.schedule.latest_at_or_before(now)
+            recent = latest is not None and (now - latest).total_seconds() <= tolerance
+            slot = latest if recent and latest is not None else job.schedule.next_after(now)
             jitter = f" (+{format_duration(jitter_offset(job.key, slot, job.jitter))} jitter)" if job.jitter else ""
             log.info("job %s: no run recorded yet; its first run is at its first slot, %s%s", job.name,
                      local_time(job.schedule, slot), jitter,

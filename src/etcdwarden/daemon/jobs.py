@@ -93,21 +93,23 @@ class JobExecutor:
         self.tolerance = max(300.0, 2 * config.agent.tick)
         self.retry_deadline: dt.datetime | None = None  # --once: no retry is scheduled after this
 
-    @staticmethod
-    def _reference(job: Job, st: JobState | None) -> dt.datetime | None:
+    def _reference(self, job: Job, st: JobState | None) -> dt.datetime | None:
         """The time after which a slot counts as not yet run: when the last run finished, except that a
         failed backup attempt covers only the slots before it started (the next slot wins); for a job that
-        never finished a run, when it was first seen (None: not adopted yet, nothing is due)."""
+        never finished a run, when it was first seen, less the tolerance (a ``--once`` CronJob started at
+        the slot, or a daemon started a minute after it, is on time for it). None: not adopted yet."""
         if st is None or st.invalid is not None:
             return None
         if (isinstance(job, BackupJob) and st.last_result == FAILURE and st.last_started is not None
                 and st.last_finished is not None):
             return min(st.last_started, st.last_finished)
-        return st.last_finished or st.first_seen
+        if st.last_finished is None and st.first_seen is not None:
+            return st.first_seen - dt.timedelta(seconds=self.tolerance)
+        return st.last_finished
 
     async def adopt(self, now: dt.datetime, states: dict[str, JobState]) -> None:
         """Record when jobs with no history were first seen (see :func:`etcdwarden.daemon.firstrun.adopt`)."""
-        await firstrun.adopt(self.config, self.runner, self._save, now, states)
+        await firstrun.adopt(self.config, self.runner, self._save, now, states, self.tolerance)
 
     @staticmethod
     def _next_slot(job: Job, slot: dt.datetime) -> dt.datetime | None:
