@@ -8,7 +8,6 @@ Rules:
   (or whose record was reset) runs at once, and the log says why;
 * after downtime one catch-up run is due for a missed backup slot (``catchUp``, on by default); a missed
   defragmentation or key rotation waits for its next slot (their ``catchUp`` is off by default);
-
 * single backups (``EtcdBackup`` CRs, ``singleBackups``) run once; a failed one is not retried (as
   OpenShift's ``BackupFailed``), an aborted one is (it never finished);
 * scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run; an
