@@ -173,7 +173,7 @@ def dir_lock(directory: Path, wait: float = 0.0, name: str = ".etcdwarden.lock")
                     holder = Holder.parse(os.pread(fd, 256, 0).decode(errors="replace"))
                     raise Locked(
                         f"another etcdwarden run (pid {holder.pid if holder else '?'}) is writing into {directory}; "
-                        "wait for it to finish or pass --lock-wait SECONDS"
+                        "wait for it to finish or pass --lock-wait DURATION (e.g. 30s)"
                     ) from None
                 time.sleep(0.2)
         previous = Holder.parse(os.pread(fd, 256, 0).decode(errors="replace"))

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from etcdwarden.daemon.loader import load_config
-from etcdwarden.daemon.runner import DefaultRunner
+from etcdwarden.daemon.runner import DefaultRunner, PruneOutcome
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
@@ -106,3 +106,42 @@ def test_daemon_retention_keeps_good_backup_when_newest_is_corrupt(etcd1: LocalC
     text = m.render().decode()
     assert ('etcdwarden_prune_corrupt_backups{job_name="hourly",kind="backup",repository="etcd-backup-pvc"} 1.0'
             in text)
+
+
+def test_retention_messages_name_the_daemon_keys_not_the_cli_flags(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 14: a deletion caused by keepLast says keepLast (it said --max-number); a size alert says
+    maxSize; a Backup CR's deletion names its retentionPolicy field."""
+    from tests.daemon.helpers import SEED_RECURRING_NUMBER
+
+    repo = tmp_path / "repo"
+    cfg_path = tmp_path / "d.yaml"
+    jobs = ("backups:\n  - name: last\n    schedule: '0 * * * *'\n    repository: etcd-backup-pvc\n"
+            "    retention: {keepLast: 1}\n"
+            "  - name: capped\n    schedule: '0 * * * *'\n    repository: etcd-backup-pvc\n"
+            "    retention: {maxSize: 1KiB}\n")
+    cr = SEED_RECURRING_NUMBER.replace("maxNumberOfBackups: 5", "maxNumberOfBackups: 1")
+    cfg_path.write_text(daemon_doc(repo, endpoints=etcd1.endpoints, election=False) + jobs + "---\n" + cr)
+    cfg = load_config([cfg_path])
+    by_name = {j.name: j for j in cfg.backups}
+
+    async def go() -> dict[str, object]:
+        async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+            runner = DefaultRunner(c, cfg)
+            out: dict[str, object] = {}
+            for name in ("last", "capped", "etcd-recurring-backup-number"):
+                job = by_name[name]
+                for _ in range(2):
+                    assert (await runner.backup(job)).ok
+                    await asyncio.sleep(1.05)  # backup IDs have a one-second resolution
+                out[name] = await runner.prune(job)
+            return out
+
+    res = asyncio.run(go())
+    last, capped, from_cr = res["last"], res["capped"], res["etcd-recurring-backup-number"]
+    assert isinstance(last, PruneOutcome) and isinstance(capped, PruneOutcome) and isinstance(from_cr, PruneOutcome)
+    assert last.reasons and all("(keepLast)" in why for why in last.reasons.values()), last.reasons
+    assert capped.error is not None and "raise maxSize " in capped.error and "--max" not in capped.error
+    assert capped.reasons and all("(maxSize)" in why for why in capped.reasons.values()), capped.reasons
+    assert from_cr.reasons and all("(retentionNumber.maxNumberOfBackups)" in why for why in from_cr.reasons.values())
+    every = " ".join([*last.reasons.values(), *capped.reasons.values(), *from_cr.reasons.values(), capped.error])
+    assert "--" not in every

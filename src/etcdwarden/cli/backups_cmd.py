@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from etcdwarden.cli.common import count_arg, duration_arg, gib_arg, size_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
@@ -57,33 +58,40 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q = cmds.add_parser("prune", parents=parents, help="apply retention (default: keep the newest 15)",
                         description="Delete verified backups beyond the retention rules (the newest verified "
                                     "backup is never deleted) and failed backups older than the grace period. "
-                                    "Sizes are GiB (1024^3 bytes).")
+                                    "GiB = 1024^3 bytes. Durations: 90s, 15m, 36h, 7d, 2w; sizes: 500MiB, 10GiB, "
+                                    "1.5GB. The daemon's retention keys take the same values (keepLast, maxSizeGiB "
+                                    "or maxSize, keepWithin, tiers, minKeep, incompleteGrace).")
     q.add_argument("repo", metavar="REPO")
-    q.add_argument("--max-number", type=int, nargs="?", const=15, metavar="N",
+    q.add_argument("--max-number", type=count_arg(1), nargs="?", const=15, metavar="N",
                    help="keep exactly the newest N verified backups (RetentionNumber; 15 if N is omitted)")
-    q.add_argument("--max-size-gib", type=float, nargs="?", const=10.0, metavar="G",
-                   help="keep the newest verified backups totalling at most G GiB (RetentionSize; 10 if omitted)")
-    q.add_argument("--keep-within", metavar="DURATION", help="keep every backup younger than this (e.g. 7d, 36h)")
+    cap = q.add_mutually_exclusive_group()
+    cap.add_argument("--max-size-gib", type=gib_arg, nargs="?", const=10 * 1024**3, metavar="G",
+                     help="keep the newest verified backups totalling at most G GiB (RetentionSize; 10 if omitted)")
+    cap.add_argument("--max-size", type=size_arg(positive=True), metavar="SIZE",
+                     help="the same cap as a size with its unit (e.g. 500MiB, 10GiB, 1.5GB)")
+    q.add_argument("--keep-within", type=duration_arg(positive=True), metavar="DURATION",
+                   help="keep every backup younger than this (e.g. 7d, 36h)")
     for tier in ("hourly", "daily", "weekly", "monthly"):
-        q.add_argument(f"--keep-{tier}", type=int, default=0, metavar="N",
+        q.add_argument(f"--keep-{tier}", type=count_arg(0), default=0, metavar="N",
                        help=f"keep the latest backup of each of the last N {tier[:-2] if tier != 'daily' else 'day'}s")
-    q.add_argument("--min-keep", type=int, metavar="N", help="never keep fewer than N verified backups "
-                                                             "(protects against age-based rules when backups fail)")
-    q.add_argument("--incomplete-grace", default="24h", metavar="DURATION",
+    q.add_argument("--min-keep", type=count_arg(0), metavar="N",
+                   help="never keep fewer than N verified backups (protects against age-based rules when backups "
+                        "fail; the newest verified backup is always kept, so 0 and 1 add nothing)")
+    q.add_argument("--incomplete-grace", type=duration_arg(), default="24h", metavar="DURATION",
                    help="delete failed/incomplete backups untouched for this long, and abort incomplete "
                         "multipart uploads (s3://) started this long ago (default 24h)")
-    q.add_argument("--reverify-after", default="7d", metavar="DURATION",
+    q.add_argument("--reverify-after", type=duration_arg(), default="7d", metavar="DURATION",
                    help="before deleting, every backup kept is hashed again against its manifest; a file "
                         "unchanged (size, mtime, ctime, inode; object stores: ETag) since it was last hashed "
-                        "is trusted for at most this long (default 7d; 0s: always hash)")
-    q.add_argument("--max-verify-bytes", metavar="SIZE",
+                        "is trusted for at most this long (default 7d; 0: always hash)")
+    q.add_argument("--max-verify-bytes", type=size_arg(bare_bytes=True), metavar="SIZE",
                    help="the most bytes one run reads to re-prove the backups it keeps (e.g. 20GiB; "
                         "default: no limit for directories, 50GiB for object stores); past it, prune "
                         "deletes nothing and says so")
     q.add_argument("--dry-run", action="store_true", help="show the plan (backups kept are re-proven), delete "
                                                           "nothing")
-    q.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
-                   help="local repositories: wait this long for a running backup to finish")
+    q.add_argument("--lock-wait", type=duration_arg(), default=0.0, metavar="DURATION",
+                   help="local repositories: wait this long (e.g. 30s) for a running backup to finish")
     repo_opts(q)
     q.set_defaults(func=cmd_prune)
 
@@ -100,17 +108,6 @@ def _verify_opt(q: argparse.ArgumentParser) -> None:
     q.add_argument("--verify", action="store_true",
                    help="hash every file of every backup again and compare it with the manifest (reads "
                         "everything; a mismatch shows as corrupt and the command exits 1)")
-
-
-def _size(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    from etcdwarden.daemon.config import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as e:
-        raise UsageError(f"{flag}: {e}") from None
 
 
 def _reverify(cat: Any, repo: Repository, only: str | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -265,28 +262,31 @@ def _retention(args: argparse.Namespace) -> Any:
         RetentionNumber,
         RetentionSize,
         Tiered,
-        parse_duration,
     )
+    from etcdwarden.repository.retention.base import Names
 
     tiers = {t: getattr(args, f"keep_{t}") for t in ("hourly", "daily", "weekly", "monthly")}
+    cap = args.max_size if args.max_size is not None else args.max_size_gib
+    names = Names(max_number="--max-number", max_size="--max-size" if args.max_size is not None else "--max-size-gib",
+                  keep_within="--keep-within", tier="--keep-{tier}", min_keep="--min-keep",
+                  incomplete_grace="--incomplete-grace")
     return RetentionConfig(
         number=RetentionNumber(args.max_number) if args.max_number is not None else None,
-        size=RetentionSize(args.max_size_gib) if args.max_size_gib is not None else None,
-        within=KeepWithin(parse_duration(args.keep_within)) if args.keep_within else None,
+        size=RetentionSize.of_bytes(cap) if cap is not None else None,
+        within=KeepWithin(dt.timedelta(seconds=args.keep_within)) if args.keep_within is not None else None,
         tiered=Tiered(**tiers) if any(tiers.values()) else None,
         min_keep=MinKeep(args.min_keep) if args.min_keep is not None else None,
-        incomplete=IncompleteCleanup(parse_duration(args.incomplete_grace, allow_zero=True)),
+        incomplete=IncompleteCleanup(dt.timedelta(seconds=args.incomplete_grace)),
+        names=names,
     )
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.prune import prune
-    from etcdwarden.repository.retention import parse_duration
     from etcdwarden.repository.reverify import VerifyPolicy
 
     config = _retention(args)
-    policy = VerifyPolicy(parse_duration(args.reverify_after, allow_zero=True),
-                          _size(args.max_verify_bytes, "--max-verify-bytes"))
+    policy = VerifyPolicy(dt.timedelta(seconds=args.reverify_after), args.max_verify_bytes)
     with _open(args, args.repo) as repo:
         result = prune(repo, config, dry_run=bool(args.dry_run), lock_wait=float(args.lock_wait), verify=policy)
         url = repo.url

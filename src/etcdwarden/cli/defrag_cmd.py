@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden.cli._async import with_client
-from etcdwarden.cli.common import DEFAULT_MANIFEST, parse_duration, resolve
+from etcdwarden.cli.common import DEFAULT_MANIFEST, duration_arg, resolve
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.defrag import AUTO_RULE, DefragEvent, DefragOptions, DefragReport, compile_rule, rolling_defrag
 from etcdwarden.defrag.quota import parse_quota
@@ -45,10 +45,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="compact the history to the current revision first (physical)")
     p.add_argument("--move-leader", action="store_true",
                    help="move leadership to a defragmented member before defragmenting the leader")
-    p.add_argument("--wait", default="60s", metavar="DURATION",
+    p.add_argument("--wait", default="60s", type=duration_arg(), metavar="DURATION",
                    help="minimum pause between members (default 60s; each member must also be healthy and "
                         "caught up)")
-    p.add_argument("--recover-timeout", default="60s", metavar="DURATION",
+    p.add_argument("--recover-timeout", default="60s", type=duration_arg(positive=True), metavar="DURATION",
                    help="how long a member may take to be healthy and caught up after its defrag (default 60s)")
     p.add_argument("--continue-on-error", action="store_true",
                    help="go on with the next member after a failed or timed-out defrag")
@@ -74,10 +74,10 @@ def options_from_args(args: argparse.Namespace, environ: Any = None) -> DefragOp
     assert isinstance(timeout, float)
     if not 0 < args.disarm_threshold <= 1:
         raise UsageError("--disarm-threshold must be in (0, 1]")
-    wait = parse_duration(args.wait)
-    recover = parse_duration(args.recover_timeout)
-    if wait < 0 or recover <= 0 or timeout <= 0:
-        raise UsageError("--wait must be ≥ 0, --recover-timeout and --command-timeout > 0")
+    wait = float(args.wait)
+    recover = float(args.recover_timeout)
+    if timeout <= 0:
+        raise UsageError("--command-timeout must be more than 0")
     quota = parse_quota(args.quota_backend_bytes) if args.quota_backend_bytes is not None else None
     manifest = resolve(args, env, "from_manifest")
     return DefragOptions(

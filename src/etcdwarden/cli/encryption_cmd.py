@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden.cli._async import with_client
+from etcdwarden.cli.common import parse_duration
 from etcdwarden.cli.output import Output
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.encryption.backup_keys import BackupSource
@@ -133,12 +134,7 @@ def _options(args: argparse.Namespace) -> Options:
 def _rollout(args: argparse.Namespace) -> Rollout | None:
     if not hasattr(args, "apiserver_config"):
         return None
-    from etcdwarden.daemon.config import parse_duration
-
-    try:
-        timeout = parse_duration(args.rollout_timeout)
-    except ValueError as e:
-        raise UsageError(f"--rollout-timeout: {e}") from None
+    timeout = parse_duration(args.rollout_timeout, "--rollout-timeout", positive=True)
     if (args.apiserver_cacert or args.apiserver_token_file) and not args.apiserver_metrics:
         raise UsageError("--apiserver-cacert and --apiserver-token-file need --apiserver-metrics")
     return Rollout(configs=list(args.apiserver_config), metrics=list(args.apiserver_metrics), timeout=timeout,

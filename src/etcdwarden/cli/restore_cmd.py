@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from etcdwarden.cli.common import client_config
+from etcdwarden.cli.common import client_config, duration_arg
 from etcdwarden.cli.output import Output
 from etcdwarden.errors import EXIT_OK
 from etcdwarden.restore.checks import CHECKS, Forces
@@ -62,8 +62,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "member restored, the others added as learners and promoted")
     c.add_argument("--initial-cluster-token", dest="token", help="token of the restored cluster (default: a new one)")
     c.add_argument("--state", metavar="FILE", help="state file (default: <spec>.restore-state.json beside the spec)")
-    c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="how long to wait for each member to stop, start and become healthy")
+    c.add_argument("--timeout", type=duration_arg(positive=True), default=120.0, metavar="DURATION",
+                   help="how long to wait for each member to stop, start and become healthy (default 2m)")
     c.set_defaults(func=cmd_cluster)
 
 

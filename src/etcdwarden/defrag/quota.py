@@ -61,12 +61,15 @@ def parse_quota(text: str) -> int:
 
     Raises :class:`UsageError`.
     """
-    from etcdwarden.defrag.rules import parse_size
+    from etcdwarden import units
 
     t = text.strip()
     if re.fullmatch(r"-\d{1,19}", t):
         return int(t)
-    n = parse_size(t)
+    try:
+        n = units.parse_size(t, bare_bytes=True)
+    except units.UnitError as e:
+        raise UsageError(f"invalid {QUOTA_FLAG}: {e}") from None
     if n >= 2**63:
         raise UsageError(f"invalid {QUOTA_FLAG} {text!r}: larger than etcd accepts")
     return n

@@ -68,6 +68,10 @@ class ObjectInfo:
     mtime: dt.datetime  # timezone-aware (UTC)
 
 
+_DURATION_OPTIONS = frozenset({"retry_timeout", "connect_timeout", "request_timeout", "init_backoff", "max_backoff"})
+_SIZE_OPTIONS = frozenset({"part_size"})
+
+
 @dataclass
 class RepositoryOptions:
     """How to reach a repository: object-store endpoint, region, credentials, retries, part sizes.
@@ -99,7 +103,10 @@ class RepositoryOptions:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], base: RepositoryOptions | None = None) -> RepositoryOptions:
-        """Options from a config mapping (``repository:`` section); unknown keys are an error."""
+        """Options from a config mapping (``repository:`` section); unknown keys are an error. Timeouts and
+        backoffs are durations and ``part_size`` a size, in :mod:`etcdwarden.units`' grammar (``30s``, ``16MiB``)."""
+        from etcdwarden import units
+
         out = RepositoryOptions(**vars(base)) if base is not None else RepositoryOptions()
         known = set(vars(out))
         for key, value in doc.items():
@@ -107,7 +114,19 @@ class RepositoryOptions:
             if k not in known:
                 raise UsageError(f"unknown repository option {key!r} (known: {', '.join(sorted(known))})")
             current = getattr(out, k)
-            if isinstance(current, bool) or k == "allow_http":
+            if k in _DURATION_OPTIONS or k in _SIZE_OPTIONS:
+                try:
+                    n: float = units.parse_duration(value) if k in _DURATION_OPTIONS else units.parse_size(value)
+                except units.UnitError as e:
+                    raise UsageError(f"repository option {key!r}: {e}") from None
+                if n <= 0:
+                    raise UsageError(f"repository option {key!r} must be more than 0")
+                setattr(out, k, n)
+                continue
+            if k in ("max_retries", "max_concurrency"):
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+                    raise UsageError(f"repository option {key!r} must be a whole number from 0 to 1000")
+            elif isinstance(current, bool) or k == "allow_http":
                 if not isinstance(value, bool):
                     raise UsageError(f"repository option {key!r} must be true or false")
             elif isinstance(current, int | float) and not isinstance(value, int | float):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etcdwarden.errors import UsageError
 from etcdwarden.repository.catalog import CORRUPT, CatalogEntry
-from etcdwarden.repository.retention.base import format_duration
+from etcdwarden.repository.retention.base import NEUTRAL, Names, format_duration
 
 DEFAULT_GRACE = dt.timedelta(hours=24)
 
@@ -22,10 +22,11 @@ DEFAULT_GRACE = dt.timedelta(hours=24)
 @dataclass(frozen=True)
 class IncompleteCleanup:
     grace: dt.timedelta = DEFAULT_GRACE
+    names: Names = field(default=NEUTRAL, compare=False)
 
     def __post_init__(self) -> None:
         if self.grace < dt.timedelta(0):
-            raise UsageError("--incomplete-grace must not be negative")
+            raise UsageError(f"{self.names.incomplete_grace} must not be negative")
 
     def plan(self, entries: Sequence[CatalogEntry], now: dt.datetime) -> tuple[dict[str, str], dict[str, str],
                                                                                list[str]]:
