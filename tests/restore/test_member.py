@@ -8,6 +8,8 @@ import pwd
 import stat
 from pathlib import Path
 
+import zstandard
+
 from etcdwarden.local.cluster import LocalCluster
 from tests.backup.conftest import dump
 from tests.cli_helpers import Result, cli
@@ -131,3 +133,29 @@ def test_refusals(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
     assert r.code == 0 and "WITHOUT a revision bump" in r.err and "kube-apiserver" in r.err, r.err
     # unknown --force name
     assert _restore(saved["plain"].directory, c, d, "--force=bogus").code == 2
+
+
+def test_snapshot_without_trailer_refused_unless_skip_hash_check(saved: dict[str, SavedBackup],
+                                                                 tmp_path: Path) -> None:
+    """Issue 11 item 12: no sha256 trailer -> exit 1 naming --skip-hash-check; with it etcdutl gets the flag."""
+    b = saved["plain"]
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(b.snapshot.read_bytes()[:-32])
+    zst = tmp_path / "cut.db.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(cut.read_bytes()))
+    c = LocalCluster(tmp_path / "run", size=1)
+    d = tmp_path / "etcd"
+    d.mkdir()
+    (d / "keep").write_text("keep")
+    before = tree(d)
+    for f in (cut, zst):
+        for extra in ((), ("--dry-run",)):
+            r = _restore(f, c, d, *extra)
+            assert r.code == 1 and "no sha256 trailer" in r.err and "--skip-hash-check" in r.err, r.err
+            assert tree(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.db", "cut.db.zst", "etcd"]
+    r = _restore(cut, c, d, "--skip-hash-check", "--dry-run")
+    assert r.code == 0 and "--skip-hash-check" in r.out, r.err
+    r = _restore(zst, c, d, "--skip-hash-check", "-w", "json")
+    assert r.code == 0, r.err
+    assert _serve(c, d) == b.data

@@ -32,6 +32,10 @@ def _add_backup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bump-revision", type=int, default=0, metavar="N",
                    help="add N to the revision (with --mark-compacted; etcdutl 3.5.10+)")
     p.add_argument("--mark-compacted", action="store_true", help="mark every revision up to the bumped one compacted")
+    p.add_argument("--skip-hash-check", action="store_true",
+                   help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its structure "
+                        "is verified, and etcdutl runs with --skip-hash-check (a trailer that is present is still "
+                        "checked)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
     p.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK", help=FORCE_HELP)
 
@@ -76,6 +80,7 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
         etcd_binary=Path(args.etcd_binary) if args.etcd_binary else None, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
+        skip_hash_check=bool(args.skip_hash_check),
     )
     plan = plan_member_restore(opts)
     if args.dry_run:
@@ -117,6 +122,7 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted), token=args.token,
         state_path=Path(args.state) if args.state else None, forces=Forces.parse(args.force),
         client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None, timeout=float(args.timeout),
+        skip_hash_check=bool(args.skip_hash_check),
     )
     if args.dry_run:
         plan = asyncio.run(plan_cluster_restore(opts))

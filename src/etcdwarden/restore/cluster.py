@@ -21,7 +21,7 @@ from typing import Any
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
-from etcdwarden.restore.backup import Backup, check_resources, find_backup
+from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
 from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
 from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
@@ -61,6 +61,7 @@ class ClusterRestoreOptions:
     client: ClientConfig | None = None
     crash_after: str | None = None
     timeout: float = 120.0
+    skip_hash_check: bool = False
 
 
 @dataclass
@@ -163,6 +164,7 @@ def checks_without_io(ctx: Context) -> list[str]:
     o = ctx.opts
     b: Backup = ctx.backup
     w = list(b.notes)
+    w += check_trailer(b, o.skip_hash_check)
     w += check_resources(b, "resources" in o.forces)
     w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)
     w += check_release(b.release, o.release, o.forces)

@@ -29,8 +29,7 @@ from etcdwarden.restore.membership import add_learner, initial_cluster, promote,
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
 from etcdwarden.restore.state import RestoreState
-from etcdwarden.snapshot.bbolt import has_trailer
-from etcdwarden.snapshot.source import detect_format, open_snapshot
+from etcdwarden.snapshot.source import open_snapshot
 
 if TYPE_CHECKING:
     from etcdwarden.restore.cluster import ClusterReport, ClusterRestoreOptions
@@ -134,8 +133,8 @@ def _where(m: MemberSpec) -> str:
 
 
 # -- preflight -----------------------------------------------------------------------------------
-def _facts(b: Backup) -> dict[str, int]:
-    verify(b)
+def _facts(b: Backup, skip_hash_check: bool) -> dict[str, int]:
+    verify(b, skip_hash_check)
     with open_snapshot(b.snapshot, b.identity) as plain:
         f = snapshot_facts(plain)
     return {"revision": f.revision, "keys": f.live_keys, "kubernetes_keys": f.kubernetes_keys,
@@ -143,7 +142,7 @@ def _facts(b: Backup) -> dict[str, int]:
 
 
 async def preflight(ctx: Context) -> dict[str, Any]:
-    facts = await asyncio.to_thread(_facts, ctx.backup)
+    facts = await asyncio.to_thread(_facts, ctx.backup, ctx.opts.skip_hash_check)
     ctx.state.doc["facts"] = facts
     problems: list[str] = []
     for rt in ctx.runtimes.values():
@@ -245,9 +244,8 @@ async def move_aside(ctx: Context) -> dict[str, Any]:
 
 # -- restore -------------------------------------------------------------------------------------
 def _args(ctx: Context, m: MemberSpec) -> eu.RestoreArgs:
-    snap = ctx.backup.snapshot
-    skip = detect_format(snap) == "db" and not has_trailer(snap.stat().st_size)
-    return eu.RestoreArgs(m.name, ctx.restore_initial_cluster(), m.peer, ctx.token, ctx.bump, skip)
+    return eu.RestoreArgs(m.name, ctx.restore_initial_cluster(), m.peer, ctx.token, ctx.bump,
+                          ctx.opts.skip_hash_check)
 
 
 async def restore(ctx: Context) -> dict[str, Any]:

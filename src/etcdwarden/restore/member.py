@@ -22,7 +22,15 @@ from etcdwarden.binaries import binary_version, find_binary
 from etcdwarden.errors import BinaryNotFound, EtcdwardenError, UsageError
 from etcdwarden.fsutil import fsync_dir
 from etcdwarden.restore import etcdutl as eu
-from etcdwarden.restore.backup import Backup, SnapshotFacts, check_resources, find_backup, snapshot_facts, verify
+from etcdwarden.restore.backup import (
+    Backup,
+    SnapshotFacts,
+    check_resources,
+    check_trailer,
+    find_backup,
+    snapshot_facts,
+    verify,
+)
 from etcdwarden.restore.checks import (
     Forces,
     Owner,
@@ -35,7 +43,6 @@ from etcdwarden.restore.checks import (
     parse_owner,
 )
 from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
-from etcdwarden.snapshot.bbolt import has_trailer
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 
 if TYPE_CHECKING:
@@ -66,6 +73,7 @@ class MemberRestoreOptions:
     verify_start: bool = False
     forces: Forces = field(default_factory=Forces)
     tag: str | None = None
+    skip_hash_check: bool = False
 
 
 @dataclass
@@ -199,12 +207,9 @@ def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
     if bump and not tool.supports_bump:
         warnings += check_bump(bump, tool.version, False, f" ({tool.path})", opts.forces)  # refuses unless forced
         bump, unsupported = 0, True
-    skip_hash = detect_format(backup.snapshot) == "db" and not has_trailer(backup.snapshot.stat().st_size)
-    if skip_hash:
-        warnings.append(f"{backup.snapshot.name} has no sha256 trailer (a copied member/snap/db?): etcdutl runs "
-                        "with --skip-hash-check; only its structure is verified")
+    warnings += check_trailer(backup, opts.skip_hash_check)
     args = eu.RestoreArgs(opts.name, opts.initial_cluster, peer_urls, opts.token or default_token(backup), bump,
-                          skip_hash)
+                          opts.skip_hash_check)
     owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
     tag = opts.tag or new_tag()
     plan = MemberPlan(opts, backup, tool, target, args, owner, tag, warnings, unsupported)
@@ -226,7 +231,7 @@ def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | N
 
 def check_contents(plan: MemberPlan) -> SnapshotFacts:
     """The dry-run's verification: the same checks a real run makes, sequentially, nothing written."""
-    verify(plan.backup)
+    verify(plan.backup, plan.options.skip_hash_check)
     with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain:
         facts = snapshot_facts(plain, stop_at_kubernetes=not plan.options.verify_start)
     w = kubernetes_warning(plan, facts)
@@ -246,7 +251,7 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
     try:
         with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain, \
                 concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="restore-verify") as pool:
-            verified = pool.submit(verify, plan.backup)
+            verified = pool.submit(verify, plan.backup, opts.skip_hash_check)
             counted = pool.submit(snapshot_facts, plain, not opts.verify_start)
             failure: EtcdwardenError | None = None
             try:
