@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -20,6 +21,7 @@ from etcdwarden.binaries import find_binary
 from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.snapshot import SnapshotCorrupt
 from etcdwarden.snapshot.bbolt import BoltFile
+from etcdwarden.snapshot.scratch import process_start
 from etcdwarden.snapshot.status import db_status
 from etcdwarden.snapshot.verify import NO_TRAILER_NOTE, BackupReport, SnapshotReport, verify_db, verify_path
 from tests.cli_helpers import cli
@@ -314,3 +316,32 @@ def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
     with pytest.raises(SnapshotCorrupt, match="meta page 0 is invalid: checksum mismatch"):
         verify_db(bad, skip_hash_check=True)
     assert db_status(bad).as_json() == etcdutl_status(bad)  # status falls back to meta 1, like etcdutl
+
+
+def test_verify_decodes_beside_the_file_and_removes_dead_runs_copies(snap: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 5: the decoded copy is never in the system temp dir; a killed run's copy is removed."""
+    import tempfile
+
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    ident = pyrage.x25519.Identity.generate()
+    idfile = tmp_path / "id.txt"
+    idfile.write_text(f"{ident}\n")
+    d = tmp_path / "in"
+    d.mkdir()
+    enc = d / "snap.db.zst.age"
+    enc.write_bytes(pyrage.encrypt(zstandard.ZstdCompressor().compress(snap.read_bytes()), [ident.to_public()]))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = d / f".etcdwarden-tmp-{gone.pid}-12345-0badc0de"
+    leftover.mkdir(mode=0o700)
+    (leftover / "snapshot.db").write_bytes(b"plaintext")
+    alive = d / f".etcdwarden-tmp-{os.getpid()}-{process_start(os.getpid())}-0badc0de"  # a live run's: kept
+    alive.mkdir(mode=0o700)
+    r = cli("snapshot", "verify", "--identity", str(idfile), str(enc))
+    assert r.code == 0 and ": ok (sha256 ok" in r.out, r.err
+    assert f"removed {leftover}" in r.out and f"PID {gone.pid}, gone" in r.out
+    assert sorted(p.name for p in d.iterdir()) == [alive.name, enc.name]
+    assert list(systmp.iterdir()) == []

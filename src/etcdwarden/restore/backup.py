@@ -187,11 +187,12 @@ def check_resources(b: Backup, forced: bool) -> list[str]:
     return []
 
 
-def verify(b: Backup, skip_hash_check: bool = False) -> SnapshotReport | None:
+def verify(b: Backup, skip_hash_check: bool = False, work_dir: Path | None = None) -> SnapshotReport | None:
     """Every check ``snapshot verify`` makes (sha256 of each file, trailer, structure); raise on damage.
 
     A resources bundle already accepted as missing (``--force=resources``) is the one file not required;
-    a snapshot without its sha256 trailer is accepted only with ``skip_hash_check``.
+    a snapshot without its sha256 trailer is accepted only with ``skip_hash_check``. A decoded copy of an
+    encoded snapshot is made in a private directory in ``work_dir`` (default: beside the snapshot).
     """
     if b.manifest_path is not None and b.manifest is not None and b.resources is None and b.manifest.get("resources"):
         for name, entry in (b.manifest.get("files") or {}).items():
@@ -201,14 +202,14 @@ def verify(b: Backup, skip_hash_check: bool = False) -> SnapshotReport | None:
             digest = file_sha256(p) if p.is_file() else "missing"
             if digest != entry.get("sha256"):
                 raise SnapshotCorrupt(f"{p}: sha256 {digest} but the manifest records {entry.get('sha256')}")
-        one = verify_snapshot(b.snapshot, b.identity, skip_hash_check)
+        one = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)
         b.notes.extend(one.notes)
         return one
     if b.manifest_path is not None:
-        _summary, report, notes = verify_backup(b.manifest_path, b.identity, skip_hash_check)
+        _summary, report, notes = verify_backup(b.manifest_path, b.identity, skip_hash_check, work_dir)
         b.notes.extend(notes)
         return report
-    single = verify_snapshot(b.snapshot, b.identity, skip_hash_check)
+    single = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)
     b.notes.extend(single.notes)
     return single
 

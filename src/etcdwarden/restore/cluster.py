@@ -30,6 +30,7 @@ from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
+from etcdwarden.snapshot.scratch import sweep
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -189,6 +190,7 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
     ctx = _prepare(opts, dry_run=False)
     ctx.progress = progress
     try:
+        ctx.warnings += sweep(ctx.work_dir)  # plaintext snapshot copies left by a killed run
         if not ctx.state.path.exists():
             ctx.state.save()
         ctx.warnings += checks_without_io(ctx)

@@ -29,6 +29,7 @@ from etcdwarden.restore.membership import add_learner, initial_cluster, promote,
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
 from etcdwarden.restore.state import RestoreState
+from etcdwarden.snapshot.scratch import existing_dir
 from etcdwarden.snapshot.source import open_snapshot
 
 if TYPE_CHECKING:
@@ -82,6 +83,12 @@ class Context:
             self._target.append(v)
         return self._target[0]
 
+    @property
+    def work_dir(self) -> Path:
+        """Where decoded copies of the snapshot go (a private directory beside the first local data dir)."""
+        local = [m for m in self.restore_targets() if m.is_local]
+        return existing_dir(local[0].data_path.parent if local else self.state.path.parent)
+
     def restore_targets(self) -> list[MemberSpec]:
         ms = self.spec.members
         return ms if self.opts.mode == "all-members" else ms[:1]
@@ -133,16 +140,16 @@ def _where(m: MemberSpec) -> str:
 
 
 # -- preflight -----------------------------------------------------------------------------------
-def _facts(b: Backup, skip_hash_check: bool) -> dict[str, int]:
-    verify(b, skip_hash_check)
-    with open_snapshot(b.snapshot, b.identity) as plain:
+def _facts(b: Backup, skip_hash_check: bool, work_dir: Path) -> dict[str, int]:
+    verify(b, skip_hash_check, work_dir)
+    with open_snapshot(b.snapshot, b.identity, work_dir) as plain:
         f = snapshot_facts(plain)
     return {"revision": f.revision, "keys": f.live_keys, "kubernetes_keys": f.kubernetes_keys,
             "compact_revision": f.compact_revision}
 
 
 async def preflight(ctx: Context) -> dict[str, Any]:
-    facts = await asyncio.to_thread(_facts, ctx.backup, ctx.opts.skip_hash_check)
+    facts = await asyncio.to_thread(_facts, ctx.backup, ctx.opts.skip_hash_check, ctx.work_dir)
     ctx.state.doc["facts"] = facts
     problems: list[str] = []
     for rt in ctx.runtimes.values():
@@ -255,7 +262,7 @@ async def restore(ctx: Context) -> dict[str, Any]:
         await _restore_one(ctx, m, ctx.runtimes[m.name].host, plain)
         ctx.state.set_member(m.name, restored=True)
 
-    with open_snapshot(ctx.backup.snapshot, ctx.backup.identity) as plain:
+    with open_snapshot(ctx.backup.snapshot, ctx.backup.identity, ctx.work_dir) as plain:
         # every member at once: on separate hosts this divides the time by the member count
         results = await asyncio.gather(*(one(m, plain) for m in ctx.restore_targets()), return_exceptions=True)
     for r in results:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,10 +44,13 @@ from etcdwarden.restore.checks import (
     parse_owner,
 )
 from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
+from etcdwarden.snapshot.scratch import existing_dir, sweep
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 
 if TYPE_CHECKING:
     from etcdwarden.restore.startcheck import StartCheck
+
+log = logging.getLogger(__name__)
 
 KUBE_RESTART = ("the snapshot holds Kubernetes keys (/registry/, /kubernetes.io/) and the revision is NOT bumped{why}: "
                 "restart every kube-apiserver after the restore (their watch caches and clients' informers hold "
@@ -93,6 +97,11 @@ class MemberPlan:
         return self.options.data_dir
 
     @property
+    def work_dir(self) -> Path:
+        """Where decoded copies of the snapshot go: a private directory beside the data directory."""
+        return existing_dir(self.data_dir.parent)
+
+    @property
     def restoring(self) -> Path:
         return restoring_dir(self.data_dir, self.tag)
 
@@ -121,7 +130,7 @@ class MemberPlan:
                f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
                "(in parallel with the next step)"]
         if fmt != "db":
-            out.append(f"decode the {fmt} snapshot into a private temporary file")
+            out.append(f"decode the {fmt} snapshot into a private (0700) directory in {self.work_dir}, removed after")
         out.append(" ".join(self.command("<decoded snapshot>" if fmt != "db" else None)))
         out.append(f"chmod 0700 {self.restoring}; chown -R {self.owner.label} {self.restoring}")
         if self.options.verify_start:
@@ -189,7 +198,22 @@ def target_etcd_version(version: str | None, binary: Path | None) -> str | None:
 
 
 def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
-    """Every check that needs no full read of the snapshot; raise on refusal, return the plan."""
+    """Every check that needs no full read of the snapshot; raise on refusal, return the plan.
+
+    First of all, decoded (plaintext) snapshot copies a killed run left beside the data directory are removed.
+    """
+    notes = sweep(existing_dir(opts.data_dir.parent))
+    try:
+        plan = _plan(opts)
+    except BaseException:
+        for n in notes:
+            log.warning(n)
+        raise
+    plan.warnings[:0] = notes
+    return plan
+
+
+def _plan(opts: MemberRestoreOptions) -> MemberPlan:
     if opts.bump_revision < 0:
         raise UsageError("--bump-revision must not be negative")
     if (opts.bump_revision > 0) != opts.mark_compacted:
@@ -231,8 +255,8 @@ def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | N
 
 def check_contents(plan: MemberPlan) -> SnapshotFacts:
     """The dry-run's verification: the same checks a real run makes, sequentially, nothing written."""
-    verify(plan.backup, plan.options.skip_hash_check)
-    with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain:
+    verify(plan.backup, plan.options.skip_hash_check, plan.work_dir)
+    with open_snapshot(plan.backup.snapshot, plan.backup.identity, plan.work_dir) as plain:
         facts = snapshot_facts(plain, stop_at_kubernetes=not plan.options.verify_start)
     w = kubernetes_warning(plan, facts)
     if w:
@@ -249,9 +273,9 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
     facts: SnapshotFacts | None = None
     start: StartCheck | None = None
     try:
-        with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain, \
+        with open_snapshot(plan.backup.snapshot, plan.backup.identity, plan.work_dir) as plain, \
                 concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="restore-verify") as pool:
-            verified = pool.submit(verify, plan.backup, opts.skip_hash_check)
+            verified = pool.submit(verify, plan.backup, opts.skip_hash_check, plan.work_dir)
             counted = pool.submit(snapshot_facts, plain, not opts.verify_start)
             failure: EtcdwardenError | None = None
             try:

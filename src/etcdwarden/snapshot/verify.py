@@ -196,14 +196,21 @@ def _bucket_exists(db: BoltFile, name: bytes) -> bool:
 
 
 def verify_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None,
-                    skip_hash_check: bool = False) -> SnapshotReport:
-    """Verify any snapshot input (``.db``, ``.db.zst``, ``.age`` with ``identity``)."""
-    with open_snapshot(path, identity=identity) as plain:
-        return verify_db(plain, display=str(path), skip_hash_check=skip_hash_check)
+                    skip_hash_check: bool = False, work_dir: Path | None = None) -> SnapshotReport:
+    """Verify any snapshot input (``.db``, ``.db.zst``, ``.age`` with ``identity``).
+
+    A decoded copy is made in a private directory in ``work_dir`` (default: beside ``path``).
+    """
+    notes: list[str] = []
+    with open_snapshot(path, identity=identity, work_dir=work_dir, notes=notes) as plain:
+        report = verify_db(plain, display=str(path), skip_hash_check=skip_hash_check)
+    report.notes[:0] = notes
+    return report
 
 
 def verify_backup(
-    manifest_path: Path, identity: str | os.PathLike[str] | None = None, skip_hash_check: bool = False
+    manifest_path: Path, identity: str | os.PathLike[str] | None = None, skip_hash_check: bool = False,
+    work_dir: Path | None = None,
 ) -> tuple[dict[str, Any], SnapshotReport | None, list[str]]:
     """Verify the backup described by one manifest; return its summary, snapshot report and notes."""
     m = BackupManifest.load(manifest_path)
@@ -232,7 +239,7 @@ def verify_backup(
     if detect_format(snap_path) == "age" and identity is None:
         notes.append(f"{snap.name} is encrypted: sha256 checked, contents not (give --identity)")
     else:
-        report = verify_snapshot(snap_path, identity, skip_hash_check)
+        report = verify_snapshot(snap_path, identity, skip_hash_check, work_dir)
     summary = {"manifest": manifest_path.name, "timestamp": m.timestamp, "files": sorted(m.files)}
     return summary, report, notes
 
