@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import zstandard
 from etcdwarden.local.cluster import LocalCluster
 from tests.backup.conftest import dump
 from tests.cli_helpers import Result, cli
-from tests.restore.conftest import SavedBackup, tree
+from tests.restore.conftest import SavedBackup, backup_of, tree
+from tests.restore.helpers import put
 
 
 def _restore(backup: Path | str, cluster: LocalCluster, data_dir: Path, *extra: str) -> Result:
@@ -159,3 +161,41 @@ def test_snapshot_without_trailer_refused_unless_skip_hash_check(saved: dict[str
     r = _restore(zst, c, d, "--skip-hash-check", "-w", "json")
     assert r.code == 0, r.err
     assert _serve(c, d) == b.data
+
+
+def test_refuses_data_dir_of_running_etcd(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 2: restoring under a running etcd would be lost: exit 3 naming the PID, --force=in-use."""
+    b = backup_of(etcd1, tmp_path / "bk")
+    m = etcd1.members[0]
+    d = m.data_dir
+
+    def restore(target: Path, *extra: str) -> Result:
+        return cli("restore", "member", str(b.directory), "--data-dir", str(target), "--name", m.name,
+                   "--initial-cluster", etcd1.initial_cluster, *extra)
+
+    def leftovers(target: Path) -> list[str]:
+        return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f"{target.name}."))
+
+    before = leftovers(d)
+    for extra in ((), ("--dry-run",)):
+        r = restore(d, *extra)
+        assert r.code == 3 and f"PID {m.pid} (etcd" in r.err and "--force=in-use" in r.err, r.err
+        assert "has " in r.err and str(d / "member") in r.err
+    assert leftovers(d) == before and m.is_running()
+    put(etcd1, b"/after/refusal", b"kept")
+    assert dump(etcd1.endpoints)[b"/after/refusal"] == b"kept"
+    # a directory whose etcd we cannot see (a container, another path to it): its recorded member answers
+    etcd1.stop()
+    copy = tmp_path / "seen-elsewhere.etcd"
+    shutil.copytree(d, copy)
+    etcd1.start()
+    r = restore(copy)
+    assert r.code == 3 and "answers on" in r.err and f"PID {m.pid}" in r.err and "--force=in-use" in r.err, r.err
+    assert leftovers(copy) == []
+    r = restore(copy, "--force=in-use")
+    assert r.code == 0 and "(--force=in-use)" in r.err, r.err
+    assert [n for n in leftovers(copy) if ".pre-restore-" in n]
+    # once the etcd is stopped the directory is free
+    etcd1.stop()
+    r = restore(d)
+    assert r.code == 0, r.err

@@ -80,7 +80,7 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
         etcd_binary=Path(args.etcd_binary) if args.etcd_binary else None, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
-        skip_hash_check=bool(args.skip_hash_check),
+        skip_hash_check=bool(args.skip_hash_check), client=client_config(args),
     )
     plan = plan_member_restore(opts)
     if args.dry_run:

@@ -22,9 +22,10 @@ from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, SnapshotFacts, snapshot_facts, verify
-from etcdwarden.restore.checks import check_versions, db_locked, etcd_pids_using, refuse
+from etcdwarden.restore.checks import check_versions, refuse
 from etcdwarden.restore.datadir import PRE_RESTORE, RESTORING
 from etcdwarden.restore.health import ClusterCheck, verify_cluster, wait_healthy
+from etcdwarden.restore.inuse import local_users, refusal, users
 from etcdwarden.restore.membership import add_learner, initial_cluster, promote, wait_caught_up
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
@@ -170,10 +171,12 @@ async def preflight(ctx: Context) -> dict[str, Any]:
                 problems += await remote_bump_problems(rt.host, tool, name)
             continue
         if rt.kind == "process":
-            strangers = set(etcd_pids_using(m.data_path)) - rt.managed_pids()
+            managed = rt.managed_pids()
+            strangers = [u for u in await asyncio.to_thread(local_users, m.data_path)
+                         if u.pid is not None and u.pid not in managed]
             if strangers and not forced:
-                raise refuse("in-use", f"member {name}: {m.data_dir} is in use by PID(s) "
-                             f"{', '.join(map(str, sorted(strangers)))}, which its runtime (process, pid file "
+                raise refuse("in-use", f"member {name}: {m.data_dir} is in use by "
+                             + "; ".join(str(u) for u in strangers) + f", which its runtime (process, pid file "
                              f"{m.pid_path}) does not manage: stopping the member would not stop them")
     if problems:
         raise EtcdwardenError("pre-flight failed: " + "; ".join(problems))
@@ -221,12 +224,11 @@ async def stop(ctx: Context) -> dict[str, Any]:
         ctx.state.set_member(name, stopped=True)
     for name, rt in ctx.runtimes.items():
         m = rt.member
-        if m.is_local and (db_locked(m.data_path) or etcd_pids_using(m.data_path)):
-            pids = etcd_pids_using(m.data_path)
-            if "in-use" not in ctx.opts.forces:
-                raise refuse("in-use", f"member {name}: its runtime ({rt.kind}) is stopped but {m.data_dir} is still "
-                             f"in use (PIDs {pids or 'unknown: the database is locked'}): is data_dir really the "
-                             "directory this member's etcd runs on?")
+        if m.is_local:
+            found = await users(m.data_path, ctx.client)
+            ctx.warnings += refusal(f"member {name}: its runtime ({rt.kind}) is stopped but {m.data_dir}", found,
+                                    ctx.opts.forces, "Is data_dir really the directory this member's etcd runs on? "
+                                    "Stop what uses it, then rerun")
     return {}
 
 

@@ -10,6 +10,7 @@ into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure rem
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from etcdwarden.binaries import binary_version, find_binary
 from etcdwarden.errors import BinaryNotFound, EtcdwardenError, UsageError
+from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.fsutil import fsync_dir
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import (
@@ -44,6 +46,7 @@ from etcdwarden.restore.checks import (
     parse_owner,
 )
 from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
+from etcdwarden.restore.inuse import refusal, users
 from etcdwarden.snapshot.scratch import existing_dir, sweep
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 
@@ -78,6 +81,7 @@ class MemberRestoreOptions:
     forces: Forces = field(default_factory=Forces)
     tag: str | None = None
     skip_hash_check: bool = False
+    client: ClientConfig | None = None  # TLS for asking the member recorded in the data dir whether it runs
 
 
 @dataclass
@@ -241,7 +245,20 @@ def _plan(opts: MemberRestoreOptions) -> MemberPlan:
         raise EtcdwardenError(f"{plan.restoring} exists (another restore running?); remove it if it is a leftover")
     if opts.data_dir.exists() and not opts.data_dir.is_dir():
         raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
+    plan.warnings += check_in_use(opts)
     return plan
+
+
+IN_USE_ADVICE = ("Stop the etcd that runs on it first, then rerun: a restore under a running etcd is lost (it keeps "
+                 "serving the directory moved aside, and what it acknowledges afterwards vanishes at its next restart)")
+
+
+def check_in_use(opts: MemberRestoreOptions) -> list[str]:
+    """Refuse (``--force=in-use``) a data directory that a process or its member is using."""
+    if not opts.data_dir.is_dir():
+        return []
+    found = asyncio.run(users(opts.data_dir, opts.client))
+    return refusal(f"--data-dir {opts.data_dir}", found, opts.forces, IN_USE_ADVICE)
 
 
 def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | None:
@@ -303,6 +320,9 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
             if not start.ok:
                 raise EtcdwardenError("the restored member started but does not hold the backup's data: "
                                       + "; ".join(start.problems))
+        for again in check_in_use(opts):  # again: an etcd may have been started on it meanwhile
+            if again not in plan.warnings:
+                plan.warnings.append(again)
         aside = swap_into_place(restoring, opts.data_dir, plan.tag)
     except BaseException:
         if restoring.exists():
