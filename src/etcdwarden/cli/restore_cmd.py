@@ -15,6 +15,7 @@ from etcdwarden.restore.checks import CHECKS, Forces
 from etcdwarden.restore.member import MemberRestoreOptions, check_contents, plan_member_restore, restore_member
 
 CRASH_ENV = "ETCDWARDEN_RESTORE_CRASH_AFTER"  # test hook: fail on purpose after this step
+KILL_ENV = "ETCDWARDEN_RESTORE_KILL_IN"  # test hook: SIGKILL the restore inside this step ("start")
 FORCE_HELP = ("override a safety check by name (repeatable or comma-separated): "
               + "; ".join(f"{k}: {v}" for k, v in CHECKS.items()) + "; --force alone overrides all of them")
 
@@ -121,7 +122,8 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
         etcdutl=Path(args.etcdutl) if args.etcdutl else None, etcd_version=args.etcd_version, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted), token=args.token,
         state_path=Path(args.state) if args.state else None, forces=Forces.parse(args.force),
-        client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None, timeout=float(args.timeout),
+        client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None,
+        kill_in=os.environ.get(KILL_ENV) or None, timeout=float(args.timeout),
         skip_hash_check=bool(args.skip_hash_check),
     )
     if args.dry_run:
@@ -149,8 +151,9 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
     rows = []
     check = report.check
     for m in report.members:
-        rows.append([m["name"], m["member_id"] or "", m["runtime"], m["host"], m["data_dir"], m["moved_aside"] or "-"])
-    out.table(["NAME", "MEMBER ID", "RUNTIME", "HOST", "DATA DIR", "PREVIOUS DATA MOVED TO"], rows)
+        rows.append([m["name"], m["member_id"] or "", m["runtime"], m["host"], m.get("pid") or "-", m["data_dir"],
+                     m["moved_aside"] or "-"])
+    out.table(["NAME", "MEMBER ID", "RUNTIME", "HOST", "PID", "DATA DIR", "PREVIOUS DATA MOVED TO"], rows)
     if check:
         first = check.members[0]
         out.line(f"verified: revision {check.expected_revision}, HashKV {first.hash} on all {len(check.members)} "

@@ -12,6 +12,8 @@ revision and key count as in the backup), ``report``.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from etcdwarden.restore.datadir import new_tag
 from etcdwarden.restore.health import ClusterCheck
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
+from etcdwarden.restore.runtimes.process import ProcessRuntime
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
 from etcdwarden.snapshot.scratch import sweep
@@ -61,6 +64,7 @@ class ClusterRestoreOptions:
     forces: Forces = field(default_factory=Forces)
     client: ClientConfig | None = None
     crash_after: str | None = None
+    kill_in: str | None = None  # test hook: SIGKILL ourselves inside this step ("start": after the first spawn)
     timeout: float = 120.0
     skip_hash_check: bool = False
 
@@ -150,6 +154,9 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
                                  bump_applied=opts.bump_revision if tool.supports_bump else 0)
     hosts: dict[str, Host] = {}
     runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
+    first = runtimes[spec.members[0].name]
+    if opts.kill_in == "start" and isinstance(first, ProcessRuntime):
+        first.after_spawn = _kill_self
     if opts.mode == "single-then-join":
         for m in spec.members[1:]:
             if not runtimes[m.name].supports_join:
@@ -158,6 +165,11 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     client = opts.client or ClientConfig(endpoints=())
     return Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
                    client=client, resumed_at=resumed, dry_run=dry_run)
+
+
+def _kill_self(pid: int) -> None:
+    """The ``kill_in`` test hook: die like a killed run, between starting an etcd and recording its PID."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checks_without_io(ctx: Context) -> list[str]:

@@ -28,6 +28,7 @@ from etcdwarden.restore.health import ClusterCheck, verify_cluster, wait_healthy
 from etcdwarden.restore.inuse import local_users, refusal, users
 from etcdwarden.restore.membership import add_learner, initial_cluster, promote, wait_caught_up
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
+from etcdwarden.restore.serving import identity_problems, process_problems
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
 from etcdwarden.restore.state import RestoreState
 from etcdwarden.snapshot.scratch import existing_dir
@@ -123,7 +124,8 @@ class Context:
                                  v["expected_revision"], v["expected_keys"], v["problems"], v["notes"])
         members = [{"name": m.name, "runtime": m.runtime, "host": m.host, "data_dir": m.data_dir,
                     "moved_aside": self.state.member(m.name).get("aside"),
-                    "member_id": self.state.member(m.name).get("member_id")} for m in self.spec.members]
+                    "member_id": self.state.member(m.name).get("member_id"),
+                    "pid": self.state.member(m.name).get("pid")} for m in self.spec.members]
         return ClusterReport(self.state.path, self.opts.mode, self.token, self.tag, members, check,
                              d.get("seconds_stop_to_healthy"), self.resumed_at, self.warnings)
 
@@ -300,13 +302,32 @@ async def _restore_one(ctx: Context, m: MemberSpec, host: Host, plain: Path) -> 
 
 
 # -- start, join, health, verify -----------------------------------------------------------------
+def _launch(ctx: Context, initial: str, state: str) -> Launch:
+    return Launch(initial, state, ctx.token, marker=ctx.tag)
+
+
+def _notes(ctx: Context, rt: Runtime) -> None:
+    """What a runtime did besides starting (adopting or stopping a leftover of an interrupted run)."""
+    for n in rt.notes:
+        ctx.say(n)
+        ctx.warnings.append(n)
+    rt.notes.clear()
+
+
+async def _serving(ctx: Context, m: MemberSpec) -> None:
+    """Record the member started only once its process serves it (never a PID that is not alive and serving)."""
+    pid = await ctx.runtimes[m.name].wait_serving(ctx.client, ctx.opts.timeout)
+    ctx.state.set_member(m.name, started=True, pid=pid)
+
+
 async def start(ctx: Context) -> dict[str, Any]:
     targets = ctx.restore_targets()
     for m in targets:
-        await ctx.runtimes[m.name].start(Launch(ctx.restore_initial_cluster(), "new", ctx.token))
+        rt = ctx.runtimes[m.name]
+        await rt.start(_launch(ctx, ctx.restore_initial_cluster(), "new"))
+        _notes(ctx, rt)
     for m in targets:
-        await ctx.runtimes[m.name].wait(True, ctx.opts.timeout)
-        ctx.state.set_member(m.name, started=True)
+        await _serving(ctx, m)
     return {}
 
 
@@ -321,11 +342,14 @@ async def join(ctx: Context) -> dict[str, Any]:
             mid = await add_learner(c, m.peer_urls, ctx.opts.timeout)
             ctx.state.set_member(m.name, member_id=f"{mid:x}")
             ic = initial_cluster(await c.member_list(), mid, m.name)
-            await ctx.runtimes[m.name].start(Launch(ic, "existing", ctx.token))
+            rt = ctx.runtimes[m.name]
+            await rt.start(_launch(ctx, ic, "existing"))
+            _notes(ctx, rt)
             ep = ctx.endpoints([m])[0]
             await wait_caught_up(c, ep, ctx.opts.timeout)
             await promote(c, mid, ctx.opts.timeout)
-            ctx.state.set_member(m.name, started=True, joined=True)
+            await _serving(ctx, m)
+            ctx.state.set_member(m.name, joined=True)
     return {}
 
 
@@ -347,6 +371,10 @@ async def verify_step(ctx: Context) -> dict[str, Any]:
     f = SnapshotFacts(int(facts["revision"]), int(facts["keys"]), int(facts["kubernetes_keys"]),
                       int(facts.get("compact_revision") or 0))
     expected = f.served_revision(ctx.bump)
+    problems = await serving_problems(ctx)
+    if problems:
+        raise EtcdwardenError("the restored cluster is not served by the members' own processes: "
+                              + "; ".join(problems))
     async with ctx.etcd_client(ctx.spec.members) as c:
         # the bump's marker (an empty key at the bumped revision) is neither a live key of the snapshot nor
         # counted by a range from \x00: the key count is the backup's with or without a bump
@@ -355,6 +383,29 @@ async def verify_step(ctx: Context) -> dict[str, Any]:
     if not check.ok:
         raise EtcdwardenError("the restored cluster does not hold the backup's data: " + "; ".join(check.problems))
     return {"check": check.as_json()}
+
+
+async def serving_problems(ctx: Context) -> list[str]:
+    """Every member answers as itself on its URLs, and (process runtime) from the live PID the restore recorded."""
+    async with ctx.etcd_client(ctx.spec.members) as c:
+        try:
+            members = await c.member_list()
+        except EtcdError as e:
+            return [f"cannot list the members: {e}"]
+    problems: list[str] = []
+    for m in ctx.spec.members:
+        rec = ctx.state.member(m.name)
+        _mid, found = await identity_problems(ctx.client, members, m, rec.get("member_id"))
+        problems += found
+        rt = ctx.runtimes[m.name]
+        if rt.kind == "process" and m.is_local:
+            pid = rec.get("pid")
+            problems += await asyncio.to_thread(process_problems, m, int(pid) if pid is not None else None)
+            in_file = next(iter(rt.managed_pids()), None)
+            if pid is not None and in_file != pid:
+                problems.append(f"member {m.name}: the pid file {m.pid_path} names {in_file}, the restore recorded "
+                                f"PID {pid}")
+    return problems
 
 
 async def report(ctx: Context) -> dict[str, Any]:
@@ -393,7 +444,7 @@ def step_commands(ctx: Context, step: str) -> list[str]:
                        f"mv {_restoring(m, tag)} {m.data_dir}")
         return out
     if step == "start":
-        launch = Launch(ctx.restore_initial_cluster(), "new", ctx.token)
+        launch = _launch(ctx, ctx.restore_initial_cluster(), "new")
         return [f"{_where(m)} {c}" for m in ctx.restore_targets()
                 for c in ctx.runtimes[m.name].commands("start", launch)]
     if step == "join":
@@ -410,5 +461,7 @@ def step_commands(ctx: Context, step: str) -> list[str]:
     if step == "verify":
         at = (f"the current revision (the backup's + {ctx.bump} is marked compacted)" if ctx.bump
               else "the backup's revision")
-        return [f"HashKV at {at} equal on every member; revision and key count as in the backup"]
+        return ["every member answers on its client URL as itself (name and ID in the member list), from the live "
+                "PID the restore recorded, which holds its ports (process runtime)",
+                f"HashKV at {at} equal on every member; revision and key count as in the backup"]
     return [f"print the report; the state stays in {ctx.state.path}"]
