@@ -48,14 +48,15 @@ def _files(d: Path) -> list[Path]:
 
 def _interrupt_mid_restore(argv: list[str], env: dict[str, str], target: Path, systmp: Path,
                            sig: signal.Signals) -> tuple[int, str]:
-    """Start the restore, wait until a decoded copy exists (beside the target or in the system temp dir),
-    send ``sig``; return the PID and its stderr. With SIGKILL its children (etcdutl) are killed too, by PID."""
+    """Start the restore, wait until a decoded copy exists (beside the target or in the system temp dir) and
+    etcdutl has begun writing ``D.restoring-*``, send ``sig``; return the PID and its stderr. With SIGKILL its
+    children (etcdutl) are killed too, by PID."""
     p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while True:
             decoded = [f for f in target.glob(".etcdwarden-tmp-*/snapshot.db") if f.stat().st_size > 0]
-            if decoded or _files(systmp):
+            if (decoded or _files(systmp)) and list(target.glob("etcd.restoring-*/member")):
                 break
             assert p.poll() is None, f"the restore ended before it could be interrupted: {p.communicate()}"
             assert time.monotonic() < deadline, "no decoded copy appeared"
@@ -91,15 +92,18 @@ def test_killed_age_restore_leaves_no_plaintext_and_next_run_cleans(etcd1: Local
     pid, _ = _interrupt_mid_restore([sys.executable, "-m", "etcdwarden", *args], env, target, systmp,
                                     signal.SIGKILL)
     assert _files(systmp) == [], "plaintext in the system temp dir"
-    left = list(target.glob(".etcdwarden-tmp-*"))
-    assert len(left) == 1 and f"-{pid}-" in left[0].name, left
-    assert stat.S_IMODE(left[0].stat().st_mode) == 0o700
+    left = list(target.glob(".etcdwarden-tmp-*"))  # the restore's copy, and the verification's
+    assert left and all(f"-{pid}-" in x.name and stat.S_IMODE(x.stat().st_mode) == 0o700 for x in left), left
     assert not d.exists()
-    time.sleep(1.1)  # the next run's tag (a timestamp to the second) differs from the killed one's
+    half = [p for p in target.iterdir() if p.is_dir() and ".restoring-" in p.name]
+    assert len(half) == 1  # etcdutl's half-written output, plaintext too
     r = cli(*args)
     assert r.code == 0, r.err
-    assert f"removed {left[0]}" in r.err and f"interrupted run (PID {pid}, gone)" in r.err, r.err
+    assert all(f"removed {x}: a decoded snapshot copy left by an interrupted run (PID {pid}, gone)" in r.err
+               for x in left), r.err
+    assert f"removed {half[0]}: left by an interrupted restore (PID {pid}, gone)" in r.err, r.err
     assert not list(target.glob(".etcdwarden-tmp-*")) and _files(systmp) == []
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith("etcd.pre-restore-")) == ["etcd"]
     c.members[0].data_dir = d
     c.start()
     try:

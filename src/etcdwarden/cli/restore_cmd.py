@@ -10,7 +10,8 @@ from typing import Any
 
 from etcdwarden.cli.common import client_config
 from etcdwarden.cli.output import Output
-from etcdwarden.errors import EXIT_OK
+from etcdwarden.errors import EXIT_OK, UsageError
+from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore.checks import CHECKS, Forces
 from etcdwarden.restore.member import MemberRestoreOptions, check_contents, plan_member_restore, restore_member
 
@@ -72,6 +73,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     c.set_defaults(func=cmd_cluster)
 
 
+def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
+    """TLS and credentials for asking whether the member recorded in the data dir runs (endpoints unused)."""
+    try:
+        return client_config(args)
+    except UsageError:
+        return None  # e.g. a malformed ETCDCTL_ENDPOINTS: restore member does not need endpoints
+
+
 def cmd_member(args: argparse.Namespace, out: Output) -> int:
     opts = MemberRestoreOptions(
         backup=Path(args.backup), data_dir=Path(args.data_dir), name=args.name, initial_cluster=args.initial_cluster,
@@ -81,7 +90,7 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
         etcd_binary=Path(args.etcd_binary) if args.etcd_binary else None, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
-        skip_hash_check=bool(args.skip_hash_check), client=client_config(args),
+        skip_hash_check=bool(args.skip_hash_check), client=_probe_client(args),
     )
     plan = plan_member_restore(opts)
     if args.dry_run:

@@ -144,8 +144,9 @@ def recorded_member(data_dir: Path) -> RecordedMember | None:
                     doc = json.loads(value)
                     return RecordedMember(mid, str(doc.get("name") or ""), tuple(doc.get("peerURLs") or ()),
                                           tuple(doc.get("clientURLs") or ()))
-    except (EtcdwardenError, OSError, ValueError):
-        return None  # a database being written to may not read consistently: the other checks still apply
+    except Exception:
+        # a database being written to may not read consistently: the other checks (open files, lock) still apply
+        return None
     return None
 
 
@@ -242,7 +243,4 @@ def refusal(what: str, found: list[User], forces: Forces, advice: str) -> list[s
         raise refuse("in-use", msg)
     return [msg + " (--force=in-use)"]
 
-
-def in_use_sync(data_dir: Path, client: ClientConfig | None = None) -> list[User]:
-    return asyncio.run(users(data_dir, client))
 

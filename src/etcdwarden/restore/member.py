@@ -45,7 +45,16 @@ from etcdwarden.restore.checks import (
     minor,
     parse_owner,
 )
-from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
+from etcdwarden.restore.datadir import (
+    aside_dir,
+    claim_restoring,
+    new_tag,
+    release_restoring,
+    remove_restoring,
+    restoring_dir,
+    swap_into_place,
+    sweep_restoring,
+)
 from etcdwarden.restore.inuse import refusal, users
 from etcdwarden.snapshot.scratch import existing_dir, sweep
 from etcdwarden.snapshot.source import detect_format, open_snapshot
@@ -206,7 +215,7 @@ def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
 
     First of all, decoded (plaintext) snapshot copies a killed run left beside the data directory are removed.
     """
-    notes = sweep(existing_dir(opts.data_dir.parent))
+    notes = sweep(existing_dir(opts.data_dir.parent)) + sweep_restoring(opts.data_dir)
     try:
         plan = _plan(opts)
     except BaseException:
@@ -289,6 +298,7 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
     opts.data_dir.parent.mkdir(parents=True, exist_ok=True)
     facts: SnapshotFacts | None = None
     start: StartCheck | None = None
+    claim_restoring(restoring)
     try:
         with open_snapshot(plan.backup.snapshot, plan.backup.identity, plan.work_dir) as plain, \
                 concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="restore-verify") as pool:
@@ -328,6 +338,8 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
         if restoring.exists():
             remove_restoring(restoring)
         raise
+    finally:
+        release_restoring(restoring)
     warnings = list(plan.warnings)
     w = kubernetes_warning(plan, facts)
     if w:
