@@ -1,11 +1,13 @@
 """``restore member``: restore one member's data directory from a backup, safely.
 
-Order: find the backup; check the resources bundle, the etcd versions (backup / etcdutl / target etcd)
-and the release; then run ``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup
-is verified (sha256 of every file, trailer, bbolt structure) in a thread; only when both succeeded is
-the directory given its owner and mode 0700, optionally start-checked on a scratch copy, and swapped
-into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure removes the half-written
-``.restoring-`` directory and leaves ``D`` as it was.
+Order: remove what a killed run left (decoded copies, its ``.restoring-`` directory); find the backup;
+check the resources bundle, the etcd versions (backup / etcdutl / target etcd), the release, the sha256
+trailer, and that ``D`` is not in use (:mod:`.inuse`: a restore under a running etcd is lost); then run
+``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup is verified (sha256 of every
+file, trailer, bbolt structure) in a thread; only when both succeeded is the directory given its owner
+and mode 0700, optionally start-checked on a scratch copy, checked once more for ``D`` in use, and
+swapped into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure removes the
+half-written ``.restoring-`` directory and leaves ``D`` as it was.
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class MemberPlan:
         if self.options.verify_start:
             out.append(f"start a copy of {self.restoring} alone on 127.0.0.1 (--force-new-cluster), compare revision "
                        "and key count with the backup, stop it, remove the copy")
+        out.append(f"refuse if {self.data_dir} is in use (a process has it open or holds its lock, or its member "
+                   "answers on its URLs), checked again just before the swap")
         if self.aside is not None:
             out.append(f"mv {self.data_dir} {self.aside}   (kept, never deleted)")
         out.append(f"mv {self.restoring} {self.data_dir}")
