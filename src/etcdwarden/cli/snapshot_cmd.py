@@ -41,6 +41,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="check a snapshot (sha256 trailer, pages, values) or a backup directory")
     q.add_argument("path", metavar="FILE|DIR")
     identity(q)
+    q.add_argument("--skip-hash-check", action="store_true",
+                   help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its "
+                        "structure is checked (like etcdutl's flag; a trailer that is present is still checked)")
     q.set_defaults(func=cmd_verify)
 
     q = snap.add_parser("inspect", parents=parents, help="list the keys of a snapshot")
@@ -96,7 +99,7 @@ def _snapshot_line(r: SnapshotReport) -> str:
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.snapshot.verify import BackupReport, verify_path
 
-    report = verify_path(args.path, identity=args.identity)
+    report = verify_path(args.path, identity=args.identity, skip_hash_check=bool(args.skip_hash_check))
     if out.is_json:
         out.json(report.as_json())
     elif isinstance(report, BackupReport):
