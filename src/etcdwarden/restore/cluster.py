@@ -22,6 +22,7 @@ from typing import Any
 
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.repository.base import RepositoryOptions
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
 from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
@@ -33,7 +34,7 @@ from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.runtimes.process import ProcessRuntime
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
-from etcdwarden.snapshot.scratch import sweep
+from etcdwarden.snapshot.scratch import existing_dir, sweep
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -49,7 +50,7 @@ class InjectedCrash(EtcdwardenError):
 
 @dataclass
 class ClusterRestoreOptions:
-    backup: Path
+    backup: Path | str  # a directory, manifest or snapshot file, or a repository URL (s3://, gs://, az://, file://)
     spec_path: Path
     mode: str = "all-members"
     backup_id: str | None = None
@@ -67,6 +68,7 @@ class ClusterRestoreOptions:
     kill_in: str | None = None  # test hook: SIGKILL ourselves inside this step ("start": after the first spawn)
     timeout: float = 120.0
     skip_hash_check: bool = False
+    repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
 
 
 @dataclass
@@ -125,7 +127,25 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     spec = ClusterSpec.load(opts.spec_path)
     state_path = opts.state_path or default_state_path(opts.spec_path)
     state = RestoreState.load(state_path)
-    backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
+                         stage_near=_staging_near(opts, spec, state_path))
+    try:
+        return _prepare_with(opts, dry_run, spec, state_path, state, backup)
+    except BaseException:
+        backup.close()  # a fetched backup's staging directory
+        raise
+
+
+def _staging_near(opts: ClusterRestoreOptions, spec: ClusterSpec, state_path: Path) -> Path:
+    """Where a backup fetched from an object store is staged: beside the first local data dir (as decoded copies
+    are, see ``Context.work_dir``), else beside the state file."""
+    targets = spec.members if opts.mode == "all-members" else spec.members[:1]
+    local = [m for m in targets if m.is_local]
+    return existing_dir(local[0].data_path.parent if local else state_path.parent)
+
+
+def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec, state_path: Path,
+                  state: RestoreState | None, backup: Backup) -> Context:
     tool = eu.find_etcdutl(opts.etcdutl)
     resumed: str | None = None
     if state is not None and state.doc.get("finished"):
@@ -133,7 +153,7 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
             state.archive()
         state = None
     if state is not None:
-        if state.doc.get("snapshot") != str(backup.snapshot.resolve()) or state.doc.get("mode") != opts.mode:
+        if state.doc.get("snapshot") != backup.source or state.doc.get("mode") != opts.mode:
             raise SafetyRefusal(f"a restore from {state.doc.get('snapshot')} (mode {state.doc.get('mode')}) is in "
                          f"progress (state {state_path}): rerun it with the same backup and --mode to continue, or "
                          "move the state file away to start over", None)
@@ -147,7 +167,7 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
         resumed = STEPS[opts.mode][len(done)] if len(done) < len(STEPS[opts.mode]) else None
     else:
         tag = new_tag()
-        state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=str(backup.snapshot.resolve()),
+        state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=backup.source,
                                  backup=backup.describe(), spec=str(opts.spec_path.resolve()),
                                  token=opts.token or spec.token or f"etcdwarden-{tag}",
                                  bump_revision=opts.bump_revision,
@@ -194,6 +214,7 @@ async def plan_cluster_restore(opts: ClusterRestoreOptions) -> ClusterPlan:
         steps = [(s, step_commands(ctx, s)) for s in STEPS[opts.mode]]
         return ClusterPlan(steps, warnings, ctx.resumed_at)
     finally:
+        ctx.backup.close()
         await ctx.close()
 
 
@@ -225,4 +246,5 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
             ctx.state.path.unlink(missing_ok=True)  # nothing was changed: nothing to continue
         raise
     finally:
+        ctx.backup.close()
         await ctx.close()
