@@ -27,7 +27,6 @@ type, a file name that is not one of this backup's (:mod:`.names`), a snapshot n
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
@@ -325,8 +324,3 @@ def dump(m: Manifest) -> bytes:
     if found is not None:
         raise ManifestError(found)
     return (json.dumps(m.as_json(), indent=2) + "\n").encode()
-
-
-def now() -> dt.datetime:
-    """The creation time a writer records (UTC)."""
-    return dt.datetime.now(dt.UTC)

@@ -49,20 +49,27 @@ class Kind(enum.StrEnum):
 #: kinds whose bytes a backup manifest lists in its ``files`` map
 DATA_KINDS = frozenset({Kind.SNAPSHOT, Kind.RESOURCES})
 
-_FINAL = {
-    Kind.SNAPSHOT: rf"snapshot_(?P<id>{TS})\.db(?P<zst>\.zst)?(?P<age>\.age)?",
-    Kind.RESOURCES: rf"static_kuberesources_(?P<id>{TS})\.tar\.gz(?P<age>\.age)?",
-    Kind.MANIFEST: rf"backup_(?P<id>{TS})\.json",
-    Kind.SEGMENT: rf"segment_(?P<id>{TS})_(?P<rev>\d{{{REVISION_DIGITS}}})\.zst",
-    Kind.SEGMENT_MANIFEST: rf"segment_(?P<id>{TS})_(?P<rev>\d{{{REVISION_DIGITS}}})\.json",
-    Kind.DRILL: rf"drill_(?P<id>{TS})\.json",
+# each kind's final name; the groups name what a name carries (see :class:`Name`)
+_PATTERNS = {
+    Kind.SNAPSHOT: r"snapshot_(?P<id>{ts})\.db(?P<zst>\.zst)?(?P<age>\.age)?",
+    Kind.RESOURCES: r"static_kuberesources_(?P<id>{ts})\.tar\.gz(?P<age>\.age)?",
+    Kind.MANIFEST: r"backup_(?P<id>{ts})\.json",
+    Kind.SEGMENT: r"segment_(?P<id>{ts})_(?P<rev>\d{{{digits}}})\.zst",
+    Kind.SEGMENT_MANIFEST: r"segment_(?P<id>{ts})_(?P<rev>\d{{{digits}}})\.json",
+    Kind.DRILL: r"drill_(?P<id>{ts})\.json",
 }
+_FINAL = {kind: p.format(ts=TS, digits=REVISION_DIGITS) for kind, p in _PATTERNS.items()}
 _FINAL_RE = {kind: re.compile(rf"^{pattern}$") for kind, pattern in _FINAL.items()}
-_ANY_FINAL = "|".join(f"(?:{p})" for p in _FINAL.values()).replace("(?P<id>", "(?:").replace(
-    "(?P<zst>", "(?:").replace("(?P<age>", "(?:").replace("(?P<rev>", "(?:")
-_SNAPSHOT_PLAIN = _FINAL[Kind.SNAPSHOT].replace("(?P<id>", "(?:").replace("(?P<zst>", "(?:").replace("(?P<age>", "(?:")
+
+
+def _unnamed(pattern: str) -> str:
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
 #: temporary names a writer may leave behind (never a backup; see the module docstring)
-TEMP_RE = re.compile(rf"^\.?(?:{_ANY_FINAL}|(?:{_SNAPSHOT_PLAIN})\.verify)(?:\.part|\.tmp-\d+)$")
+TEMP_RE = re.compile(r"^\.?(?:{}|(?:{})\.verify)(?:\.part|\.tmp-\d+)$".format(
+    "|".join(f"(?:{_unnamed(p)})" for p in _FINAL.values()), _unnamed(_FINAL[Kind.SNAPSHOT])))
+_TEMP_SUFFIX_RE = re.compile(r"(?:\.verify)?(?:\.part|\.tmp-\d+)$")
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
@@ -116,8 +123,7 @@ def parse(name: str) -> Name | None:
         return Name(name, kind, g["id"], compression="zstd" if g.get("zst") else None, encrypted=bool(g.get("age")),
                     revision=int(g["rev"]) if g.get("rev") else None)
     if TEMP_RE.match(name):
-        core = name[1:] if name.startswith(".") else name
-        core = re.sub(r"(?:\.verify)?(?:\.part|\.tmp-\d+)$", "", core)
+        core = _TEMP_SUFFIX_RE.sub("", name[1:] if name.startswith(".") else name)
         final = parse(core)
         if final is not None:  # always, for a TEMP_RE match
             return Name(name, final.kind, final.id, temp=True, compression=final.compression,

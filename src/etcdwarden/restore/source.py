@@ -57,13 +57,6 @@ class Backup:
     _stack: contextlib.ExitStack | None = field(default=None, repr=False)
 
     @property
-    def manifest_path(self) -> Path | None:
-        """The manifest as a local file (``None`` for a bare snapshot, and for a manifest read from a store)."""
-        if self.manifest is None or self.directory is None or self.url is not None:
-            return None
-        return self.directory / f"backup_{self.manifest.timestamp}.json"
-
-    @property
     def timestamp(self) -> str | None:
         return self.manifest.timestamp if self.manifest is not None else None
 
