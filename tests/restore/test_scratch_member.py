@@ -39,6 +39,7 @@ def test_serves_a_copy_alone_then_stops_by_pid(etcd1: LocalCluster, tmp_path: Pa
     member.stop()  # a second stop is a no-op
 
 
+@pytest.mark.etcd
 def test_a_directory_that_does_not_start_is_an_error_with_the_log_and_no_leftover(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     (bad / "member" / "snap").mkdir(parents=True)
@@ -51,6 +52,7 @@ def test_a_directory_that_does_not_start_is_an_error_with_the_log_and_no_leftove
     assert member.pid is None and not procs.running_on(bad)
 
 
+@pytest.mark.unit
 def test_no_directory_is_refused_before_anything_starts(tmp_path: Path) -> None:
     member = ScratchMember(tmp_path / "missing", tmp_path / "x.log")
     with pytest.raises(EtcdwardenError, match="not a directory"):
