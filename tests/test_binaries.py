@@ -9,6 +9,8 @@ import pytest
 from etcdwarden import binaries
 from etcdwarden.errors import BinaryNotFound
 
+pytestmark = pytest.mark.unit
+
 
 def test_found_in_wheel_and_versioned() -> None:
     for name in binaries.NAMES:

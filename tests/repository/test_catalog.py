@@ -21,6 +21,7 @@ from tests.repository.seaweed import SeaweedS3
 IDS = ["2026-01-01_000000", "2026-01-01_010000", "2026-01-01_020000", "2026-01-01_030000"]
 
 
+@pytest.mark.unit
 def test_classify() -> None:
     assert classify("backup_2026-01-01_000000.json") == ("manifest", IDS[0])
     assert classify("snapshot_2026-01-01_000000.db.zst.age") == ("data", IDS[0])
@@ -57,6 +58,7 @@ def test_states(any_repo: Repository) -> None:
     assert cat.newest_good() is e
 
 
+@pytest.mark.unit
 def test_cli_list_show_delete_prune_local(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path / "r")
     for i in IDS:
@@ -107,6 +109,7 @@ def test_cli_list_show_delete_prune_local(tmp_path: Path) -> None:
     assert cli("backups", "prune", str(tmp_path / "r"), "--keep-within", "soon").code == 2
 
 
+@pytest.mark.unit
 def test_prune_size_cap_reports_alert(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     put_backup(repo, IDS[0], size=2000)
@@ -165,6 +168,7 @@ def test_cli_on_s3_and_copy_both_ways(seaweed: SeaweedS3, tmp_path: Path, monkey
     assert r.code == 1 and "NotTheSecret999" not in r.err and seaweed.access_key not in r.err
 
 
+@pytest.mark.unit
 def test_copy_refuses_corrupted_source(tmp_path: Path) -> None:
     src = LocalRepository(tmp_path / "a")
     put_backup(src, IDS[0], size=5000)
@@ -177,6 +181,7 @@ def test_copy_refuses_corrupted_source(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists() or os.listdir(tmp_path / "b") == []
 
 
+@pytest.mark.unit
 def test_since_and_age_of_incomplete(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     put_backup(repo, IDS[0], manifest=False)

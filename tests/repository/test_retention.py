@@ -25,6 +25,8 @@ from etcdwarden.repository.retention import (
     plan_retention,
 )
 
+pytestmark = pytest.mark.unit
+
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 

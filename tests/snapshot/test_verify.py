@@ -27,6 +27,7 @@ from etcdwarden.snapshot.status import db_status
 from etcdwarden.snapshot.verify import NO_TRAILER_NOTE, BackupReport, SnapshotReport, verify_db, verify_path
 from tests.cli_helpers import cli
 from tests.snapshot import bulk_put, etcdutl_status, fill_mixed, save, start_cluster
+from tests.tiers import starts
 
 TS = "2024-05-01_120000"
 
@@ -36,6 +37,7 @@ def etcdutl_binary() -> Path:
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("verify")
     cluster = start_cluster(base / "cluster")

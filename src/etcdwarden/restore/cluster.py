@@ -16,25 +16,26 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
-from etcdwarden.repository.base import RepositoryOptions
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
-from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
-from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
+from etcdwarden.restore.checks import check_bump, check_release, check_versions
+from etcdwarden.restore.cluster_context import ClusterReport, ClusterRestoreOptions, Context
+from etcdwarden.restore.cluster_steps import run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
-from etcdwarden.restore.health import ClusterCheck
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.runtimes.process import ProcessRuntime
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
 from etcdwarden.snapshot.scratch import existing_dir, sweep
+
+__all__ = ["MODES", "STEPS", "ClusterPlan", "ClusterReport", "ClusterRestoreOptions", "InjectedCrash",
+           "plan_cluster_restore", "restore_cluster"]
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -46,48 +47,6 @@ STEPS = {
 
 class InjectedCrash(EtcdwardenError):
     """Raised after a step on purpose (``ETCDWARDEN_RESTORE_CRASH_AFTER``), to test resuming."""
-
-
-@dataclass
-class ClusterRestoreOptions:
-    backup: Path | str  # a directory, manifest or snapshot file, or a repository URL (s3://, gs://, az://, file://)
-    spec_path: Path
-    mode: str = "all-members"
-    backup_id: str | None = None
-    identity: Path | None = None
-    etcdutl: Path | None = None
-    etcd_version: str | None = None
-    release: str | None = None
-    bump_revision: int = 0
-    mark_compacted: bool = False
-    token: str | None = None
-    state_path: Path | None = None
-    forces: Forces = field(default_factory=Forces)
-    client: ClientConfig | None = None
-    crash_after: str | None = None
-    kill_in: str | None = None  # test hook: SIGKILL ourselves inside this step ("start": after the first spawn)
-    timeout: float = 120.0
-    skip_hash_check: bool = False
-    repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
-
-
-@dataclass
-class ClusterReport:
-    state_path: Path
-    mode: str
-    token: str
-    tag: str
-    members: list[dict[str, Any]]
-    check: ClusterCheck | None
-    seconds_stop_to_healthy: float | None
-    resumed_at: str | None
-    warnings: list[str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"state": str(self.state_path), "mode": self.mode, "token": self.token, "tag": self.tag,
-                "members": self.members, "verify": self.check.as_json() if self.check else None,
-                "seconds_stop_to_healthy": self.seconds_stop_to_healthy, "resumed_at": self.resumed_at,
-                "warnings": self.warnings}
 
 
 @dataclass
