@@ -6,6 +6,8 @@ import asyncio
 import types
 from pathlib import Path
 
+import pytest
+
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.metrics import DaemonMetrics
 from etcdwarden.daemon.observe import Observer
@@ -21,6 +23,7 @@ from tests.repository.fake import put_backup
 IDS = ["2026-01-01_000000", "2026-01-01_010000", "2026-01-01_020000", "2026-01-01_030000", "2026-01-01_040000"]
 
 
+@pytest.mark.unit
 def test_repository_metrics_count_complete_backups_only(tmp_path: Path) -> None:
     """``etcdwarden_repository_backups`` is documented as complete backups: a failed (no manifest), an unverified
     and a corrupt backup are listed by ``/api/backups`` but neither counted nor summed into the size."""

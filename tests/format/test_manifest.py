@@ -27,6 +27,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TS = "2026-01-01_000000"
 SHA = hashlib.sha256(b"x").hexdigest()
 
+pytestmark = pytest.mark.unit
+
 
 def v1_fixtures() -> list[Path]:
     return sorted(FIXTURES.glob("v1-*/backup_*.json"))

@@ -11,6 +11,8 @@ from etcdwarden.format.names import TEMP_RE, BackupNames, Kind, parse, parse_id,
 
 TS = "2026-01-01_000000"
 
+pytestmark = pytest.mark.unit
+
 
 def test_timestamp_and_id() -> None:
     t = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=2)))

@@ -196,6 +196,7 @@ def test_since_and_age_of_incomplete(tmp_path: Path) -> None:
 FIXTURES = Path(__file__).resolve().parents[1] / "format" / "fixtures"
 
 
+@pytest.mark.unit
 def test_version1_backup_written_before_format_2_is_complete(tmp_path: Path) -> None:
     """A backup written by etcdwarden before the typed format reads as complete, its manifest typed."""
     for d in sorted(FIXTURES.glob("v1-*")):
@@ -212,6 +213,7 @@ def test_version1_backup_written_before_format_2_is_complete(tmp_path: Path) -> 
     assert doc["state"] == "complete" and doc["manifest"]["encryption_at_rest"]["key_names"] == ["key1"]
 
 
+@pytest.mark.unit
 def test_unusable_manifests_and_reserved_kinds(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path / "r")
     doc = put_backup(repo, IDS[0])
@@ -236,6 +238,7 @@ def test_unusable_manifests_and_reserved_kinds(tmp_path: Path) -> None:
     assert not [n for n in os.listdir(tmp_path / "r") if IDS[1] in n]
 
 
+@pytest.mark.unit
 def test_select(tmp_path: Path) -> None:
     """Without an ID: the newest backup with a manifest; failed runs (no manifest) are passed over with a note,
     a damaged newest backup never silently (its error names the newest complete one)."""

@@ -131,6 +131,7 @@ def test_restore_member_from_azure(saved: dict[str, SavedBackup], az_env: Azurit
     assert serve(c, d) == b.data
 
 
+@pytest.mark.etcd
 def test_version1_backup_written_before_format_2_restores(s3_env: SeaweedS3, tmp_path: Path) -> None:
     """The backup ``etcdwarden backup`` wrote before the typed format (tests/format/fixtures) restores from a
     directory and from S3, with its recorded release checked."""
