@@ -7,6 +7,7 @@ of etcdwarden but :mod:`etcdwarden.errors`.
 
 from etcdwarden.format.manifest import FORMAT, Manifest, ManifestError, ManifestTooNew, dump, load
 from etcdwarden.format.names import TS, TS_RE, BackupNames, Kind, Name, parse, parse_id, timestamp
+from etcdwarden.format.segment import SegmentError, SegmentManifest
 
-__all__ = ["FORMAT", "TS", "TS_RE", "BackupNames", "Kind", "Manifest", "ManifestError", "ManifestTooNew", "Name",
+__all__ = ["FORMAT", "TS", "TS_RE", "BackupNames", "Kind", "Manifest", "ManifestError", "ManifestTooNew", "Name", "SegmentError", "SegmentManifest",
            "dump", "load", "parse", "parse_id", "timestamp"]
