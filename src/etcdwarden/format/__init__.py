@@ -9,5 +9,5 @@ from etcdwarden.format.manifest import FORMAT, Manifest, ManifestError, Manifest
 from etcdwarden.format.names import TS, TS_RE, BackupNames, Kind, Name, parse, parse_id, timestamp
 from etcdwarden.format.segment import SegmentError, SegmentManifest
 
-__all__ = ["FORMAT", "TS", "TS_RE", "BackupNames", "Kind", "Manifest", "ManifestError", "ManifestTooNew", "Name", "SegmentError", "SegmentManifest",
-           "dump", "load", "parse", "parse_id", "timestamp"]
+__all__ = ["FORMAT", "TS", "TS_RE", "BackupNames", "Kind", "Manifest", "ManifestError", "ManifestTooNew", "Name",
+           "SegmentError", "SegmentManifest", "dump", "load", "parse", "parse_id", "timestamp"]
