@@ -21,12 +21,13 @@ from typing import Any
 import zstandard
 
 from etcdwarden import __version__
+from etcdwarden.backup.hashkv import record_hash_kv
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
 from etcdwarden.errors import EtcdError, EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.format.manifest import FORMAT, Manifest, dump
+from etcdwarden.format.manifest import FORMAT, HashKV, Manifest, dump
 from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.fsutil import DiskFull, LockInfo, dir_lock, fsync_dir, private_dir
 from etcdwarden.snapshot.status import SnapshotStatus
@@ -147,10 +148,12 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
             run = _Run(opts, target, res_dir, BackupNames(ts, opts.compress, bool(recipients)), recipients,
                        [*notes, *pre.warnings])
             chosen, result = await run.snapshot(client, pre.candidates, progress)
+            loop = asyncio.get_running_loop()
 
             def commit() -> dict[str, Any]:
                 status, verification, final = run.verify_and_commit(result)
-                return run.finish(pre, chosen, result, status, verification, final, resources)
+                hash_kv = record_hash_kv(loop, client, chosen, status, run.warnings)  # what a drill reproduces
+                return run.finish(pre, chosen, result, status, verification, final, resources, hash_kv)
 
             # A thread cannot be cancelled: when the task is (SIGTERM, lost leadership), let the commit end
             # before the directory lock is released, so no half-committed backup is left behind unlocked.
@@ -253,7 +256,8 @@ class _Run:
             raise
 
     def finish(self, pre: Preflight, chosen: Candidate, result: StreamResult, status: SnapshotStatus | None,
-               verification: dict[str, Any], final: Any, resources: list[Path]) -> dict[str, Any]:
+               verification: dict[str, Any], final: Any, resources: list[Path],
+               hash_kv: HashKV | None = None) -> dict[str, Any]:
         """Resources bundle, then the manifest, last; on failure remove what this run committed."""
         n = self.names
         sha = final.sha.hexdigest() if self.encoded is not None else result.file_sha256
@@ -275,7 +279,7 @@ class _Run:
                 for note in notes:
                     self.warnings.append(f"certificate {note.subject} in {note.path}: {note.problem}")
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
-                                 self.res_dir)
+                                 self.res_dir, hash_kv)
             self.target.write_manifest(n.manifest, dump(manifest))
             return manifest.as_json()
         except BaseException:
@@ -342,7 +346,7 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
 def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
               status: SnapshotStatus | None, verification: dict[str, Any], files: dict[str, dict[str, Any]],
               bundle: dict[str, Any] | None, notes: list[CertificateNote], opts: BackupOptions,
-              res_dir: Path) -> Manifest:
+              res_dir: Path, hash_kv: HashKV | None = None) -> Manifest:
     """The manifest of this backup (:mod:`etcdwarden.format.manifest`), validated when written."""
     st = chosen.status.status
     assert st is not None
@@ -364,6 +368,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "db_size_in_use": int(st.dbSizeInUse),
         "db_sha256": result.db_sha256,
         "status": status.as_json() if status else None,
+        "hash_kv": hash_kv.model_dump() if hash_kv is not None else None,
         "snapshot": {"file": names.snapshot, "compression": opts.compress,
                      "encryption": "age" if opts.recipients else None},
         "resources": None if bundle is None else {

@@ -89,11 +89,13 @@ class StatusFigures(_Part):
 
 
 class HashKV(_Part):
-    """The source member's ``HashKV`` at the snapshot revision (what a restored member must reproduce)."""
+    """The source member's ``HashKV`` at the snapshot revision (what a restored member must reproduce), and
+    ``keys``: the live keys it served at that revision (``Range`` with ``count_only``), when measured."""
 
     hash: Count
     revision: Count
     compact_revision: Count = 0
+    keys: Count | None = None
 
 
 class SnapshotInfo(_Part):

@@ -1,0 +1,67 @@
+"""Record, at backup time, what a restore drill must reproduce: the source member's ``HashKV`` at the snapshot's
+revision, and the live keys it served at that revision.
+
+``HashKV(rev=R)`` hashes the key history up to R (from the compaction on); the member moves on after the
+snapshot, but the hash at R stays what it was as long as R is not compacted. It is asked of the member
+the snapshot came from, right after the snapshot was verified (when R is known). Failing to measure it
+(the revision compacted meanwhile, a user without the root role, a timeout) does not fail the backup:
+the manifest then has no ``hash_kv`` and a warning says why; a drill of that backup compares the
+revision and key counts only, and says that HashKV was not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import TYPE_CHECKING
+
+from etcdwarden.errors import EtcdwardenError
+from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
+from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.etcd.endpoints import Endpoint
+from etcdwarden.format.manifest import HashKV
+
+if TYPE_CHECKING:
+    from etcdwarden.backup.preflight import Candidate
+    from etcdwarden.snapshot.status import SnapshotStatus
+
+log = logging.getLogger(__name__)
+
+#: HashKV reads the whole key bucket: give a large database time (the client's command timeout is short)
+TIMEOUT = 300.0
+
+
+async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: float = TIMEOUT) -> HashKV:
+    """``HashKV`` at ``revision`` and the live key count at it, both asked of the member at ``ep``."""
+    hreq = pb.HashKVRequest(revision=revision)
+    h = await client.call(ep, lambda m, md, t: m.maintenance.HashKV(hreq, metadata=md, timeout=t), timeout)
+    count = await client.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,
+                                                      revision=revision, serializable=True), timeout)
+    # etcd says -1 when nothing was ever compacted
+    return HashKV(hash=int(h.hash), revision=revision, compact_revision=max(0, int(h.compact_revision)),
+                  keys=int(count.count))
+
+
+def record_hash_kv(loop: asyncio.AbstractEventLoop, client: EtcdClient, chosen: Candidate,
+                   status: SnapshotStatus | None, warnings: list[str], timeout: float = TIMEOUT) -> HashKV | None:
+    """:func:`measure` at the backup's revision, called from the backup's commit thread (``loop`` runs the
+    client). The revision is the manifest's: the snapshot's own when its structure was walked, else the
+    member's revision before the snapshot (``--verify hash``). ``None`` (and a warning) when it cannot be had."""
+    st = chosen.status.status
+    revision = status.revision if status is not None else int(st.header.revision) if st is not None else 0
+    if revision <= 0:
+        return None
+    future = asyncio.run_coroutine_threadsafe(measure(client, chosen.endpoint, revision, timeout), loop)
+    try:
+        return future.result(timeout + 30.0)
+    except Exception as e:  # never fails the backup: the field is optional, and a warning says why
+        future.cancel()
+        if isinstance(e, concurrent.futures.TimeoutError):
+            why = f"no answer within {timeout:.0f}s"
+        else:
+            why = str(e) if isinstance(e, EtcdwardenError) else f"{type(e).__name__}: {e}"
+        warnings.append(f"HashKV at revision {revision} was not recorded ({why}): a restore drill of this backup "
+                        "compares its revision and key counts only")
+        log.warning("HashKV at revision %d not recorded: %s", revision, why)
+        return None
