@@ -27,6 +27,12 @@ States:
     set only by re-hashing (:mod:`.reverify`): a file's sha256 or size is not what the manifest
     records. Never counted, never deleted automatically.
 
+Drills: a backup's last restore-drill record (``drill_<ts>.json``, :mod:`etcdwarden.format.drill`) is read
+with its manifest. It never changes the state (a backup whose drill failed is still ``complete``, kept and
+counted by retention, never deleted for it); it sets :attr:`CatalogEntry.proven` (the last drill passed) or
+:attr:`CatalogEntry.unproven` (it failed, or its record is unreadable), which ``backups list`` shows and
+retention prefers when it must choose.
+
 Listing reads the manifests and the objects' sizes only; a backup's files are hashed again only by
 :mod:`.reverify` (``backups list --verify``, and retention before it deletes anything), so a plain
 listing says ``complete``, never that the bytes were re-proven. Objects of etcdwarden's own
@@ -41,6 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.format import drill as drill_format
+from etcdwarden.format.drill import DrillRecord, DrillRecordError
 from etcdwarden.format.manifest import Manifest, ManifestError, load
 from etcdwarden.format.names import TEMP_RE, Kind, parse, parse_id
 from etcdwarden.repository.base import ObjectInfo, Repository, RepositoryError
@@ -94,6 +102,8 @@ class CatalogEntry:
     manifest: Manifest | None = None  # set when the manifest reads and validates
     manifest_name: str | None = None
     absent: list[str] = field(default_factory=list)  # files the manifest lists that are not there
+    drill: DrillRecord | None = None  # the last restore drill's record, when it reads
+    drill_problem: str | None = None  # why the drill record present cannot be read
 
     @property
     def good(self) -> bool:
@@ -130,6 +140,24 @@ class CatalogEntry:
     def key_names(self) -> list[str]:
         return self.manifest.key_names if self.manifest is not None else []
 
+    @property
+    def proven(self) -> bool:
+        """The last restore drill of this backup passed."""
+        return self.drill is not None and self.drill.passed
+
+    @property
+    def unproven(self) -> bool:
+        """The last restore drill failed, or its record cannot be read (never drilled: neither)."""
+        return self.drill_problem is not None or (self.drill is not None and not self.drill.passed)
+
+    def drill_json(self) -> dict[str, Any] | None:
+        """The last drill in brief (``None``: never drilled)."""
+        d = self.drill
+        if d is None:
+            return None if self.drill_problem is None else {"result": "unreadable", "problems": [self.drill_problem]}
+        return {"result": d.result, "at": d.finished_at.isoformat(), "revision": d.revision,
+                "etcd_version": d.etcd_version, "problems": d.problems[:5]}
+
     def data_files(self) -> list[str]:
         """Names the manifest lists (data first, in a stable order)."""
         return self.manifest.data_files() if self.manifest is not None else []
@@ -144,6 +172,7 @@ class CatalogEntry:
             "encryption_keys": self.key_names, "compression": m.snapshot.compression if m is not None else None,
             "encryption": m.snapshot.encryption if m is not None else None,
             "format": m.source_format if m is not None else None,
+            "proven": True if self.proven else False if self.unproven else None, "drill": self.drill_json(),
             "where": repo.where(self.manifest_name) if self.manifest_name else repo.url,
             "objects": [o.name for o in self.objects],
         }
@@ -258,8 +287,19 @@ def load_catalog(repo: Repository) -> Catalog:
                 e.state, e.problem = UNREADABLE, str(err)
             else:
                 _judge(e, raw)
+            _read_drill(repo, e, objs)
         entries.append(e)
     return Catalog(repo.url, entries, sorted(unknown))
+
+
+def _read_drill(repo: Repository, entry: CatalogEntry, objs: list[ObjectInfo]) -> None:
+    name = next((o.name for o in objs if classify(o.name) == ("drill", entry.id)), None)
+    if name is None:
+        return
+    try:
+        entry.drill = drill_format.load(repo.read_bytes(name), entry.id)
+    except (DrillRecordError, RepositoryError) as err:
+        entry.drill_problem = f"{name}: {err}"
 
 
 def delete_backup(repo: Repository, entry: CatalogEntry) -> list[str]:
