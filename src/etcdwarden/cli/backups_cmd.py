@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("backups", help="the backups in a repository: list, show, delete, prune, copy",
+    p = sub.add_parser("backups", help="the backups in a repository: list, show, delete, prune, copy, drill",
                        description="Read and manage the catalog of a backup repository (a directory or "
                                    "s3:// gs:// az:// URL).")
     cmds = p.add_subparsers(dest="backups_command", metavar="SUBCOMMAND", parser_class=type(p))
@@ -103,6 +103,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     repo_opts(q)
     q.set_defaults(func=cmd_copy)
 
+    from etcdwarden.cli import drill_cmd
+
+    drill_cmd.register(cmds, parents)
+
 
 def _verify_opt(q: argparse.ArgumentParser) -> None:
     q.add_argument("--verify", action="store_true",
@@ -177,12 +181,16 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
                       r["revision"] if r["revision"] is not None else "-", humanize_bytes(r["size"]),
                       r["member"] or "-", "re-hashed" if r.get("rehashed") else "yes" if r["verified"] else "no",
                       ",".join(r["encryption_keys"]) or "-",
-                      r["state"], r["where"]])
-    out.table(["ID", "TIME", "AGE", "REVISION", "SIZE", "MEMBER", "VERIFIED", "ENCRYPTION KEYS", "STATE", "WHERE"],
-              table)
+                      r["state"], _drill_cell(e), r["where"]])
+    out.table(["ID", "TIME", "AGE", "REVISION", "SIZE", "MEMBER", "VERIFIED", "ENCRYPTION KEYS", "STATE", "DRILL",
+               "WHERE"], table)
     for e in cat.entries:
         if not e.good and e.state != CORRUPT:
             out.warn(f"{e.id}: {e.state}: {e.problem}")
+        if e.unproven:
+            why = e.drill_problem or "; ".join(e.drill.problems[:2] if e.drill is not None else [])
+            out.warn(f"{e.id}: unproven: its last restore drill failed ({why}); it is kept, see "
+                     f"`etcdwarden backups drill {args.repo} --id {e.id}`")
     for n in notes:
         out.info(n)
     if cat.unknown:
@@ -199,6 +207,15 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     for e in corrupt:
         out.error(f"backup {e.id} is corrupt: {e.problem}")
     return code
+
+
+def _drill_cell(e: Any) -> str:
+    """``backups list``'s DRILL column: passed (and when), unproven (the last drill failed), or - (never)."""
+    if e.unproven:
+        return "unproven"
+    if e.drill is not None:
+        return f"passed {_age(e.drill.finished_at)}"
+    return "-"
 
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
@@ -221,8 +238,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     if out.is_json:
         out.json(doc)
         return code
+    doc["drill_result"] = _drill_cell(e)
     for key in ("id", "time", "state", "problem", "verified", "newest_verified", "revision", "member", "cluster_id",
-                "db_size", "size", "encryption_keys", "compression", "encryption", "where"):
+                "db_size", "size", "encryption_keys", "compression", "encryption", "drill_result", "where"):
         val = doc[key]
         if key in ("size", "db_size") and isinstance(val, int):
             val = f"{val} ({humanize_bytes(val)})"

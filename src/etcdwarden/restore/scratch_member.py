@@ -9,7 +9,9 @@ output goes to a log file, whose tail is quoted when it does not come up. Used b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,7 @@ class ScratchMember:
     etcd: Path | None = None  # the etcd binary (default: the one etcdwarden finds)
     force_new_cluster: bool = True
     extra_args: tuple[str, ...] = ()
+    nice: int = 0  # niceness of the etcd process (restore drills run within a CPU/IO budget)
     client_port: int = 0  # chosen by start()
     peer_port: int = 0
     _proc: Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -65,6 +68,9 @@ class ScratchMember:
             raise EtcdwardenError(f"{self.data_dir} is not a directory: nothing to start a scratch member on")
         self.client_port, self.peer_port = free_ports(2)
         self._proc = spawn(self.argv(), self.log_path)
+        if self.nice:  # at once, before etcd opens its database (its I/O priority follows on Linux)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, self.nice)
         try:
             self._wait_serving(timeout)
         except BaseException:
