@@ -60,7 +60,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                     "backup is never deleted) and failed backups older than the grace period. "
                                     "GiB = 1024^3 bytes. Durations: 90s, 15m, 36h, 7d, 2w; sizes: 500MiB, 10GiB, "
                                     "1.5GB. The daemon's retention keys take the same values (keepLast, maxSizeGiB "
-                                    "or maxSize, keepWithin, tiers, minKeep, incompleteGrace).")
+                                    "or maxSize, keepWithin, tiers, minKeep, keepProven, incompleteGrace).")
     q.add_argument("repo", metavar="REPO")
     q.add_argument("--max-number", type=count_arg(1), nargs="?", const=15, metavar="N",
                    help="keep exactly the newest N verified backups (RetentionNumber; 15 if N is omitted)")
@@ -77,6 +77,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--min-keep", type=count_arg(0), metavar="N",
                    help="never keep fewer than N verified backups (protects against age-based rules when backups "
                         "fail; the newest verified backup is always kept, so 0 and 1 add nothing)")
+    q.add_argument("--keep-proven", type=count_arg(0), default=1, metavar="N",
+                   help="never delete the newest N backups a restore drill proved (`backups drill`; default 1, "
+                        "0: off); where it must choose, retention prefers proven backups anyway")
     q.add_argument("--incomplete-grace", type=duration_arg(), default="24h", metavar="DURATION",
                    help="delete failed/incomplete backups untouched for this long, and abort incomplete "
                         "multipart uploads (s3://) started this long ago (default 24h)")
@@ -274,6 +277,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> int:
 def _retention(args: argparse.Namespace) -> Any:
     from etcdwarden.repository.retention import (
         IncompleteCleanup,
+        KeepProven,
         KeepWithin,
         MinKeep,
         RetentionConfig,
@@ -287,13 +291,14 @@ def _retention(args: argparse.Namespace) -> Any:
     cap = args.max_size if args.max_size is not None else args.max_size_gib
     names = Names(max_number="--max-number", max_size="--max-size" if args.max_size is not None else "--max-size-gib",
                   keep_within="--keep-within", tier="--keep-{tier}", min_keep="--min-keep",
-                  incomplete_grace="--incomplete-grace")
+                  keep_proven="--keep-proven", incomplete_grace="--incomplete-grace")
     return RetentionConfig(
         number=RetentionNumber(args.max_number) if args.max_number is not None else None,
         size=RetentionSize.of_bytes(cap) if cap is not None else None,
         within=KeepWithin(dt.timedelta(seconds=args.keep_within)) if args.keep_within is not None else None,
         tiered=Tiered(**tiers) if any(tiers.values()) else None,
         min_keep=MinKeep(args.min_keep) if args.min_keep is not None else None,
+        keep_proven=KeepProven(args.keep_proven) if args.keep_proven else None,
         incomplete=IncompleteCleanup(dt.timedelta(seconds=args.incomplete_grace)),
         names=names,
     )

@@ -30,6 +30,7 @@ class Names:
     keep_within: str = "the keep-within period"
     tier: str = "the {tier} tier"
     min_keep: str = "the minimum number of backups kept"
+    keep_proven: str = "the number of proven backups kept"
     incomplete_grace: str = "the grace period of incomplete backups"
 
     def tier_name(self, tier: str) -> str:
@@ -45,11 +46,20 @@ NEUTRAL = Names()
 
 @dataclass(frozen=True)
 class Item:
-    """One verified-complete backup as retention sees it."""
+    """One verified-complete backup as retention sees it; ``proven``: its last restore drill passed,
+    ``unproven``: it failed (or its record is unreadable); neither: never drilled."""
 
     id: str
     time: dt.datetime
     size: int
+    proven: bool = False
+    unproven: bool = False
+
+    @property
+    def preference(self) -> int:
+        """Which backup retention keeps when it must choose between otherwise equal ones (lower first): a
+        proven one, then one never drilled, then one whose drill failed."""
+        return 0 if self.proven else 2 if self.unproven else 1
 
 
 class KeepPolicy(Protocol):

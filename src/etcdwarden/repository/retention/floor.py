@@ -1,7 +1,8 @@
 """MinKeep: a floor on the number of verified backups kept (``--min-keep N``, ``minKeep``).
 
 Age-based keeping (``--keep-within``, tiered) would delete every backup once backups keep failing for
-longer than the window; the floor keeps the newest N verified backups whatever their age. It does not
+longer than the window; the floor keeps N verified backups whatever their age: the newest, preferring
+those a restore drill proved (then those never drilled, then those whose drill failed). It does not
 override ``--max-number`` (a floor above the cap is refused) nor the size cap (which is a hard ceiling;
 an alert says when the floor cannot be met). A floor of 0 or 1 adds nothing: the newest verified backup
 is never deleted anyway.
@@ -26,10 +27,11 @@ class MinKeep:
             raise UsageError(f"{self.names.min_keep} must not be negative (got {self.min_keep})")
 
     def rescue(self, items: Sequence[Item], kept: set[str]) -> dict[str, str]:
-        """IDs (newest first among those not kept) to keep so that ``min_keep`` are kept."""
+        """IDs to keep so that ``min_keep`` are kept: among those not kept, proven backups first, then those
+        never drilled, then those whose drill failed, newest first within each (``items``: newest first)."""
         out: dict[str, str] = {}
         missing = self.min_keep - len(kept)
-        for i in items:
+        for i in sorted(items, key=lambda it: it.preference):  # stable: newest first within a preference
             if missing <= 0:
                 break
             if i.id not in kept:

@@ -5,7 +5,11 @@ Order of application, over verified-complete backups only, newest first:
 1. keep rules (``--keep-within``, tiered): when any is set, a backup none of them selects is deleted;
    the ``--min-keep`` floor then keeps the newest ones up to N;
 2. ``--max-number`` (RetentionNumber), then ``--max-size-gib`` (RetentionSize) cap what is left;
-3. the newest verified backup is never deleted, whatever the rules say.
+3. the newest verified backup is never deleted, whatever the rules say; neither are the newest
+   ``--keep-proven`` backups a restore drill proved (:mod:`.proven`, default 1; an alert says when they
+   bring the total over the size cap).
+
+Where retention must choose between otherwise equal backups it prefers proven ones (:mod:`.proven`).
 
 Failed backups (incomplete, unverified) are handled apart (:mod:`.incomplete`): never counted, deleted
 after the grace period. With no rule at all, RetentionNumber's default (15) applies.
@@ -21,10 +25,11 @@ from typing import Any
 
 from etcdwarden.errors import UsageError
 from etcdwarden.repository.catalog import CatalogEntry
-from etcdwarden.repository.retention.base import NEUTRAL, Item, KeepPolicy, LimitPolicy, Names
+from etcdwarden.repository.retention.base import NEUTRAL, Item, KeepPolicy, LimitPolicy, Names, gib
 from etcdwarden.repository.retention.floor import MinKeep
 from etcdwarden.repository.retention.incomplete import IncompleteCleanup
 from etcdwarden.repository.retention.number import RetentionNumber
+from etcdwarden.repository.retention.proven import KeepProven
 from etcdwarden.repository.retention.size import RetentionSize
 from etcdwarden.repository.retention.tiered import Tiered
 from etcdwarden.repository.retention.within import KeepWithin
@@ -39,6 +44,7 @@ class RetentionConfig:
     within: KeepWithin | None = None
     tiered: Tiered | None = None
     min_keep: MinKeep | None = None
+    keep_proven: KeepProven | None = None
     incomplete: IncompleteCleanup = field(default_factory=IncompleteCleanup)
     names: Names = NEUTRAL  # what messages call each setting: the caller's flags or configuration keys
 
@@ -51,6 +57,7 @@ class RetentionConfig:
         self.within = dataclasses.replace(self.within, names=self.names) if self.within else None
         self.tiered = dataclasses.replace(self.tiered, names=self.names) if self.tiered else None
         self.min_keep = dataclasses.replace(self.min_keep, names=self.names) if self.min_keep else None
+        self.keep_proven = dataclasses.replace(self.keep_proven, names=self.names) if self.keep_proven else None
         self.incomplete = dataclasses.replace(self.incomplete, names=self.names)
         if self.min_keep and self.number and self.min_keep.min_keep > self.number.max_number:
             raise UsageError(f"{self.names.min_keep} {self.min_keep.min_keep} is above {self.names.max_number} "
@@ -79,16 +86,20 @@ class RetentionPlan:
 
 def plan_retention(entries: Sequence[CatalogEntry], config: RetentionConfig, now: dt.datetime) -> RetentionPlan:
     plan = RetentionPlan()
-    items = sorted((Item(e.id, e.time, e.size) for e in entries if e.good), key=lambda i: i.id, reverse=True)
+    items = sorted((Item(e.id, e.time, e.size, e.proven, e.unproven) for e in entries if e.good),
+                   key=lambda i: i.id, reverse=True)
     deleted: dict[str, str] = {}
     if items:
         newest = items[0]
         keep_rules = config.keep_policies()
+        protected = config.keep_proven.protect(items) if config.keep_proven is not None else {}
         reasons: dict[str, str] = {}
         if keep_rules:
             for rule in keep_rules:
                 for k, v in rule.select(items, now).items():
                     reasons.setdefault(k, v)
+            for k, v in protected.items():
+                reasons.setdefault(k, v)
             if config.min_keep is not None:
                 for k, v in config.min_keep.rescue(items, set(reasons) | {newest.id}).items():
                     reasons.setdefault(k, v)
@@ -97,18 +108,28 @@ def plan_retention(entries: Sequence[CatalogEntry], config: RetentionConfig, now
                 if i.id not in reasons:
                     deleted[i.id] = f"not selected by any keep rule ({config.names.keep_rules()})"
         kept = [i for i in items if i.id not in deleted]
+        over_cap: list[str] = []  # proven backups kept although the size cap would drop them
         for limit in config.limit_policies():
             drop, alerts = limit.limit(kept, now)
             drop.pop(newest.id, None)
+            for k in protected:
+                if drop.pop(k, None) is not None and limit is config.size:
+                    over_cap.append(k)
             plan.alerts.extend(alerts)
             deleted.update(drop)
             kept = [i for i in kept if i.id not in drop]
+        if over_cap and config.size is not None:
+            total = sum(i.size for i in kept)
+            plan.alerts.append(f"the proven backup(s) {', '.join(sorted(over_cap))} kept by {config.names.keep_proven} "
+                               f"bring the backups kept to {gib(total)}, over the size cap of {config.size.cap_text} "
+                               f"({config.names.max_size})")
         floor = config.min_keep.min_keep if config.min_keep else 0
         if len(kept) < min(floor, len(items)):
             plan.alerts.append(f"only {len(kept)} verified backups fit under the size cap ({config.names.max_size}); "
                                f"the floor of {floor} ({config.names.min_keep}) cannot be met")
         for i in kept:
-            plan.keep[i.id] = NEWEST if i.id == newest.id else reasons.get(i.id, "within the limits")
+            plan.keep[i.id] = NEWEST if i.id == newest.id else reasons.get(i.id) or protected.get(i.id) \
+                or "within the limits"
     bad_delete, plan.leave, bad_alerts = config.incomplete.plan(entries, now)
     deleted.update(bad_delete)
     plan.alerts.extend(bad_alerts)

@@ -2,9 +2,11 @@
 and monthly bucket.
 
 ``Tiered(hourly=24, daily=7, weekly=4, monthly=12)`` keeps, for each of the last 24 clock hours (the
-current one included), the newest verified backup taken in that hour; likewise for the last 7 calendar
-days, the last 4 ISO weeks (Monday to Sunday) and the last 12 calendar months. Buckets are in UTC and
-counted back from ``now``; a tier set to 0 is off. Gardener's default corresponds to
+current one included), the newest verified backup taken in that hour (or, when a restore drill proved
+another backup of that hour and not the newest, the newest proven one: retention prefers proven backups
+when it must choose one of a bucket; then one never drilled over one whose drill failed); likewise for
+the last 7 calendar days, the last 4 ISO weeks (Monday to Sunday) and the last 12 calendar months.
+Buckets are in UTC and counted back from ``now``; a tier set to 0 is off. Gardener's default corresponds to
 ``hourly=24, daily=7, weekly=4`` (it also keeps everything of the current hour: use ``--keep-within 1h``).
 """
 
@@ -62,11 +64,15 @@ class Tiered:
             if not count:
                 continue
             current = key(now)
-            seen: set[int] = set()
-            for i in items:  # newest first: the first backup met in a bucket is that bucket's latest
+            best: dict[int, Item] = {}
+            for i in items:  # newest first: on equal preference, the first met in a bucket (its latest) stays
                 b = key(i.time.astimezone(dt.UTC))
-                if current - count < b <= current and b not in seen:
-                    seen.add(b)
-                    out.setdefault(i.id, f"latest backup of its {name[:-2] if name != 'daily' else 'day'} "
-                                         f"({self.names.tier_name(name)}: {count})")
+                if current - count < b <= current and (b not in best or i.preference < best[b].preference):
+                    best[b] = i
+            unit = name[:-2] if name != "daily" else "day"
+            for b, i in sorted(best.items(), reverse=True):
+                latest = next(x for x in items if key(x.time.astimezone(dt.UTC)) == b)
+                what = f"latest backup of its {unit}" if latest.id == i.id else \
+                    f"backup of its {unit} proven by a restore drill (preferred to newer unproven ones)"
+                out.setdefault(i.id, f"{what} ({self.names.tier_name(name)}: {count})")
         return out
