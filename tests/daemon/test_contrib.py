@@ -26,15 +26,18 @@ def rendered_metrics() -> str:
     st = JobState(last_success=NOW, last_finished=NOW, last_result="success", last_duration=1.0, last_size=5,
                   last_revision=9, successes=1, details={"defragmented": 1})
     m.view.jobs = {"backup/b": (JobInfo("backup/b", "b", "backup", "r", 3600.0), st),
-                   "defrag/d": (JobInfo("defrag/d", "d", "defrag"), st)}
+                   "defrag/d": (JobInfo("defrag/d", "d", "defrag"), st),
+                   "drill/n": (JobInfo("drill/n", "n", "drill", "r", 86400.0), st)}
     m.view.members = [MemberFigures("http://x:2379", "m1", True, True, 100, 50, 2**31)]
     m.view.repositories = {"r": (1, 5)}
+    m.view.proven = {"r": NOW.timestamp()}
     return m.render().decode()
 
 
 def test_systemd_sample_config_validates() -> None:
     cfg = load_config([CONTRIB / "systemd" / "daemon.yaml"])
     assert {b.name for b in cfg.backups} == {"hourly", "etcd-recurring-backup"}
+    assert [d.name for d in cfg.drills] == ["nightly-drill"] and cfg.drills[0].options.nice == 10
     assert cfg.agent.listen.startswith("127.0.0.1:")
     unit = (CONTRIB / "systemd" / "etcdwarden.service").read_text()
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
@@ -87,7 +90,8 @@ def test_alerts_and_dashboard_use_existing_metrics() -> None:
     rule = yaml.safe_load((CONTRIB / "prometheus" / "prometheusrule.yaml").read_text())
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdBackupRetrying", "EtcdDatabaseNearQuota"} <= alerts
+    assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdBackupRetrying", "EtcdDatabaseNearQuota",
+            "EtcdBackupNotProvenRestorable", "EtcdBackupDrillFailed"} <= alerts
     dash = json.loads((CONTRIB / "grafana" / "etcdwarden-dashboard.json").read_text())
     exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"etcdwarden_\w+", e)}

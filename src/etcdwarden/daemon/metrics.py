@@ -23,7 +23,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class JobInfo:
     key: str
     name: str
-    kind: str  # backup, single, defrag
+    kind: str  # backup, single, defrag, rotate, drill
     repository: str = ""
     interval: float | None = None  # longest gap between two slots (seconds), for "2x the schedule" alerts
 
@@ -53,6 +53,8 @@ class MetricsView:
     jobs: dict[str, tuple[JobInfo, JobState]] = field(default_factory=dict)
     members: list[MemberFigures] = field(default_factory=list)
     repositories: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (count, bytes)
+    # name -> Unix time of the newest backup a restore drill proved (0: none, where a drill job looks)
+    proven: dict[str, float] = field(default_factory=dict)
 
 
 def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -99,6 +101,12 @@ class _Collector(Collector):
             size.add_metric([repo], b)
         yield count
         yield size
+        proven = _g("etcdwarden_last_proven_restorable_timestamp",
+                    "Unix time of the newest backup a restore drill proved restorable (0: none yet in a repository a "
+                    "drill job covers)", ["repository"])
+        for repo, t in sorted(v.proven.items()):
+            proven.add_metric([repo], t)
+        yield proven
 
     def _jobs(self) -> Iterator[Metric]:
         # not "job": Prometheus' own target label would rename it to exported_job
@@ -134,7 +142,30 @@ class _Collector(Collector):
                        dl)
         d_ok = _c("etcdwarden_defrag_success", "Successful defrag runs", dl)
         d_fail = _c("etcdwarden_defrag_failures", "Failed defrag runs", dl)
+        rl = ["job_name", "repository"]
+        r_success = _g("etcdwarden_drill_last_success_timestamp_seconds", "Unix time of the last restore drill run "
+                       "whose every drill passed", rl)
+        r_ok = _g("etcdwarden_drill_last_run_success", "1 when every drill of the last run passed", rl)
+        r_duration = _g("etcdwarden_drill_last_duration_seconds", "Seconds the last restore drill run took", rl)
+        r_failed = _g("etcdwarden_drill_last_unproven_backups", "Backups the last drill run found unproven (the "
+                      "drill failed; kept, never deleted for it)", rl)
+        r_total = _c("etcdwarden_drill_success", "Restore drill runs whose every drill passed", rl)
+        r_fail = _c("etcdwarden_drill_failures", "Restore drill runs that failed (a drill failed, or could not run)",
+                    rl)
         for info, st in sorted(self.view.jobs.values(), key=lambda x: x[0].key):
+            if info.kind == "drill":
+                lab = [info.name, info.repository]
+                if st.last_success:
+                    r_success.add_metric(lab, st.last_success.timestamp())
+                if st.last_finished:
+                    r_ok.add_metric(lab, 1 if st.last_result == SUCCESS else 0)
+                if st.last_duration is not None:
+                    r_duration.add_metric(lab, st.last_duration)
+                failed = st.details.get("failed")
+                r_failed.add_metric(lab, len(failed) if isinstance(failed, list) else 0)
+                r_total.add_metric(lab, st.successes)
+                r_fail.add_metric(lab, st.failures)
+                continue
             if info.kind == "defrag":
                 lab = [info.name]
                 if st.last_success:
@@ -175,7 +206,7 @@ class _Collector(Collector):
                 corrupt.add_metric(lab, len(found) if isinstance(found, list) else 0)
         yield from (last_success, last_run, last_ok, duration, size, revision, interval, running, ok_total,
                     fail_total, final_fail, retries, attempt, pending, retry_at, prune_fail, corrupt, d_success,
-                    d_duration, d_members, d_ok, d_fail)
+                    d_duration, d_members, d_ok, d_fail, r_success, r_ok, r_duration, r_failed, r_total, r_fail)
 
     def _members(self) -> Iterator[Metric]:
         ml = ["member", "endpoint"]

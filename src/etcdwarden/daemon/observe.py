@@ -10,6 +10,7 @@ serving and reloading stay with the agent.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Any, Protocol
@@ -43,6 +44,18 @@ class Agent(Protocol):
     current: str | None  # key of the running job
 
 
+def newest_proven(entries: list[dict[str, Any]]) -> float | None:
+    """Unix time of the newest backup whose last restore drill passed (``None``: none)."""
+    times = []
+    for e in entries:
+        if e.get("proven") is True and isinstance(e.get("createdAt"), str):
+            try:
+                times.append(dt.datetime.fromisoformat(e["createdAt"]).timestamp())
+            except ValueError:
+                continue
+    return max(times) if times else None
+
+
 class Observer:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -67,6 +80,9 @@ class Observer:
         for r in config.rotations:
             gap = r.schedule.longest_gap(now) if r.enabled and r.schedule is not None else None
             infos[r.key] = JobInfo(r.key, r.name, "rotate", "", gap)
+        for dr in config.drills:
+            infos[dr.key] = JobInfo(dr.key, dr.name, "drill", dr.repository,
+                                    dr.schedule.longest_gap(now) if dr.enabled else None)
         old = view.jobs
         view.jobs = {k: (i, old[k][1] if k in old else JobState()) for k, i in infos.items()}
 
@@ -123,6 +139,8 @@ class Observer:
 
     async def _refresh_catalogs(self) -> None:
         counts: dict[str, tuple[int, int]] = {}
+        proven: dict[str, float] = {}
+        drilled = {d.repository for d in self.agent.config.drills if d.enabled}
         for name in self.agent.config.repositories:
             try:
                 entries = await self.agent.runner.catalog(name)
@@ -133,7 +151,11 @@ class Observer:
             # one can restore: counting them would hide a repository that holds none)
             complete = [e for e in entries if e.get("state") == "complete"]
             counts[name] = (len(complete), sum(int(e.get("size") or 0) for e in complete))
+            newest = newest_proven(complete)
+            if newest is not None or name in drilled:
+                proven[name] = newest or 0.0
         self.agent.metrics.view.repositories = counts
+        self.agent.metrics.view.proven = proven
 
     # -- HTTP --------------------------------------------------------------------------------------
     async def _healthz(self, _q: dict[str, list[str]]) -> Response:

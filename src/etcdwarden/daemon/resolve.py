@@ -27,7 +27,7 @@ from etcdwarden.daemon.config import (
 )
 from etcdwarden.daemon.problems import Document, Loc, Problem, locate, path_text
 from etcdwarden.daemon.schedule import Schedule
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, RotationSpec
 from etcdwarden.errors import UsageError
 from etcdwarden.units import format_duration
 
@@ -163,11 +163,22 @@ class _Resolver:
             unique(rspec.key, origin, cdoc, (*loc, "name"))
             self._check_jitter(rspec.schedule, rot.jitter, cdoc, (*loc, "jitter"), now)
             rotations.append(rspec)
+        drills: list[DrillSpec] = []
+        for i, dj in enumerate(cfg.drills):
+            loc = (*cloc, "drills", cdoc.at("drills", i))
+            origin = f"{cdoc.file}: {path_text(loc)}"
+            check_repo(dj.repository, cdoc, (*loc, "repository"))
+            dspec = DrillSpec(name=dj.name, schedule=Schedule(dj.schedule, dj.time_zone or tz), options=dj,
+                              origin=origin, jitter=dj.jitter, catch_up=dj.catch_up, enabled=dj.enabled)
+            unique(dspec.key, origin, cdoc, (*loc, "name"))
+            self._check_jitter(dspec.schedule, dj.jitter, cdoc, (*loc, "jitter"), now)
+            drills.append(dspec)
         if self.problems:
             return None
         return DaemonConfig(etcd=cfg.etcd, agent=cfg.agent, election=cfg.election, repositories=repos,
                             backups=tuple(backups), singles=tuple(singles), defrags=tuple(defrags),
-                            rotations=tuple(rotations), files=tuple(self.docs.files), notes=tuple(notes))
+                            rotations=tuple(rotations), drills=tuple(drills), files=tuple(self.docs.files),
+                            notes=tuple(notes))
 
     def _check_http(self, cfg: DaemonConfigDoc, doc: Document, loc: Loc, notes: list[str]) -> None:
         a = cfg.agent

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdwarden.daemon.config import Repository
-from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
+from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, RotationSpec
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
 
 if TYPE_CHECKING:
+    from etcdwarden.daemon.drills import DrillJobOutcome
     from etcdwarden.repository.retention.base import Names
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class JobRunner(Protocol):
 
 class RotationRunner(Protocol):
     async def rotate(self, job: RotationSpec) -> RotationOutcome: ...
+
+
+class DrillRunner(Protocol):
+    async def drill(self, job: DrillSpec) -> DrillJobOutcome: ...
 
 
 class BackupProbe(Protocol):
@@ -163,6 +168,7 @@ class DefaultRunner:
         from etcdwarden.repository.retention.incomplete import IncompleteCleanup
         from etcdwarden.repository.retention.number import RetentionNumber
         from etcdwarden.repository.retention.plan import RetentionConfig
+        from etcdwarden.repository.retention.proven import KeepProven
         from etcdwarden.repository.retention.size import RetentionSize
         from etcdwarden.repository.retention.tiered import Tiered
         from etcdwarden.repository.retention.within import KeepWithin
@@ -176,6 +182,7 @@ class DefaultRunner:
             within=KeepWithin(dt.timedelta(seconds=r.keep_within)) if r.keep_within is not None else None,
             tiered=Tiered(r.tiers.hourly, r.tiers.daily, r.tiers.weekly, r.tiers.monthly) if r.tiers else None,
             min_keep=MinKeep(r.min_keep) if r.min_keep >= 1 else None,
+            keep_proven=KeepProven(r.keep_proven) if r.keep_proven >= 1 else None,
             incomplete=IncompleteCleanup(dt.timedelta(seconds=r.incomplete_grace)),
             names=retention_names(job),
         )
@@ -218,7 +225,8 @@ class DefaultRunner:
                 out.append({"repository": repository, "id": e.id, "state": e.state, "createdAt": d["time"],
                             "clusterId": d["cluster_id"], "member": e.member, "revision": e.revision,
                             "dbSize": d["db_size"], "size": e.size, "files": e.data_files(),
-                            "verified": e.verified, "manifest": d["where"]})
+                            "verified": e.verified, "manifest": d["where"], "proven": d["proven"],
+                            "drill": d["drill"]})
             return out
         finally:
             store.close()
@@ -252,6 +260,13 @@ class DefaultRunner:
     async def rotate(self, job: RotationSpec) -> RotationOutcome:
         """Rotate the encryption-at-rest key as ``etcdwarden encryption rotate`` does (see ``job.options``)."""
         return await rotate_keys(self.client, job, self.config, self._options)
+
+    async def drill(self, job: DrillSpec) -> DrillJobOutcome:
+        """Restore drills of the backups ``job`` selects (:mod:`etcdwarden.daemon.drills`)."""
+        from etcdwarden.daemon.drills import run_drill_job
+
+        name = job.repository
+        return await run_drill_job(job, self._repo(name).url, self._options(name), self.client.config)
 
 
 async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfig,
@@ -294,7 +309,7 @@ def retention_names(job: BackupJob) -> Names:
         return Names(max_number="retentionNumber.maxNumberOfBackups", max_size="retentionSize.maxSizeOfBackupsGb")
     size = job.retention.size_key if job.retention is not None else "maxSizeGiB"
     return Names(max_number="keepLast", max_size=size, keep_within="keepWithin", tier="tiers.{tier}",
-                 min_keep="minKeep", incomplete_grace="incompleteGrace")
+                 min_keep="minKeep", keep_proven="keepProven", incomplete_grace="incompleteGrace")
 
 
 def elapsed_since(start: float) -> float:

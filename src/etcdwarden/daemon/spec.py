@@ -12,6 +12,7 @@ from etcdwarden.daemon.config import (
     AgentSection,
     BackupSettings,
     DefragJob,
+    DrillJob,
     ElectionSection,
     EncryptionRotation,
     EtcdSection,
@@ -62,7 +63,7 @@ class BackupJob:
         return f"backup/{self.name}"
 
 
-Options = TypeVar("Options", DefragJob, EncryptionRotation)
+Options = TypeVar("Options", DefragJob, EncryptionRotation, DrillJob)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,18 @@ class RotationSpec(_ScheduledTask[EncryptionRotation]):
     KIND: ClassVar[str] = "rotate"
 
 
-Job = BackupJob | DefragSpec | RotationSpec
+@dataclass(frozen=True)
+class DrillSpec(_ScheduledTask[DrillJob]):
+    """A scheduled restore drill (an item of ``drills``)."""
+
+    KIND: ClassVar[str] = "drill"
+
+    @property
+    def repository(self) -> str:
+        return self.options.repository
+
+
+Job = BackupJob | DefragSpec | RotationSpec | DrillSpec
 
 
 @dataclass(frozen=True)
@@ -114,16 +126,17 @@ class DaemonConfig:
     singles: tuple[BackupJob, ...] = ()
     defrags: tuple[DefragSpec, ...] = ()
     rotations: tuple[RotationSpec, ...] = ()
+    drills: tuple[DrillSpec, ...] = ()
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     @property
     def scheduled(self) -> list[Job]:
-        jobs: list[Job] = [*self.backups, *self.defrags, *self.rotations]
+        jobs: list[Job] = [*self.backups, *self.defrags, *self.rotations, *self.drills]
         return [j for j in jobs if j.enabled and j.schedule is not None]
 
     def job(self, key: str) -> Job | None:
-        jobs: list[Job] = [*self.backups, *self.singles, *self.defrags, *self.rotations]
+        jobs: list[Job] = [*self.backups, *self.singles, *self.defrags, *self.rotations, *self.drills]
         for j in jobs:
             if j.key == key:
                 return j
@@ -156,5 +169,6 @@ class DaemonConfig:
             "defrag": [{**sched(d), "rule": d.options.rule} for d in self.defrags],
             "encryptionRotation": [{**sched(r), "config": r.options.config, "prune": r.options.prune,
                                     "backups": list(r.options.backups)} for r in self.rotations],
+            "drills": [{**sched(d), "repository": d.repository, "select": d.options.select} for d in self.drills],
             "notes": list(self.notes),
         }
