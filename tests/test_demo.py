@@ -19,6 +19,8 @@ def test_demo_runs_and_stops_everything() -> None:
     assert "quorum: yes (3 of 3" in res.stdout
     assert "verified: True" in res.stdout
     assert '"totalKey":' in res.stdout and "TOTAL KEYS" in res.stdout
+    # the backup is drilled: restored into a throwaway member and proven against its manifest
+    assert "$ etcdwarden backups drill" in res.stdout and "drill PASSED" in res.stdout and "hash_kv" in res.stdout
     # backup -> damage -> restore -> verify
     assert "secrets deleted" in res.stdout
     assert res.stdout.count(": identical (") == 3 and "DIFFERENT" not in res.stdout

@@ -241,22 +241,30 @@ def _restore(b: Backup, m: Manifest, options: DrillOptions, steps: _Steps, work:
             steps.status = report.status
         with steps.step("restore"):
             args = eu.RestoreArgs(MEMBER, f"{MEMBER}={_PEER}", _PEER, "etcdwarden-drill")
-            ok, detail = _run_niced(args.command(str(tool.path), str(plain), str(data)), options.nice)
+            ok, detail = _run_niced(args.command(str(tool.path), str(plain), str(data)), options.nice, options.abort)
             return steps.check("restore", ok, detail)
     return False  # not reached: every path above returns
 
 
-def _run_niced(cmd: list[str], nice: int, timeout: float = 3600.0) -> tuple[bool, str]:
+def _run_niced(cmd: list[str], nice: int, abort: threading.Event | None, timeout: float = 3600.0) -> tuple[bool, str]:
+    """Run etcdutl at niceness ``nice``; killed when ``abort`` is set (:class:`DrillAborted`) or after ``timeout``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if nice:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return False, f"etcdutl snapshot restore did not finish within {timeout:.0f}s"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, err = proc.communicate(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            stop = abort is not None and abort.is_set()
+            if stop or time.monotonic() > deadline:
+                proc.kill()
+                proc.communicate()
+                if stop:
+                    raise DrillAborted("the drill was stopped during etcdutl snapshot restore") from None
+                return False, f"etcdutl snapshot restore did not finish within {timeout:.0f}s"
     if proc.returncode != 0:
         tail = " ".join((err or out).strip().splitlines()[-3:])
         return False, f"etcdutl snapshot restore failed (exit {proc.returncode}): {tail}"
