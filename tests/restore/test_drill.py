@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyrage
 import pytest
 
 from etcdwarden.backup.run import BackupOptions, take_backup
@@ -25,6 +26,7 @@ from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.local.sample import fill
 from tests.cli_helpers import cli
+from tests.conftest import ROOT_PASSWORD
 from tests.encryption.k8sdata import json_object, protobuf_object
 from tests.tiers import starts
 
@@ -44,6 +46,8 @@ class Backups:
     first: Path  # a backup of the cluster: k8s-like data, encrypted secrets, a leased key, a resources bundle
     second: Path  # a later backup of the same cluster, holding more keys
     bare: Path  # the same as second, without the EncryptionConfiguration in a bundle
+    age: Path  # the same as second, compressed and age-encrypted, its bundle too
+    identity: Path  # the age identity that opens it
 
 
 def _take(cluster: LocalCluster, directory: Path, **kw: object) -> Path:
@@ -89,9 +93,13 @@ def backups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backups]:
         asyncio.run(_more(cluster))
         _take(cluster, base / "second", encryption_config=enc)
         _take(cluster, base / "bare")
+        identity = pyrage.x25519.Identity.generate()
+        (base / "age.key").write_text(f"{identity}\n")
+        _take(cluster, base / "age", resources=[res / "pki"], encryption_config=enc, compress="zstd",
+              recipients=[str(identity.to_public())])
     finally:
         cluster.stop()
-    yield Backups(base / "first", base / "second", base / "bare")
+    yield Backups(base / "first", base / "second", base / "bare", base / "age", base / "age.key")
 
 
 async def _more(cluster: LocalCluster) -> None:
@@ -259,3 +267,65 @@ def test_encrypted_values_whose_key_the_backup_lacks_are_unproven(backups: Backu
     assert d["checks"]["figures"]["ok"] is True
     check = d["checks"]["kubernetes"]
     assert check["ok"] is False and "5 do not decode" in check["detail"] and "aescbc/key1" in check["detail"]
+
+
+def test_an_encrypted_backup_needs_its_identity(backups: Backups, tmp_path: Path) -> None:
+    repo = _copy(backups.age, tmp_path / "repo")
+    r = cli("backups", "drill", str(repo), "--temp-dir", str(tmp_path))
+    assert r.code == 2 and "--identity" in r.err  # the drill's setting, not the backup: nothing recorded
+    assert not list(repo.glob("drill_*"))
+    code, doc, err = _drill(repo, tmp_path / "work", "--identity", str(backups.identity))
+    assert code == 0, err
+    [d] = doc["drills"]
+    assert d["checks"]["resources"]["ok"] and "1 EncryptionConfiguration" in d["checks"]["resources"]["detail"]
+    assert d["figures"]["hash_kv"]["ok"] is True and "5 aescbc/key1" in d["checks"]["kubernetes"]["detail"]
+    assert list((tmp_path / "work").iterdir()) == []  # the decoded copies went with the private directory
+
+
+def test_a_backup_with_auth_enabled_needs_a_root_user(etcd_auth: LocalCluster, tmp_path: Path) -> None:
+    async def go() -> None:
+        cfg = ClientConfig.from_strings(etcd_auth.endpoints, user="root", password=ROOT_PASSWORD)
+        async with EtcdClient(cfg) as c:
+            await fill(c, 50, value_size=64)
+            await take_backup(c, BackupOptions(directory=tmp_path / "repo"))
+
+    asyncio.run(go())
+    assert json.loads(next((tmp_path / "repo").glob("backup_*.json")).read_text())["hash_kv"]["keys"] == 50
+    r = cli("backups", "drill", str(tmp_path / "repo"), "--temp-dir", str(tmp_path))
+    assert r.code == 2 and "root role" in r.err and not list((tmp_path / "repo").glob("drill_*"))
+    code, doc, err = _drill(tmp_path / "repo", tmp_path / "work", "--user", f"root:{ROOT_PASSWORD}")
+    assert code == 0, err
+    assert doc["drills"][0]["figures"]["keys"]["measured"] == 50
+
+
+def test_segments_go_through_the_replay_hook(backups: Backups, tmp_path: Path) -> None:
+    """Segments after a backup are not replayed by the drill itself; a replay given as the hook is called once,
+    with the running member, and its verdict is the drill's ``segments`` check."""
+    from etcdwarden.format.drill import Figure
+    from etcdwarden.format.names import BackupNames
+    from etcdwarden.restore.drill import DrillOptions, ReplayContext, ReplayResult, run_drills
+
+    repo = _copy(backups.second, tmp_path / "repo")
+    _path, m = _manifest(repo)
+    names = BackupNames(str(m["timestamp"]))
+    first = int(m["revision"]) + 1  # type: ignore[call-overload]
+    (repo / names.segment(first)).write_bytes(b"segment bytes")
+    (repo / names.segment_manifest(first)).write_text("{}")
+    work = tmp_path / "work"
+    report = run_drills(repo, DrillOptions(work_dir=work))
+    [o] = report.outcomes
+    assert o.ok and "were not replayed" in o.record.checks["segments"].detail
+    seen: list[ReplayContext] = []
+
+    def replay(ctx: ReplayContext) -> ReplayResult:
+        seen.append(ctx)
+        assert ctx.base_revision == m["revision"] and ctx.client.endpoints[0].raw.startswith("http://127.0.0.1:")
+        return ReplayResult(last_revision=first + 9, figures={"revision": Figure(recorded=first + 9, measured=first,
+                                                                                  ok=False)},
+                            problems=[f"stopped at revision {first}"])
+
+    report = run_drills(repo, DrillOptions(work_dir=work, replay=replay))
+    [o] = report.outcomes
+    assert [c.segments for c in seen] == [[names.segment_manifest(first)]]
+    assert not o.ok and o.record.checks["segments"].ok is False
+    assert o.record.figures["segments.revision"].ok is False

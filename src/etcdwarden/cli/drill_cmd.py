@@ -17,7 +17,7 @@ from typing import Any
 from etcdwarden.cli.common import duration_arg, resolve
 from etcdwarden.cli.output import Output
 from etcdwarden.cli.repo_options import repo_opts, repository_options
-from etcdwarden.errors import EXIT_FAILED, EXIT_OK
+from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def register(cmds: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -51,6 +51,8 @@ def register(cmds: Any, parents: list[argparse.ArgumentParser]) -> None:
 def cmd_drill(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.restore.drill import DrillOptions, run_drills
 
+    if args.temp_dir and not Path(args.temp_dir).is_dir():
+        raise UsageError(f"--temp-dir {args.temp_dir}: no such directory")
     user = resolve(args, os.environ, "user")
     password = resolve(args, os.environ, "password")
     if isinstance(user, str) and ":" in user and password is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from etcdwarden.errors import EtcdError, EtcdwardenError
+from etcdwarden.errors import AuthenticationFailed, EtcdError, EtcdwardenError, PermissionDenied
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, prefix_end
 from etcdwarden.etcd.config import ClientConfig
@@ -57,12 +57,16 @@ async def measure(client: EtcdClient, url: str, recorded: HashKV | None) -> Live
     try:
         h = await client.call(ep, lambda m, md, t: m.maintenance.HashKV(hreq, metadata=md, timeout=t), TIMEOUT)
         live.hash, live.compact_revision = int(h.hash), max(0, int(h.compact_revision))
+    except (PermissionDenied, AuthenticationFailed):
+        raise  # the drill's credentials, not the backup
     except EtcdError as e:
         live.problems["hash_kv"] = f"HashKV at revision {at} failed: {e.detail}"
     try:
         r = await client.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True, revision=at,
                                                       serializable=True), TIMEOUT)
         live.keys = int(r.count)
+    except (PermissionDenied, AuthenticationFailed):
+        raise
     except EtcdError as e:
         live.problems["keys"] = f"counting the keys at revision {at} failed: {e.detail}"
     return live

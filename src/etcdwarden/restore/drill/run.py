@@ -113,9 +113,13 @@ class _Steps:
 
 
 def work_base(entry: CatalogEntry, options: DrillOptions) -> Path:
-    """Where the drill's private directory goes: ``work_dir``; without one, the system temp dir for a plain
-    backup, and a refusal for an encoded one (its decoded copy never goes to the system temp dir)."""
+    """Where the drill's private directory goes: ``work_dir`` (created if missing); without one, the system
+    temp dir for a plain backup, and a refusal for an encoded one (its decoded copy never goes there)."""
     if options.work_dir is not None:
+        try:
+            options.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the drill's work directory {options.work_dir}: {e.strerror}") from None
         return existing_dir(options.work_dir)
     m = entry.manifest
     assert m is not None
@@ -274,26 +278,31 @@ def _run_niced(cmd: list[str], nice: int, abort: threading.Event | None, timeout
 async def _prove(repo: Repository, entry: CatalogEntry, m: Manifest, options: DrillOptions, steps: _Steps,
                  url: str, decoder: Decoder) -> int:
     cfg = client_config(url, options.user, options.password)
-    async with EtcdClient(cfg) as client:
-        with steps.step("measure"):
-            try:
-                live = await measure(client, url, m.hash_kv)
-            except (PermissionDenied, AuthenticationFailed) as e:
-                raise UsageError(f"backup {entry.id} has authentication enabled: give the credentials of a user "
-                                 f"with the root role (--user, --password; daemon: the etcd section's) ({e.detail})"
-                                 ) from None
-            figures = compare(m, live, steps.status)
-            steps.figures = figures
-            bad = failures(figures)
-            compared = [n for n, f in figures.items() if f.ok is not None]
-            steps.check("figures", not bad, "; ".join(bad) if bad else f"equal to the manifest: {', '.join(compared)}")
-            if m.hash_kv is None:
-                steps.notes.append(figures["hash_kv"].note or "")
-        with steps.step("keys"):
-            await scan_kubernetes(client, url, live.revision, decoder, live.decoding, options.abort)
-            steps.check("kubernetes", live.decoding.ok, live.decoding.summary())
+    try:
+        async with EtcdClient(cfg) as client:
+            live = await _measure_and_scan(client, url, m, options, steps, decoder)
+    except (PermissionDenied, AuthenticationFailed) as e:
+        raise UsageError(f"backup {entry.id} has authentication enabled: give the credentials of a user with the "
+                         f"root role (--user, --password; daemon: the etcd section's) ({e.detail})") from None
     _segments(repo, entry, options, steps, cfg, live)
     return live.revision
+
+
+async def _measure_and_scan(client: EtcdClient, url: str, m: Manifest, options: DrillOptions, steps: _Steps,
+                            decoder: Decoder) -> Live:
+    with steps.step("measure"):
+        live = await measure(client, url, m.hash_kv)
+        figures = compare(m, live, steps.status)
+        steps.figures = figures
+        bad = failures(figures)
+        compared = [n for n, f in figures.items() if f.ok is not None]
+        steps.check("figures", not bad, "; ".join(bad) if bad else f"equal to the manifest: {', '.join(compared)}")
+        if m.hash_kv is None:
+            steps.notes.append(figures["hash_kv"].note or "")
+    with steps.step("keys"):
+        await scan_kubernetes(client, url, live.revision, decoder, live.decoding, options.abort)
+        steps.check("kubernetes", live.decoding.ok, live.decoding.summary())
+    return live
 
 
 def _segments(repo: Repository, entry: CatalogEntry, options: DrillOptions, steps: _Steps, cfg: ClientConfig,
