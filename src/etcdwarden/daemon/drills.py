@@ -70,11 +70,12 @@ async def in_niced_thread(fn: Callable[[], T], nice: int, abort: threading.Event
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # this thread only (Linux)
         try:
-            result = fn()
+            result: Any = fn()
+            ok = True
         except BaseException as e:  # handed to the awaiting task
-            loop.call_soon_threadsafe(settle, False, e)
-        else:
-            loop.call_soon_threadsafe(settle, True, result)
+            result, ok = e, False
+        with contextlib.suppress(RuntimeError):  # the agent's loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
 
     thread = threading.Thread(target=body, name=name, daemon=True)
     thread.start()
