@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,8 +129,6 @@ def work_base(entry: CatalogEntry, options: DrillOptions) -> Path:
         raise UsageError(f"backup {entry.id} is compressed or encrypted: its decoded copy is never put in the "
                          "system temp dir; give a work directory (--temp-dir, daemon: workDir) on a disk with room "
                          "for twice the database")
-    import tempfile
-
     return Path(tempfile.gettempdir())
 
 
