@@ -61,7 +61,8 @@ def _location(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("restore", help="restore a member's data directory or a whole cluster from a backup")
+    p = sub.add_parser("restore", help="restore a member's data directory or a whole cluster from a backup, or "
+                       "recover a cluster that lost quorum from its most advanced member (restore quorum)")
     s = p.add_subparsers(dest="restore_command", metavar="SUBCOMMAND", required=True)
     m = s.add_parser("member", parents=parents, help="restore one member's data directory (moved aside, never deleted)")
     _add_backup_args(m)
@@ -89,6 +90,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     c.add_argument("--timeout", type=duration_arg(positive=True), default=120.0, metavar="DURATION",
                    help="how long to wait for each member to stop, start and become healthy (default 2m)")
     c.set_defaults(func=cmd_cluster)
+    from etcdwarden.cli.quorum_cmd import add_parser as add_quorum
+
+    add_quorum(s, parents, FORCE_HELP)
 
 
 def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
