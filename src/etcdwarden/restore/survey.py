@@ -260,8 +260,12 @@ def advise(surveys: list[DataDirSurvey], backup: BackupPoint | None, spec_path: 
         notes.append(f"the newest backup {backup.id} comes from cluster {backup.cluster_id}, the survivors from "
                      f"{best.cluster_id}")
     if backup is None or backup.revision is None:
-        why = ("no backup repository given to compare with (--repository)" if backup is None
-               else f"the newest backup {backup.id} records no revision")
+        if backup is not None:
+            why = f"the newest backup {backup.id} records no revision"
+        elif repository:
+            why = f"no complete backup in {repository}"
+        else:
+            why = "no backup repository given to compare with (--repository)"
         return QuorumAdvice(best, backup, None, quorum,
                             f"{best.name} survives with revision {best.revision} ({why}): recover the cluster from "
                             "it without losing what it holds", notes,
