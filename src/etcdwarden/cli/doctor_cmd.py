@@ -77,10 +77,9 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         out.line(f"situation: {d.situation}")
         out.line(d.summary)
         if d.surveys:
-            rows = [[s.name, s.state, s.revision if s.revision is not None else "-",
-                     (s.position or ("-", "-"))[1], (s.position or ("-", "-"))[0], s.data_dir,
-                     "; ".join(s.problems + s.notes) or "-"] for s in d.surveys]
-            out.table(["MEMBER", "DATA", "REVISION", "COMMITTED INDEX", "TERM", "DATA DIR", "NOTES"], rows)
+            from etcdwarden.cli.quorum_cmd import survey_table
+
+            survey_table(out, d.surveys)
         if d.advice is not None:
             b = d.advice.backup
             if b is not None:

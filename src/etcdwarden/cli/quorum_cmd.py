@@ -34,13 +34,15 @@ def add_parser(s: Any, parents: list[argparse.ArgumentParser], force_help: str) 
     q.set_defaults(func=cmd_quorum)
 
 
-def _survey_rows(surveys: list[Any]) -> list[list[object]]:
+def survey_table(out: Output, surveys: list[Any]) -> None:
+    """Each member's data dir as read offline: revision, applied index, committed index and term."""
     rows: list[list[object]] = []
     for s in surveys:
         pos = s.position or ("-", "-")
-        rows.append([s.name, s.state, s.revision if s.revision is not None else "-", pos[1], pos[0], s.data_dir,
+        rows.append([s.name, s.state, s.revision if s.revision is not None else "-",
+                     s.applied_index if s.applied_index is not None else "-", pos[1], pos[0], s.data_dir,
                      "; ".join(s.problems + s.notes) or "-"])
-    return rows
+    out.table(["MEMBER", "DATA", "REVISION", "APPLIED INDEX", "COMMITTED INDEX", "TERM", "DATA DIR", "NOTES"], rows)
 
 
 def cmd_quorum(args: argparse.Namespace, out: Output) -> int:
@@ -50,7 +52,6 @@ def cmd_quorum(args: argparse.Namespace, out: Output) -> int:
         spec_path=Path(args.spec), survivor=args.survivor, state_path=Path(args.state) if args.state else None,
         token=args.token, forces=Forces.parse(args.force), client=client_config(args),
         crash_after=os.environ.get(CRASH_ENV) or None, timeout=float(args.timeout))
-    headers = ["MEMBER", "DATA", "REVISION", "COMMITTED INDEX", "TERM", "DATA DIR", "NOTES"]
     if args.dry_run:
         plan = asyncio.run(plan_quorum_restore(opts))
         if out.is_json:
@@ -58,7 +59,7 @@ def cmd_quorum(args: argparse.Namespace, out: Output) -> int:
                       "warnings": plan.warnings, "data_dirs": [s.as_json() for s in plan.surveys],
                       "steps": [{"step": s, "commands": c} for s, c in plan.steps]})
         else:
-            out.table(headers, _survey_rows(plan.surveys))
+            survey_table(out, plan.surveys)
             out.line(f"quorum restore plan from {plan.survivor} for {opts.spec_path} (dry run: nothing changed)")
             if plan.resume_from:
                 out.line(f"a previous run stopped before step {plan.resume_from}: a real run continues there")
