@@ -54,6 +54,7 @@ class BackupOptions:
     key_names: list[str] = field(default_factory=list)  # encryption-at-rest keys in use
     encryption_config: Path | None = None  # the EncryptionConfiguration: keys recorded, file bundled
     repository_options: Any = None  # etcdwarden.repository.base.RepositoryOptions for object stores
+    static_pods: dict[str, Any] | None = None  # resources.static_pods of the manifest (backup.static_pods)
 
 
 @dataclass
@@ -374,7 +375,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "resources": None if bundle is None else {
             "file": names.resources, "directory": str(res_dir), "paths": [str(p) for p in opts.resources],
             "files": bundle["files"], "sha256": bundle["sha256"], "size": bundle["size"],
-            "certificates": [n.as_json() for n in notes]},
+            "certificates": [n.as_json() for n in notes], "static_pods": opts.static_pods},
         "encryption_at_rest": {"key_names": list(opts.key_names)},
         "alarms": [int(a.alarm) for a in pre.alarms],
         "files": files,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden.backup.run import BackupOptions, BackupResult, take_backup
+from etcdwarden.backup.static_pods import DEFAULT_DIR, find_static_pods
 from etcdwarden.cli._async import with_client
 from etcdwarden.cli.common import duration_arg
 from etcdwarden.cli.output import Output, humanize_bytes
@@ -23,6 +24,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="backup directory (created 0700 if missing), file:// URL, or s3:// gs:// az:// repository")
     p.add_argument("--resources", nargs="+", default=[], metavar="PATH",
                    help="files/directories a restore needs (static pod manifests, PKI, EncryptionConfiguration)")
+    p.add_argument("--resources-from-static-pod-resources", dest="static_pod_resources", nargs="?",
+                   const=str(DEFAULT_DIR), metavar="DIR",
+                   help="OpenShift: bundle the running revision directory of kube-apiserver, kube-controller-manager, "
+                        f"kube-scheduler and etcd found in DIR (default {DEFAULT_DIR}) as cluster-backup.sh does, and "
+                        "record the revisions (restore cluster --restore-resources puts them back)")
     p.add_argument("--resources-dir", metavar="DIR", help="store the resources bundle here instead of DIR")
     p.add_argument("--compress", choices=["zstd"], help="compress the snapshot (streamed, .db.zst)")
     p.add_argument("--encrypt-to", action="append", default=[], metavar="RECIPIENT",
@@ -60,9 +66,21 @@ def _progress(out: Output) -> Any:
 
 
 def cmd_backup(args: argparse.Namespace, out: Output) -> int:
+    resources = [Path(p) for p in args.resources]
+    static_pods = None
+    if args.static_pod_resources:
+        found = find_static_pods(Path(args.static_pod_resources))
+        for r in found.revisions:
+            out.info(f"found latest {r.component}-pod: {r.path}"
+                     + (" (the revision its manifest runs)" if r.chosen_by == "manifest" else " (the newest)"))
+        for n in found.notes:
+            out.warn(n)
+        resources += [p for p in found.paths if p.resolve() not in {x.resolve() for x in resources}]
+        static_pods = found.record()
     opts = BackupOptions(
         directory=str(args.directory),
-        resources=[Path(p) for p in args.resources],
+        resources=resources,
+        static_pods=static_pods,
         resources_dir=Path(args.resources_dir) if args.resources_dir else None,
         compress=args.compress,
         recipients=list(args.encrypt_to),

@@ -1,7 +1,8 @@
 """Global flags (etcdctl-compatible) and their ``ETCDCTL_*`` environment variables.
 
 Precedence: flag > environment > default. With neither ``--endpoints`` nor ``ETCDCTL_ENDPOINTS``,
-the etcd static pod manifest of a control-plane host is read (``--from-manifest`` or kubeadm's path).
+the etcd static pod manifest of a control-plane host is read (``--from-manifest``, kubeadm's path, or
+OpenShift's ``etcd-pod.yaml``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from etcdwarden.errors import UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import parse_endpoints
 
-DEFAULT_MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
+DEFAULT_MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")  # kubeadm
+OPENSHIFT_MANIFEST = Path("/etc/kubernetes/manifests/etcd-pod.yaml")
 
 # (flag, dest, env, kind, default, help)
 GLOBAL_FLAGS: list[tuple[str, str, str, str, object, str]] = [
@@ -148,6 +150,8 @@ def client_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     manifest = resolve(args, env, "from_manifest")
     if endpoints is None:
         path = Path(str(manifest)) if manifest else DEFAULT_MANIFEST
+        if not manifest and not path.exists() and OPENSHIFT_MANIFEST.exists():
+            path = OPENSHIFT_MANIFEST
         if manifest or path.exists():
             found = read_manifest(path)
             endpoints = ",".join(found.client_urls)

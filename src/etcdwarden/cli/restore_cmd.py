@@ -61,7 +61,8 @@ def _location(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("restore", help="restore a member's data directory or a whole cluster from a backup")
+    p = sub.add_parser("restore", help="restore a member's data directory or a whole cluster from a backup, or "
+                       "recover a cluster that lost quorum from its most advanced member (restore quorum)")
     s = p.add_subparsers(dest="restore_command", metavar="SUBCOMMAND", required=True)
     m = s.add_parser("member", parents=parents, help="restore one member's data directory (moved aside, never deleted)")
     _add_backup_args(m)
@@ -88,7 +89,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     c.add_argument("--state", metavar="FILE", help="state file (default: <spec>.restore-state.json beside the spec)")
     c.add_argument("--timeout", type=duration_arg(positive=True), default=120.0, metavar="DURATION",
                    help="how long to wait for each member to stop, start and become healthy (default 2m)")
+    c.add_argument("--restore-resources", action="store_true",
+                   help="OpenShift: put the static pod resources and manifests the backup bundled "
+                        "(--resources-from-static-pod-resources) back on each member's host; the current ones are "
+                        "moved aside (without it the restore prints the exact commands left)")
+    c.add_argument("--restart-kubelet", action="store_true",
+                   help="with --restore-resources: restart the kubelet (the member's kubelet_unit, default "
+                        "kubelet.service) on each host once the cluster is verified")
     c.set_defaults(func=cmd_cluster)
+    from etcdwarden.cli.quorum_cmd import add_parser as add_quorum
+
+    add_quorum(s, parents, FORCE_HELP)
 
 
 def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
@@ -158,12 +169,13 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
         client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None,
         kill_in=os.environ.get(KILL_ENV) or None, timeout=float(args.timeout),
         skip_hash_check=bool(args.skip_hash_check), repository_options=repository,
+        restore_resources=bool(args.restore_resources), restart_kubelet=bool(args.restart_kubelet),
     )
     if args.dry_run:
         plan = asyncio.run(plan_cluster_restore(opts))
         if out.is_json:
             out.json({"dry_run": True, "resume_from": plan.resume_from, "warnings": plan.warnings,
-                      "steps": [{"step": s, "commands": c} for s, c in plan.steps]})
+                      "steps": [{"step": s, "commands": c} for s, c in plan.steps], "steps_left": plan.steps_left})
         else:
             out.line(f"restore plan ({opts.mode}) for {opts.spec_path} (dry run: nothing changed)")
             if plan.resume_from:
@@ -172,6 +184,7 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
                 out.line(f"  {i}. {step}")
                 for cmd in commands:
                     out.line(f"       {cmd}")
+            _left(out, plan.steps_left, "then, by hand")
         for w in plan.warnings:
             out.warn(w)
         return EXIT_OK
@@ -196,4 +209,13 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
     if report.seconds_stop_to_healthy is not None:
         out.line(f"stop -> healthy in {report.seconds_stop_to_healthy:.1f}s; token {report.token}; state "
                  f"{report.state_path}")
+    _left(out, report.steps_left, "steps left")
     return EXIT_OK
+
+
+def _left(out: Output, steps: list[str], title: str) -> None:
+    if not steps:
+        return
+    out.line(f"{title}: {steps[0]}")
+    for s in steps[1:]:
+        out.line(f"  {s}")

@@ -14,7 +14,9 @@ Format versions (the ``format`` field):
    the file name and the ``files`` map, and ``verified`` is then false).
 2. the same shape, validated on write and read; adds ``hash_kv`` (the member's ``HashKV`` at the
    snapshot revision, written only when the writer measured it). A version-2 manifest must name the
-   tool, creation time, cluster, member, etcd versions, revision and verification.
+   tool, creation time, cluster, member, etcd versions, revision and verification. Optional fields
+   added since, without a new format version (older readers keep them): ``resources.static_pods``
+   (OpenShift's static pod revision directories in the bundle).
 
 A manifest of a newer format than this etcdwarden knows is refused (:class:`ManifestTooNew`):
 guessing at a newer writer's meaning could restore the wrong thing. Fields this version does not
@@ -112,8 +114,20 @@ class CertificateNote(_Part):
     problem: str
 
 
+class StaticPodRevisions(_Part):
+    """OpenShift's static pod resources in the bundle (``--resources-from-static-pod-resources``): the directory
+    they were taken from, the kubelet's manifest directory beside it, and each component's revision
+    (``kube-apiserver: 7`` = ``<directory>/kube-apiserver-pod-7``), with how it was chosen."""
+
+    directory: str
+    manifests_dir: str | None = None
+    revisions: dict[str, Count] = Field(default_factory=dict)
+    chosen_by: dict[str, str] = Field(default_factory=dict)
+
+
 class Resources(_Part):
-    """The resources bundle. ``directory`` is where it was written when not in the repository (``--resources-dir``)."""
+    """The resources bundle. ``directory`` is where it was written when not in the repository (``--resources-dir``);
+    ``static_pods`` (optional, omitted when absent) the OpenShift revision directories it holds."""
 
     file: str
     directory: str | None = None
@@ -122,6 +136,7 @@ class Resources(_Part):
     sha256: Sha256 | None = None
     size: Count | None = None
     certificates: list[CertificateNote] = Field(default_factory=list)
+    static_pods: StaticPodRevisions | None = None
 
 
 class EncryptionAtRest(_Part):
@@ -216,9 +231,13 @@ class Manifest(_Part):
         return total
 
     def as_json(self) -> dict[str, Any]:
-        """The manifest as written (``hash_kv`` only when set)."""
-        exclude = {"hash_kv"} if self.hash_kv is None else None
-        doc: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude=exclude)
+        """The manifest as written (``hash_kv`` and ``resources.static_pods`` only when set)."""
+        exclude: dict[str, Any] = {}
+        if self.hash_kv is None:
+            exclude["hash_kv"] = True
+        if self.resources is not None and self.resources.static_pods is None:
+            exclude["resources"] = {"static_pods"}
+        doc: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
         return doc
 
 

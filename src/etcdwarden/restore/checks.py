@@ -27,6 +27,9 @@ CHECKS = {
               "answers on the URLs recorded in it), or by a process the member's runtime does not manage",
     "healthy": "member replace of a member that is healthy",
     "bump": "--bump-revision was asked for but the etcdutl cannot bump (restore WITHOUT the bump)",
+    "structure": "restore quorum from a survivor whose data fails the structure check (backend or WAL)",
+    "not-most-advanced": "restore quorum from a survivor while another member holds a higher term/index",
+    "quorum": "restore quorum while the cluster still has quorum",
 }
 
 

@@ -8,6 +8,11 @@ by anything else), ``stop`` (every member), ``move-aside`` (every data dir to ``
 member added as a learner, started with initial-cluster-state existing, promoted once in sync),
 ``wait-healthy`` (a leader, every member healthy), ``verify`` (HashKV equal at the backup's revision,
 revision and key count as in the backup), ``report``.
+
+OpenShift (:mod:`.static_pods`): with ``--restore-resources`` a ``resources`` step after ``restore`` puts
+the bundled static pod resources and manifests back on each host, and with ``--restart-kubelet`` a
+``restart-kubelet`` step after ``verify`` restarts the kubelet on each host; without them the report
+lists the exact commands left.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
+from etcdwarden.restore import static_pods
 from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
 from etcdwarden.restore.checks import check_bump, check_release, check_versions
 from etcdwarden.restore.cluster_context import ClusterReport, ClusterRestoreOptions, Context
@@ -35,7 +41,7 @@ from etcdwarden.restore.state import RestoreState
 from etcdwarden.snapshot.scratch import existing_dir, sweep
 
 __all__ = ["MODES", "STEPS", "ClusterPlan", "ClusterReport", "ClusterRestoreOptions", "InjectedCrash",
-           "plan_cluster_restore", "restore_cluster"]
+           "plan_cluster_restore", "restore_cluster", "steps_for"]
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -43,6 +49,20 @@ STEPS = {
     "single-then-join": ["preflight", "stop", "move-aside", "restore", "start", "join", "wait-healthy", "verify",
                          "report"],
 }
+
+
+def steps_for(mode: str, restore_resources: bool = False, restart_kubelet: bool = False) -> list[str]:
+    """The steps of a run: the mode's, with the OpenShift ones when asked for."""
+    steps = list(STEPS[mode])
+    if restore_resources:
+        steps.insert(steps.index("restore") + 1, "resources")
+        if restart_kubelet:
+            steps.insert(steps.index("verify") + 1, "restart-kubelet")
+    return steps
+
+
+def _steps(opts: ClusterRestoreOptions) -> list[str]:
+    return steps_for(opts.mode, opts.restore_resources, opts.restart_kubelet)
 
 
 class InjectedCrash(EtcdwardenError):
@@ -54,6 +74,7 @@ class ClusterPlan:
     steps: list[tuple[str, list[str]]]
     warnings: list[str]
     resume_from: str | None
+    steps_left: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[str], None]
@@ -122,15 +143,21 @@ def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec,
             was = f"--bump-revision {recorded} --mark-compacted" if recorded else "no --bump-revision"
             raise SafetyRefusal(f"the restore in progress (state {state_path}) was started with {was}: rerun it with "
                                 "the same flags to continue, or move the state file away to start over", None)
-        done = [s for s in STEPS[opts.mode] if state.done(s)]
-        resumed = STEPS[opts.mode][len(done)] if len(done) < len(STEPS[opts.mode]) else None
+        if bool(state.doc.get("restore_resources")) != opts.restore_resources:
+            was = "with" if state.doc.get("restore_resources") else "without"
+            raise SafetyRefusal(f"the restore in progress (state {state_path}) was started {was} --restore-resources: "
+                                "rerun it the same way to continue, or move the state file away to start over", None)
+        steps = _steps(opts)
+        done = [s for s in steps if state.done(s)]
+        resumed = steps[len(done)] if len(done) < len(steps) else None
     else:
         tag = new_tag()
         state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=backup.source,
                                  backup=backup.describe(), spec=str(opts.spec_path.resolve()),
                                  token=opts.token or spec.token or f"etcdwarden-{tag}",
                                  bump_revision=opts.bump_revision,
-                                 bump_applied=opts.bump_revision if tool.supports_bump else 0)
+                                 bump_applied=opts.bump_revision if tool.supports_bump else 0,
+                                 restore_resources=opts.restore_resources)
     hosts: dict[str, Host] = {}
     runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
     first = runtimes[spec.members[0].name]
@@ -142,8 +169,10 @@ def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec,
                 raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
                                  "with initial-cluster-state existing (only the process runtime can); use all-members")
     client = opts.client or ClientConfig(endpoints=())
-    return Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
-                   client=client, resumed_at=resumed, dry_run=dry_run)
+    ctx = Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
+                  client=client, resumed_at=resumed, dry_run=dry_run)
+    static_pods.check_options(ctx)
+    return ctx
 
 
 def _kill_self(pid: int) -> None:
@@ -170,8 +199,9 @@ async def plan_cluster_restore(opts: ClusterRestoreOptions) -> ClusterPlan:
     ctx = _prepare(opts, dry_run=True)
     try:
         warnings = checks_without_io(ctx)
-        steps = [(s, step_commands(ctx, s)) for s in STEPS[opts.mode]]
-        return ClusterPlan(steps, warnings, ctx.resumed_at)
+        static_pods.check_bundle(ctx)
+        steps = [(s, step_commands(ctx, s)) for s in _steps(opts)]
+        return ClusterPlan(steps, warnings, ctx.resumed_at, static_pods.steps_left(ctx))
     finally:
         ctx.backup.close()
         await ctx.close()
@@ -188,7 +218,7 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
         ctx.warnings += checks_without_io(ctx)
         if ctx.resumed_at:
             ctx.say(f"continuing the restore recorded in {ctx.state.path} at step {ctx.resumed_at}")
-        for step in STEPS[opts.mode]:
+        for step in _steps(opts):
             if ctx.state.done(step):
                 continue
             begin = time.monotonic()
@@ -199,9 +229,11 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
                 raise InjectedCrash(f"injected crash after step {step} (ETCDWARDEN_RESTORE_CRASH_AFTER)")
         ctx.state.doc["finished"] = True
         ctx.state.save()
-        return ctx.report()
+        report = ctx.report()
+        report.steps_left = static_pods.steps_left(ctx)
+        return report
     except BaseException:
-        if not any(ctx.state.done(s) for s in STEPS[opts.mode]):
+        if not any(ctx.state.done(s) for s in _steps(opts)):
             ctx.state.path.unlink(missing_ok=True)  # nothing was changed: nothing to continue
         raise
     finally:

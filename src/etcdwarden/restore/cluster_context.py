@@ -49,6 +49,8 @@ class ClusterRestoreOptions:
     timeout: float = 120.0
     skip_hash_check: bool = False
     repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
+    restore_resources: bool = False  # OpenShift: the bundled static pod resources and manifests back on each host
+    restart_kubelet: bool = False  # then systemctl restart the kubelet on each host
 
 
 @dataclass
@@ -62,12 +64,13 @@ class ClusterReport:
     seconds_stop_to_healthy: float | None
     resumed_at: str | None
     warnings: list[str]
+    steps_left: list[str] = field(default_factory=list)  # what the operator must still do (static pod resources)
 
     def as_json(self) -> dict[str, Any]:
         return {"state": str(self.state_path), "mode": self.mode, "token": self.token, "tag": self.tag,
                 "members": self.members, "verify": self.check.as_json() if self.check else None,
                 "seconds_stop_to_healthy": self.seconds_stop_to_healthy, "resumed_at": self.resumed_at,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "steps_left": self.steps_left}
 
 
 @dataclass

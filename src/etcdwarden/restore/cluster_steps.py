@@ -15,6 +15,7 @@ from typing import Any
 from etcdwarden.errors import EtcdError, EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.restore import etcdutl as eu
+from etcdwarden.restore import static_pods
 from etcdwarden.restore.backup import Backup, SnapshotFacts, snapshot_facts, verify
 from etcdwarden.restore.checks import check_versions, refuse
 from etcdwarden.restore.cluster_context import Context
@@ -52,6 +53,7 @@ def _facts(b: Backup, skip_hash_check: bool, work_dir: Path) -> dict[str, int]:
 async def preflight(ctx: Context) -> dict[str, Any]:
     facts = await asyncio.to_thread(_facts, ctx.backup, ctx.opts.skip_hash_check, ctx.work_dir)
     ctx.state.doc["facts"] = facts
+    await asyncio.to_thread(static_pods.check_bundle, ctx)
     problems: list[str] = []
     for rt in ctx.runtimes.values():
         problems += await rt.check()
@@ -310,8 +312,9 @@ async def report(ctx: Context) -> dict[str, Any]:
     return {}
 
 
-STEP_FUNCS = {"preflight": preflight, "stop": stop, "move-aside": move_aside, "restore": restore, "start": start,
-              "join": join, "wait-healthy": healthy, "verify": verify_step, "report": report}
+STEP_FUNCS = {"preflight": preflight, "stop": stop, "move-aside": move_aside, "restore": restore,
+              "resources": static_pods.restore_resources, "start": start, "join": join, "wait-healthy": healthy,
+              "verify": verify_step, "restart-kubelet": static_pods.restart_kubelet, "report": report}
 
 
 async def run_step(ctx: Context, step: str) -> dict[str, Any]:
@@ -356,6 +359,11 @@ def step_commands(ctx: Context, step: str) -> list[str]:
         return out
     if step == "wait-healthy":
         return ["wait for a leader and every member healthy: " + ", ".join(m.client_urls[0] for m in ms)]
+    if step == "resources":
+        return ["check every member of the resources bundle (no absolute path, '..', link out of its directory, "
+                "device file): refused whole otherwise", *static_pods.commands(ctx, kubelet=False)]
+    if step == "restart-kubelet":
+        return static_pods.kubelet_commands(ctx)
     if step == "verify":
         at = (f"the current revision (the backup's + {ctx.bump} is marked compacted)" if ctx.bump
               else "the backup's revision")

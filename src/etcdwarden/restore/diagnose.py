@@ -3,7 +3,9 @@
 * healthy: every voting member answers a linearizable read, no alarm;
 * alarm: members answer but an alarm is active (NOSPACE: compact, defragment, disarm);
 * minority lost: some voters are down but a majority answers -> ``member replace NAME``;
-* quorum lost: fewer than a majority answer (or none) -> ``restore cluster BACKUP`` from the last backup.
+* quorum lost: fewer than a majority answer (or none) -> ``restore cluster BACKUP`` from the last backup, or,
+  when the cluster spec is known and a member's data directory (read offline, :mod:`.survey`) holds more
+  than the newest backup, ``restore quorum`` from that member (:func:`with_survey`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from etcdwarden.errors import EtcdError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.endpoints import Endpoint
 from etcdwarden.inspect import Health, Quorum, health_all, quorum
+from etcdwarden.restore.survey import DataDirSurvey, QuorumAdvice
 
 HEALTHY, ALARM, MINORITY, QUORUM_LOST = "healthy", "alarm", "minority-lost", "quorum-lost"
 
@@ -27,6 +30,8 @@ class Diagnosis:
     failed: list[str] = field(default_factory=list)
     voters: int = 0
     healthy_voters: int = 0
+    surveys: list[DataDirSurvey] = field(default_factory=list)
+    advice: QuorumAdvice | None = None
 
     @property
     def ok(self) -> bool:
@@ -37,8 +42,13 @@ class Diagnosis:
         return f"diagnosis: {self.summary}{run}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"situation": self.situation, "summary": self.summary, "commands": self.commands,
-                "failed": self.failed, "voters": self.voters, "healthy_voters": self.healthy_voters}
+        doc = {"situation": self.situation, "summary": self.summary, "commands": self.commands,
+               "failed": self.failed, "voters": self.voters, "healthy_voters": self.healthy_voters}
+        if self.surveys:
+            doc["data_dirs"] = [s.as_json() for s in self.surveys]
+        if self.advice is not None:
+            doc["advice"] = self.advice.as_json()
+        return doc
 
 
 def classify(health: list[Health], q: Quorum, spec: str | None = None, backup: str | None = None) -> Diagnosis:
@@ -80,3 +90,13 @@ async def diagnose(client: EtcdClient, endpoints: list[Endpoint], spec: str | No
     except EtcdError:
         q = Quorum(voters=0, healthy_voters=0, known=False)
     return classify(hs, q, spec, backup), hs
+
+
+def with_survey(d: Diagnosis, surveys: list[DataDirSurvey], advice: QuorumAdvice) -> Diagnosis:
+    """A quorum-lost diagnosis completed with what the data directories hold and the advice drawn from them."""
+    d.surveys = surveys
+    d.advice = advice
+    head = d.summary.split("; restore the cluster from")[0]
+    d.summary = f"{head}; {advice.summary}"
+    d.commands = [advice.command]
+    return d

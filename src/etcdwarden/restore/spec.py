@@ -3,6 +3,7 @@
 Example::
 
     token: my-restored-cluster          # optional; default: a new token per restore
+    repository: s3://bucket/etcd        # optional: the backups (doctor compares survivors with the newest)
     members:
       - name: m1
         peer_urls: [https://10.0.0.1:2380]
@@ -12,6 +13,9 @@ Example::
         host: core@10.0.0.1              # localhost (default) or [user@]host[:port] over SSH
         manifest: /etc/kubernetes/manifests/etcd-pod.yaml
         also_stop: [kube-apiserver-pod.yaml]
+        static_pod_resources: /etc/kubernetes/static-pod-resources   # restore --restore-resources puts the
+                                         # bundled revision directories back here (default: where they were)
+        kubelet_unit: kubelet.service    # restarted by restore --restart-kubelet
       - name: m2
         runtime: systemd
         unit: etcd.service
@@ -67,6 +71,10 @@ class MemberSpec(BaseModel):
     stopped_dir: str | None = None
     container: str = "etcd"
     also_stop: list[str] = Field(default_factory=list)
+    # OpenShift's static pod resources (restore cluster --restore-resources / --restart-kubelet)
+    static_pod_resources: str | None = None  # default: the directory the backup recorded
+    manifests_dir: str | None = None  # default: the directory of ``manifest``
+    kubelet_unit: str = "kubelet.service"
 
     @property
     def is_local(self) -> bool:
@@ -94,6 +102,7 @@ class ClusterSpec(BaseModel):
 
     members: list[MemberSpec] = Field(min_length=1)
     token: str | None = None
+    repository: str | None = None  # the backup repository (doctor compares the survivors with its newest)
     ssh: SSHSpec = Field(default_factory=SSHSpec)
 
     @classmethod
