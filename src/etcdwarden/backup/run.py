@@ -258,6 +258,9 @@ class _Run:
                     local_bundle = self.res_dir / n.resources
                 for note in notes:
                     self.warnings.append(f"certificate {note.subject} in {note.path}: {note.problem}")
+                if bundle["skipped"]:
+                    self.warnings.append("left out of the resources bundle (no content to restore): "
+                                         + ", ".join(bundle["skipped"]))
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
                                  self.res_dir)
             self.target.write_manifest(n.manifest, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -312,7 +315,8 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
     out = file if file is not None else FileSink(target)
     sink: Any = EncodedSink(target, False, recipients, file=out) if recipients else out
     try:
-        count = write_bundle(paths, sink)
+        skipped: list[str] = []
+        count = write_bundle(paths, sink, skipped)
         sink.finish()
         f = sink.file if recipients else sink
         f.commit()
@@ -320,7 +324,7 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
     except BaseException:
         sink.discard()
         raise
-    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count}, notes
+    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count, "skipped": skipped}, notes
 
 
 def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
@@ -352,6 +356,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "resources": None if bundle is None else {
             "file": names.resources, "directory": str(res_dir), "paths": [str(p) for p in opts.resources],
             "files": bundle["files"], "sha256": bundle["sha256"], "size": bundle["size"],
+            "skipped": bundle["skipped"],
             "certificates": [n.as_json() for n in notes]},
         "encryption_at_rest": {"key_names": list(opts.key_names)},
         "alarms": [int(a.alarm) for a in pre.alarms],
