@@ -26,7 +26,14 @@ from etcdwarden.backup.naming import BackupNames, timestamp
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
-from etcdwarden.errors import EtcdError, EtcdwardenError, SafetyRefusal, UsageError
+from etcdwarden.errors import (
+    AuthenticationFailed,
+    EtcdError,
+    EtcdwardenError,
+    PermissionDenied,
+    SafetyRefusal,
+    UsageError,
+)
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.fsutil import DiskFull, dir_lock, fsync_dir, private_dir
 from etcdwarden.snapshot.status import SnapshotStatus
@@ -210,6 +217,9 @@ class _Run:
                     await asyncio.to_thread(self.plain.finish)
                 if self.encoded is not None:
                     await asyncio.to_thread(self.encoded.finish)
+            except (PermissionDenied, AuthenticationFailed):
+                self.discard()  # the same answer from every member: asking the next one would only repeat it
+                raise
             except (EtcdError, SnapshotStreamError) as e:
                 attempts.append(f"{cand.name}: {e}")
                 log.warning("snapshot from %s failed: %s", cand.name, e)

@@ -120,7 +120,14 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     state_path = opts.state_path or default_state_path(opts.spec_path)
     state = RestoreState.load(state_path)
     backup = find_backup(opts.backup, opts.backup_id, opts.identity)
-    tool = eu.find_etcdutl(opts.etcdutl)
+    hosts: dict[str, Host] = {}
+    runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
+    if opts.mode == "single-then-join":
+        for m in spec.members[1:]:
+            if not runtimes[m.name].supports_join:
+                raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
+                                 "with initial-cluster-state existing (only the process runtime can); use all-members")
+    tool = eu.find_etcdutl(opts.etcdutl)  # after every input was checked: no binary runs for a bad one
     resumed: str | None = None
     if state is not None and state.doc.get("finished"):
         if not dry_run:
@@ -146,13 +153,6 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
                                  token=opts.token or spec.token or f"etcdwarden-{tag}",
                                  bump_revision=opts.bump_revision,
                                  bump_applied=opts.bump_revision if tool.supports_bump else 0)
-    hosts: dict[str, Host] = {}
-    runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
-    if opts.mode == "single-then-join":
-        for m in spec.members[1:]:
-            if not runtimes[m.name].supports_join:
-                raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
-                                 "with initial-cluster-state existing (only the process runtime can); use all-members")
     client = opts.client or ClientConfig(endpoints=())
     return Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
                    client=client, resumed_at=resumed, dry_run=dry_run)
@@ -162,7 +162,7 @@ def checks_without_io(ctx: Context) -> list[str]:
     """Version, release and resources checks (cheap; run by the plan and by preflight)."""
     o = ctx.opts
     b: Backup = ctx.backup
-    w = list(b.notes)
+    w = list(b.notes) + list(ctx.etcdutl.notes)
     w += check_resources(b, "resources" in o.forces)
     w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)
     w += check_release(b.release, o.release, o.forces)
