@@ -62,7 +62,7 @@ def test_backup_directory_below_a_file(tmp_path: Path) -> None:
     r = cli("backup", str(f / "sub" / "dir"), "--endpoints", closed_endpoint(), "--dial-timeout", "200ms")
     _one_clear_line(r, 2, str(f / "sub" / "dir"), f"{f} is a file", "nothing can be created below it")
     r = cli("backup", str(tmp_path / "b"), "--resources-dir", "/dev/null/x", "--endpoints", closed_endpoint())
-    _one_clear_line(r, 2, "/dev/null is not a directory")
+    _one_clear_line(r, 2, "/dev/null is a device", "nothing can be created below it")
     assert not (tmp_path / "b").exists()
 
 

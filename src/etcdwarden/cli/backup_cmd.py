@@ -10,7 +10,6 @@ from typing import Any
 
 from etcdwarden.backup.run import BackupOptions, BackupResult, take_backup
 from etcdwarden.cli._async import with_client
-from etcdwarden.cli.common import check_directory_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_OK
@@ -60,9 +59,6 @@ def _progress(out: Output) -> Any:
 
 
 def cmd_backup(args: argparse.Namespace, out: Output) -> int:
-    check_directory_arg(str(args.directory), "backup directory")
-    if args.resources_dir:
-        check_directory_arg(str(args.resources_dir), "--resources-dir")
     opts = BackupOptions(
         directory=str(args.directory),
         resources=[Path(p) for p in args.resources],

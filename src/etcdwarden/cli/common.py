@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,43 +50,6 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"invalid duration {text!r}; use e.g. 500ms, 5s, 2m")
     scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     return sum(float(n) * scale[u] for n, u in parts)
-
-
-def local_directory(text: str) -> Path | None:
-    """The local path of a directory argument (a plain path or ``file://`` URL); ``None`` for object stores."""
-    from urllib.parse import unquote, urlsplit
-
-    from etcdwarden.repository.base import scheme_of
-
-    if scheme_of(text) != "file":
-        return None
-    if text.lower().startswith("file://"):
-        return Path(unquote(urlsplit(text).path))
-    return Path(text).expanduser()
-
-
-def check_directory_arg(text: str, label: str) -> None:
-    """A directory that will be used or created must not be a file, nor lie below one (exit 2).
-
-    Checked before anything is created, so a mistyped path leaves nothing behind.
-    """
-    path = local_directory(text)
-    if path is None:
-        return
-    for candidate in (path, *path.parents):
-        try:
-            st = os.stat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # missing (created later) or below a file (the file is found further up)
-        except OSError:
-            return  # unreadable: the command reports that itself with the right exit code
-        if stat.S_ISDIR(st.st_mode):
-            return
-        what = "a file" if stat.S_ISREG(st.st_mode) else "not a directory (a device, FIFO or socket)"
-        if candidate == path:
-            raise UsageError(f"{label} {text}: {candidate} is {what}; name a directory (it is created if missing)")
-        raise UsageError(f"{label} {text}: {candidate} is {what}, so nothing can be created below it; "
-                         "name a directory (it is created if missing)")
 
 
 def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:

@@ -145,6 +145,8 @@ class _Loader:
             mark = getattr(e, "problem_mark", None)
             err_line = mark.line + 1 if mark is not None else None
             self.problems.append(Problem(name, err_line, "", "", f"not valid YAML: {getattr(e, 'problem', e)}"))
+        except RecursionError:
+            self.problems.append(Problem(name, None, "", "", "nested too deeply to be a configuration"))
         finally:
             loader.dispose()
 
