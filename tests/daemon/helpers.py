@@ -102,7 +102,8 @@ class FakeClock:
 @dataclass
 class ScriptedRunner:
     """Records calls; ``fail`` makes backups fail (``fail_next``: only the next N); ``block`` makes them wait
-    until set; ``during`` is called inside each backup (e.g. to move a fake clock as if it took time)."""
+    until set; ``during`` is called inside each backup (e.g. to move a fake clock as if it took time);
+    ``existing``: complete backups of the cluster its repositories hold (0: a first start backs up at once)."""
 
     calls: list[str] = field(default_factory=list)
     fail: bool = False
@@ -111,6 +112,8 @@ class ScriptedRunner:
     prune_fail: bool = False
     block: asyncio.Event | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    existing: int = 0
+    probes: list[str] = field(default_factory=list)
 
     async def backup(self, job: BackupJob) -> JobOutcome:
         self.calls.append(f"backup:{job.name}")
@@ -132,6 +135,10 @@ class ScriptedRunner:
         if self.prune_fail:
             raise EtcdwardenError("retention is not available yet")
         return PruneOutcome(ok=True, deleted=["old"], kept=3)
+
+    async def complete_backups(self, job: BackupJob) -> int:
+        self.probes.append(job.name)
+        return self.existing
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         return [{"repository": repository, "id": "2024-01-01_000000", "size": 10}]

@@ -154,13 +154,19 @@ async def test_three_daemons_one_schedule_tick_exactly_one_backup(etcd3: LocalCl
 
 def test_scheduled_rolling_defrag_through_the_default_runner(etcd3: LocalCluster, tmp_path: Path) -> None:
     from tests.cli_helpers import cli
+    from tests.conftest import etcdctl
 
     path = tmp_path / "daemon.yaml"
     path.write_text(daemon_doc(tmp_path / "repo", etcd3.endpoints) + (
         "defrag:\n"
         "  - name: nightly-defrag\n    schedule: '30 3 * * *'\n    timeZone: America/New_York\n"
-        "    rule: 'dbSize >= 0'\n    wait: 0s\n    moveLeader: true\n"
-        "  - name: picky-defrag\n    schedule: '30 3 * * *'\n    rule: 'dbSizeFree > 100GiB'\n    wait: 0s\n"))
+        "    rule: 'dbSize >= 0'\n    wait: 0s\n    moveLeader: true\n    catchUp: true\n"
+        "  - name: picky-defrag\n    schedule: '30 3 * * *'\n    rule: 'dbSizeFree > 100GiB'\n    wait: 0s\n"
+        "    catchUp: true\n"))
+    # both jobs were first seen two days ago and missed their last slot (catchUp: true runs it once now)
+    seen = (dt.datetime.now(UTC) - dt.timedelta(days=2)).isoformat()
+    for name in ("nightly-defrag", "picky-defrag"):
+        etcdctl(etcd3, "put", f"/etcdwarden/daemon/state/defrag/{name}", json.dumps({"first_seen": seen}))
     res = cli("-w", "json", "daemon", "--once", "--config", str(path))
     assert res.code == 0, res.err
     runs = {r["job"]: r for r in json.loads(res.out)["runs"]}

@@ -44,7 +44,8 @@ async def run_due(ex: JobExecutor, store: MemoryStateStore, now: dt.datetime) ->
     results: list[str] = []
     while True:
         states = await store.load()
-        await ex.drop_stale_retries(now, states)  # as the daemon's loop does
+        await ex.adopt(now, states)  # as the daemon's loop does
+        await ex.drop_stale_retries(now, states)
         states = await store.load()
         due = ex.due_jobs(now, states)
         if not due:
@@ -120,9 +121,12 @@ async def test_a_deposed_leader_cannot_start_a_job(tmp_path: Path) -> None:
     runner = ScriptedRunner()
     ex, store = executor(config(tmp_path), runner, FakeClock(T0))
     store.writable = False
-    job, d = ex.due_jobs(T0, {})[0]
+    with pytest.raises(LeadershipLost):  # it cannot even record that it saw the job
+        await ex.adopt(T0, {})
+    states = {"backup/nightly": JobState(first_seen=T0, first_run="empty repository")}
+    job, d = ex.due_jobs(T0, states)[0]
     with pytest.raises(LeadershipLost):
-        await ex.run(job, d, {})
+        await ex.run(job, d, states)
     assert runner.calls == []
 
 
@@ -140,8 +144,11 @@ async def test_stale_running_marker_is_cleared_by_a_new_leader(tmp_path: Path) -
 async def test_defrag_job(tmp_path: Path) -> None:
     extra = "defrag:\n  - name: weekly-defrag\n    schedule: '@weekly'\n    moveLeader: true\n"
     runner = ScriptedRunner()
-    ex, store = executor(config(tmp_path, extra), runner, FakeClock(T0))
-    assert await run_due(ex, store, T0) == ["weekly-defrag:success"]
+    clock = FakeClock(T0)
+    ex, store = executor(config(tmp_path, extra), runner, clock)
+    assert await run_due(ex, store, T0) == []  # no run recorded: it waits for its first slot (Sunday 00:00)
+    clock.now = dt.datetime(2024, 5, 5, 0, 0, 1, tzinfo=UTC)
+    assert await run_due(ex, store, clock()) == ["weekly-defrag:success"]
     st = (await store.load())["defrag/weekly-defrag"]
     assert st.details == {"defragmented": 1, "skipped": 2}
 

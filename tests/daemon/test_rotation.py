@@ -13,6 +13,7 @@ import pytest
 from etcdwarden.daemon.jobs import JobExecutor
 from etcdwarden.daemon.loader import ConfigError, load_config
 from etcdwarden.daemon.runner import DefaultRunner, RotationOutcome
+from etcdwarden.daemon.schedule import Due
 from etcdwarden.daemon.spec import DaemonConfig, RotationSpec
 from etcdwarden.daemon.state import FAILURE, SUCCESS, MemoryStateStore
 from etcdwarden.encryption.config import EncryptionConfiguration
@@ -50,7 +51,7 @@ def test_defaults_and_strict_validation(tmp_path: Path) -> None:
     assert cfg.job(rot.key) is rot and rot in cfg.scheduled
     assert cfg.summary(T0)["encryptionRotation"] == [
         {"name": "encryption-rotation", "kind": "rotate", "origin": rot.origin, "enabled": True,
-         "schedule": "0 3 * * 0", "timeZone": "UTC", "jitter": 0.0, "catchUp": True,
+         "schedule": "0 3 * * 0", "timeZone": "UTC", "jitter": 0.0, "catchUp": False,
          "next": "2024-05-05T03:00:00+00:00", "config": "/etc/kubernetes/enc.yaml", "prune": False, "backups": []}]
     assert config(tmp_path, "").rotations == ()
 
@@ -83,6 +84,7 @@ class RotatingRunner(ScriptedRunner):
 
 async def run_due(ex: JobExecutor, store: MemoryStateStore, now: dt.datetime) -> list[str]:
     results: list[str] = []
+    await ex.adopt(now, await store.load())
     while due := ex.due_jobs(now, await store.load()):
         job, d = due[0]
         rec = await ex.run(job, d, await store.load())
@@ -97,28 +99,33 @@ async def test_weekly_rotation_with_a_fake_clock(tmp_path: Path) -> None:
     runner = RotatingRunner()
     store = MemoryStateStore()
     ex = JobExecutor(cfg, runner, store, "agent-a", clock)
-    assert await run_due(ex, store, clock()) == ["encryption-rotation:success"]  # first run at once
-    st = (await store.load())["rotate/encryption-rotation"]
-    assert st.details == {"newKey": "key2", "rewritten": 12, "pruned": None}
+    assert await run_due(ex, store, clock()) == []  # no run recorded: it waits for its first slot
     clock.now = dt.datetime(2024, 5, 5, 2, 59, tzinfo=UTC)  # Sunday, before 03:00
     assert await run_due(ex, store, clock()) == []
     assert ex.next_wakeup(clock(), await store.load()) == dt.datetime(2024, 5, 5, 3, 0, tzinfo=UTC)
     clock.now = dt.datetime(2024, 5, 5, 3, 0, 5, tzinfo=UTC)
     assert await run_due(ex, store, clock()) == ["encryption-rotation:success"]
+    st = (await store.load())["rotate/encryption-rotation"]
+    assert st.details == {"newKey": "key2", "rewritten": 12, "pruned": None}
+    clock.now = dt.datetime(2024, 5, 5, 3, 0, 6, tzinfo=UTC)
+    assert await run_due(ex, store, clock()) == []
     clock.now = dt.datetime(2024, 5, 9, 3, 0, tzinfo=UTC)  # Thursday: nothing
     assert await run_due(ex, store, clock()) == []
     runner.rotate_fail = True  # a failure counts as a run: no retry storm, the next slot tries again
     clock.now = dt.datetime(2024, 5, 12, 3, 1, tzinfo=UTC)
     assert await run_due(ex, store, clock()) == ["encryption-rotation:failure"]
     st = (await store.load())["rotate/encryption-rotation"]
-    assert st.last_result == FAILURE and "did not load" in (st.last_error or "") and st.successes == 2
+    assert st.last_result == FAILURE and "did not load" in (st.last_error or "") and st.successes == 1
     assert await run_due(ex, store, clock()) == []
-    assert runner.calls == ["rotate:encryption-rotation"] * 3
+    assert runner.calls == ["rotate:encryption-rotation"] * 2
 
     # a runner that cannot rotate: the run fails and says so
     store2 = MemoryStateStore()
-    ex2 = JobExecutor(cfg, ScriptedRunner(), store2, "agent-a", FakeClock(T0))
-    assert await run_due(ex2, store2, T0) == ["encryption-rotation:failure"]
+    clock2 = FakeClock(T0)
+    ex2 = JobExecutor(cfg, ScriptedRunner(), store2, "agent-a", clock2)
+    assert await run_due(ex2, store2, T0) == []
+    clock2.now = dt.datetime(2024, 5, 5, 3, 0, 5, tzinfo=UTC)
+    assert await run_due(ex2, store2, clock2()) == ["encryption-rotation:failure"]
     assert "cannot rotate" in ((await store2.load())["rotate/encryption-rotation"].last_error or "")
 
 
@@ -171,7 +178,8 @@ def test_default_runner_rotates_against_etcd(etcd1: LocalCluster, tmp_path: Path
         async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
             store = MemoryStateStore()
             ex = JobExecutor(cfg2, DefaultRunner(c, cfg2), store, "agent-a")
-            ((job2, due),) = ex.due_jobs(dt.datetime.now(UTC), await store.load())
+            (job2,) = cfg2.rotations
+            due = Due(slot=dt.datetime.now(UTC), start_at=dt.datetime.now(UTC))  # as its slot would
             rec = await ex.run(job2, due, await store.load())
             return rec.result, (await store.load())[job2.key].details
 

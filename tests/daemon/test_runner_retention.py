@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from etcdwarden.daemon.loader import load_config
-from etcdwarden.daemon.runner import DefaultRunner
+from etcdwarden.daemon.runner import DefaultRunner, PruneOutcome
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
@@ -56,3 +56,92 @@ def test_once_report_fails_when_retention_failed() -> None:
     bad = RunRecord("backup/b", "backup", "b", slot, SUCCESS, 1.0, detail={"prune": {"ok": False, "error": "x"}})
     assert OnceReport(leader=True, records=[ok]).ok
     assert not OnceReport(leader=True, records=[ok, bad]).ok  # a CronJob must not report success
+
+
+def test_daemon_retention_keeps_good_backup_when_newest_is_corrupt(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 1 in the daemon: the corrupt newest backup is found before anything is deleted, the
+    good older one is kept in its place, the run fails, and the metric the alert uses says so."""
+    import datetime as dt
+    import os
+
+    from etcdwarden.daemon.jobs import JobExecutor, RunRecord
+    from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo
+    from etcdwarden.daemon.state import SUCCESS, JobState, MemoryStateStore
+
+    repo = tmp_path / "repo"
+    cfg_path = tmp_path / "d.yaml"
+    cfg_path.write_text(daemon_doc(repo, endpoints=etcd1.endpoints, election=False)
+                        + JOB.replace("{keepLast: 2, minKeep: 1}", "{keepLast: 1, minKeep: 1}"))
+    cfg = load_config([cfg_path])
+    job = next(j for j in cfg.backups if j.name == "hourly")
+
+    async def go() -> tuple[list[str], JobState, RunRecord]:
+        async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+            runner = DefaultRunner(c, cfg)
+            ids = []
+            for _ in range(2):
+                out = await runner.backup(job)
+                assert out.ok and out.manifest is not None
+                ids.append(str(out.manifest["timestamp"]))
+            snap = repo / f"snapshot_{ids[1]}.db"
+            st_ = snap.stat()
+            data = bytearray(snap.read_bytes())
+            data[len(data) // 3] ^= 1
+            snap.write_bytes(bytes(data))
+            os.utime(snap, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+            ex = JobExecutor(cfg, runner, MemoryStateStore(), "agent-a")
+            st, record = JobState(), RunRecord(job.key, "backup", job.name, dt.datetime.now(dt.UTC), SUCCESS, 1.0)
+            await ex._prune(job, st, record)
+            catalog = await runner.catalog("etcd-backup-pvc")
+            assert {e["id"]: e["state"] for e in catalog} == {ids[1]: "corrupt", ids[0]: "complete"}
+            return ids, st, record
+
+    ids, st, record = asyncio.run(go())
+    assert record.detail["prune"] is st.prune
+    assert st.prune is not None and not st.prune["ok"] and st.prune["corrupt"] == [ids[1]]
+    assert st.prune["deleted"] == [] and st.prune_failures == 1 and "corrupt" in st.prune["error"]
+    assert sorted(p.name for p in manifests(repo)) == [f"backup_{i}.json" for i in ids]  # both still there
+    m = DaemonMetrics("a", "0")
+    m.view.jobs = {job.key: (JobInfo(job.key, job.name, "backup", "etcd-backup-pvc"), st)}
+    text = m.render().decode()
+    assert ('etcdwarden_prune_corrupt_backups{job_name="hourly",kind="backup",repository="etcd-backup-pvc"} 1.0'
+            in text)
+
+
+def test_retention_messages_name_the_daemon_keys_not_the_cli_flags(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 14: a deletion caused by keepLast says keepLast (it said --max-number); a size alert says
+    maxSize; a Backup CR's deletion names its retentionPolicy field."""
+    from tests.daemon.helpers import SEED_RECURRING_NUMBER
+
+    repo = tmp_path / "repo"
+    cfg_path = tmp_path / "d.yaml"
+    jobs = ("backups:\n  - name: last\n    schedule: '0 * * * *'\n    repository: etcd-backup-pvc\n"
+            "    retention: {keepLast: 1}\n"
+            "  - name: capped\n    schedule: '0 * * * *'\n    repository: etcd-backup-pvc\n"
+            "    retention: {maxSize: 1KiB}\n")
+    cr = SEED_RECURRING_NUMBER.replace("maxNumberOfBackups: 5", "maxNumberOfBackups: 1")
+    cfg_path.write_text(daemon_doc(repo, endpoints=etcd1.endpoints, election=False) + jobs + "---\n" + cr)
+    cfg = load_config([cfg_path])
+    by_name = {j.name: j for j in cfg.backups}
+
+    async def go() -> dict[str, object]:
+        async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+            runner = DefaultRunner(c, cfg)
+            out: dict[str, object] = {}
+            for name in ("last", "capped", "etcd-recurring-backup-number"):
+                job = by_name[name]
+                for _ in range(2):
+                    assert (await runner.backup(job)).ok
+                    await asyncio.sleep(1.05)  # backup IDs have a one-second resolution
+                out[name] = await runner.prune(job)
+            return out
+
+    res = asyncio.run(go())
+    last, capped, from_cr = res["last"], res["capped"], res["etcd-recurring-backup-number"]
+    assert isinstance(last, PruneOutcome) and isinstance(capped, PruneOutcome) and isinstance(from_cr, PruneOutcome)
+    assert last.reasons and all("(keepLast)" in why for why in last.reasons.values()), last.reasons
+    assert capped.error is not None and "raise maxSize " in capped.error and "--max" not in capped.error
+    assert capped.reasons and all("(maxSize)" in why for why in capped.reasons.values()), capped.reasons
+    assert from_cr.reasons and all("(retentionNumber.maxNumberOfBackups)" in why for why in from_cr.reasons.values())
+    every = " ".join([*last.reasons.values(), *capped.reasons.values(), *from_cr.reasons.values(), capped.error])
+    assert "--" not in every

@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import zoneinfo
 
-from etcdwarden.daemon.schedule import Schedule, due_slot, jitter_offset, next_wakeup
+from etcdwarden.daemon.schedule import Schedule, due_slot, jitter_offset, local_time, next_wakeup
 
 UTC = dt.UTC
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -79,11 +79,18 @@ def test_new_york_both_transitions() -> None:
     assert s1.latest_at_or_before(inside) == fall[0]
 
 
-def test_first_run_is_due_at_once() -> None:
+def test_a_job_never_seen_is_not_due_and_one_first_seen_waits_for_its_first_slot() -> None:
+    """Issue 11 item 16: nothing is due off the schedule (it used to be due at once)."""
     s = Schedule("20 4 * * *", "UTC")
     now = dt.datetime(2024, 5, 1, 12, tzinfo=UTC)
-    d = due_slot(s, "backup/x", now, None)
-    assert d is not None and d.first_run and d.slot == now
+    assert due_slot(s, "defrag/x", now, None) is None
+    assert next_wakeup(s, "defrag/x", now, None) == dt.datetime(2024, 5, 2, 4, 20, tzinfo=UTC)
+    # first seen at 12:00: the 04:20 slot of that morning is not due, the next one is
+    assert due_slot(s, "defrag/x", now + dt.timedelta(hours=16), now) is None
+    d = due_slot(s, "defrag/x", dt.datetime(2024, 5, 2, 4, 20, 1, tzinfo=UTC), now)
+    assert d is not None and d.slot == dt.datetime(2024, 5, 2, 4, 20, tzinfo=UTC) and not d.first_run
+    assert local_time(Schedule("30 3 * * *", "Europe/Berlin"), dt.datetime(2024, 5, 2, 1, 30, tzinfo=UTC)) == \
+        "2024-05-02 03:30 CEST (Europe/Berlin)"
 
 
 def test_due_at_slot_not_before_and_not_twice() -> None:
@@ -141,5 +148,5 @@ def test_jitter_is_bounded_deterministic_and_delays_the_start() -> None:
 def test_next_wakeup() -> None:
     s = Schedule("20 4 * * *", "UTC")
     now = dt.datetime(2024, 5, 1, 12, tzinfo=UTC)
-    assert next_wakeup(s, "k", now, None) == now
+    assert next_wakeup(s, "k", now, None) == dt.datetime(2024, 5, 2, 4, 20, tzinfo=UTC)  # nothing off schedule
     assert next_wakeup(s, "k", now, now) == dt.datetime(2024, 5, 2, 4, 20, tzinfo=UTC)

@@ -48,9 +48,9 @@ def test_nospace_is_cleared_by_compact_defrag_disarm(small_quota: LocalCluster) 
     assert all(s.dbSize >= QUOTA // 2 for s in statuses(c).values())
     assert any("NOSPACE" in e for s in statuses(c).values() for e in s.errors)
 
-    # the defrag compacts first (--compact), shrinks every member, then disarms NOSPACE
-    r = cli("defrag", "--cluster", "--compact", "--db-quota-bytes", "16MiB", "--endpoints", c.endpoints[0],
-            "--wait", "0s", "-w", "json")
+    # the defrag compacts first (--compact), shrinks every member, then disarms NOSPACE: no quota flag is
+    # needed, each member's quota is read from the command line of its etcd process on this host
+    r = cli("defrag", "--cluster", "--compact", "--endpoints", c.endpoints[0], "--wait", "0s", "-w", "json")
     assert r.code == 0, r.err
     data = report(r)
     assert data["compaction"]["revision"] is not None
@@ -58,9 +58,13 @@ def test_nospace_is_cleared_by_compact_defrag_disarm(small_quota: LocalCluster) 
     assert {a["alarm"] for a in data["alarms"]["disarmed"]} == {"NOSPACE"}
     assert data["alarms"]["left"] == []
     assert data["dbQuota"] == QUOTA
+    pids = {str(m.pid) for m in c.members}
     for m in rows(data):
         assert m["result"] == "defragmented"
         assert m["dbSizeAfter"] < QUOTA // 4
+        assert m["quota"]["bytes"] == QUOTA
+        assert "--quota-backend-bytes on the command line of the local etcd PID" in m["quota"]["source"]
+        assert m["quota"]["source"].rsplit(" ", 1)[1] in pids
     assert all(not s.errors for s in statuses(c).values())
     run(put())  # writes are accepted again
 
@@ -69,7 +73,7 @@ def test_nospace_left_armed_when_a_member_is_still_too_big(small_quota: LocalClu
     c = small_quota
     fill_to_nospace(c)
     # nothing deleted or compacted: the files stay well above 10 % of the quota after defragmentation
-    r = cli("defrag", "--cluster", "--db-quota-bytes", "16MiB", "--disarm-threshold", "0.1",
+    r = cli("defrag", "--cluster", "--quota-backend-bytes", "16MiB", "--disarm-threshold", "0.1",
             "--endpoints", c.endpoints[0], "--wait", "0s", "-w", "json")
     assert r.code == 1
     data = report(r)
@@ -78,6 +82,74 @@ def test_nospace_left_armed_when_a_member_is_still_too_big(small_quota: LocalClu
     assert {a["alarm"] for a in data["alarms"]["left"]} == {"NOSPACE"}
     assert any("NOSPACE left armed" in n for n in data["notes"])
     assert "NOSPACE alarm still active" in r.err
+
+
+def test_nospace_is_not_disarmed_on_an_assumed_quota(small_quota: LocalCluster, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 18: etcd 3.5 does not report its quota; assuming 2 GiB disarmed NOSPACE on members
+    still above their real 16 MiB quota, and the next write failed again."""
+    c = small_quota
+    fill_to_nospace(c)
+
+    async def put() -> None:
+        async with client(c) as cl:
+            await cl.put(b"/after", b"x")
+
+    # 1. the members run elsewhere (no etcd process of theirs on this host) and no quota is given:
+    #    the quota is unknown, so NOSPACE stays, exit 1, and the message names the flag to pass
+    empty_proc = tmp_path / "no-processes"
+    empty_proc.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr("etcdwarden.defrag.quota.PROC", empty_proc)
+        r = cli("defrag", "--cluster", "--endpoints", c.endpoints[0], "--wait", "0s", "-w", "json")
+    assert r.code == 1, r.err
+    data = report(r)
+    assert [m["result"] for m in rows(data)] == ["defragmented"] * 3  # the defrag itself was done
+    assert all(m["quota"] is None for m in rows(data))
+    assert data["alarms"]["disarmed"] == []
+    assert {a["alarm"] for a in data["alarms"]["left"]} == {"NOSPACE"}
+    assert len(data["alarms"]["keptBecause"]) == 3
+    assert all("quota is unknown (etcd 3.5.1 does not report it" in b for b in data["alarms"]["keptBecause"])
+    assert "NOSPACE alarm still active" in r.err and "pass --quota-backend-bytes" in r.err
+    assert data["success"] is False
+    with pytest.raises(NoSpace):
+        run(put())
+
+    # 2. the wrong value given (the 2 GiB that used to be assumed): each member's own command line on this
+    #    host says 16 MiB, and the databases are still above 90 % of that, so NOSPACE stays
+    sizes = [s.dbSize for s in statuses(c).values()]
+    assert min(sizes) >= 0.9 * QUOTA, sizes  # the situation of the issue: nothing to reclaim
+    r = cli("defrag", "--cluster", "--quota-backend-bytes", "2GiB", "--endpoints", c.endpoints[0],
+            "--wait", "0s", "-w", "json")
+    assert r.code == 1, r.err
+    data = report(r)
+    assert data["alarms"]["disarmed"] == []
+    assert {a["alarm"] for a in data["alarms"]["left"]} == {"NOSPACE"}
+    assert all(m["quota"]["bytes"] == QUOTA for m in rows(data))
+    assert any("--quota-backend-bytes 2147483648 not used" in n for n in data["notes"])
+    assert all("not below" in b and "16777216-byte quota" in b for b in data["alarms"]["keptBecause"])
+    assert "NOSPACE alarm still active" in r.err
+    assert all(any("NOSPACE" in e for e in s.errors) for s in statuses(c).values())
+    with pytest.raises(NoSpace):
+        run(put())  # what the report says: writes are still refused
+
+
+def test_a_rule_on_an_unknown_quota_fails_instead_of_guessing(etcd3: LocalCluster, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("etcdwarden.defrag.quota.PROC", tmp_path)  # no etcd process of the cluster here
+    r = cli("defrag", "--cluster", "--rule", "dbQuotaUsage > 0.5", "--endpoints", etcd3.endpoints[0],
+            "--wait", "0s", "-w", "json")
+    assert r.code == 1
+    first, *rest = rows(report(r))
+    assert first["result"] == "failed"
+    assert "the rule uses dbQuotaUsage, but its backend quota is unknown" in first["detail"]
+    assert "pass --quota-backend-bytes" in first["detail"]
+    assert [m["result"] for m in rest] == ["not run", "not run"]
+    # given the quota, the same rule is evaluated
+    r = cli("defrag", "--cluster", "--rule", "dbQuotaUsage > 0.5", "--quota-backend-bytes", "2GiB",
+            "--endpoints", etcd3.endpoints[0], "--wait", "0s", "-w", "json")
+    assert r.code == 0, r.err
+    assert [m["result"] for m in rows(report(r))] == ["skipped"] * 3
 
 
 class _Freezer:

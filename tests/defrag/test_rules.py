@@ -64,22 +64,35 @@ def test_integer_versus_float_division(text: str, want: Value) -> None:
     assert type(got) is type(want)
 
 
-def test_float_division_by_zero_is_infinite_like_go() -> None:
-    assert ev("1 / 0.0") == math.inf
-    assert ev("-1 / 0.0") == -math.inf
-    nan = ev("0 / 0.0")
-    assert isinstance(nan, float) and math.isnan(nan)
-    assert ev("0 / 0.0 == 0 / 0.0") is False  # NaN is not equal to itself
+@pytest.mark.parametrize(("text", "message"), [
+    ("1 / 0", "division by zero"),
+    ("1 % 0", "modulo by zero"),
+    ("1 / 0.0", "division by zero"),  # goval gives +Inf: refused instead
+    ("0 / 0.0", "division by zero"),  # goval gives NaN
+    ("dbSize / 0", "division by zero"),  # a literal zero divisor, whatever the dividend
+    ("dbSize % (2 - 2)", "modulo by zero"),  # a constant divisor that is zero
+    ("1e308 * 10", "too large"),
+    ("9223372036854775807 + 1", "integer overflow"),
+])
+def test_constant_errors_are_found_at_parse_time(text: str, message: str) -> None:
+    with pytest.raises(RuleSyntaxError, match=message):
+        parse_expression(text)
+    # also deep inside a rule, and on a side that short-circuiting would never evaluate
+    with pytest.raises(RuleSyntaxError, match=message):
+        compile_rule(f"dbSize > 1 || {text} > 2")
 
 
-def test_integer_division_by_zero_is_an_error() -> None:
-    with pytest.raises(RuleEvalError, match="division by zero"):
-        ev("1 / 0")
-    with pytest.raises(RuleEvalError, match="modulo by zero"):
-        ev("1 % 0")
-    # in a rule, a constant part that cannot be evaluated is refused when the rule is compiled
-    with pytest.raises(RuleSyntaxError, match="division by zero"):
-        compile_rule("dbSize > 1 || 1 / 0 > 2")
+def test_a_zero_figure_as_divisor_is_an_error_for_that_member() -> None:
+    rule = compile_rule("dbSize / dbSizeFree > 2")  # fine on the sample figures
+    assert rule.matches(rule_variables(100, 60, None))  # 100 / 40 > 2
+    with pytest.raises(RuleEvalError) as info:
+        rule.matches(rule_variables(100, 100, None))  # freshly defragmented: nothing free
+    assert str(info.value) == "--rule at column 8: division by zero"
+    # an infinite quota (no quota) is a figure; a result that is not a number is an error, not False
+    rule = compile_rule("dbQuota - dbQuota > 0")
+    with pytest.raises(RuleEvalError, match="not a number"):
+        rule.matches(rule_variables(100, 40, -1))
+    assert compile_rule("dbQuota > dbSize").matches(rule_variables(100, 40, -1))
 
 
 def test_variables_are_floats_so_ratios_work() -> None:
@@ -113,6 +126,8 @@ def test_size_suffixes() -> None:
 def test_short_circuit_does_not_evaluate_the_other_side() -> None:
     rule = compile_rule("dbSize == 0 || dbSizeFree / dbSize > 0.5")
     assert rule.matches(rule_variables(0, 0, None))  # 0/0.0 never computed
+    rule = compile_rule("dbSizeFree > 0 && dbSize / dbSizeFree > 2")
+    assert not rule.matches(rule_variables(100, 100, None))
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -158,8 +173,12 @@ def test_rule_variables() -> None:
     assert env["fragmentation"] == 0.75
     assert env["dbQuota"] == 2 * 1024**3
     assert env["dbQuotaUsage"] == pytest.approx(200 / 2048)
-    empty = rule_variables(0, 0, None)
-    assert empty["fragmentation"] == 0.0 and empty["dbQuotaUsage"] == 0.0
+    empty = rule_variables(0, 0, -1)  # no quota
+    assert empty["fragmentation"] == 0.0 and empty["dbQuotaUsage"] == 0.0 and empty["dbQuota"] == math.inf
+    unknown = rule_variables(0, 0, None)  # quota unknown: nothing is made up
+    assert "dbQuota" not in unknown and "dbQuotaUsage" not in unknown
+    with pytest.raises(RuleEvalError, match="without dbQuotaUsage"):
+        compile_rule("dbQuotaUsage > 0.5").matches(unknown)
 
 
 def test_auto_rule_is_openshifts() -> None:

@@ -164,7 +164,7 @@ def test_wrong_key_is_a_clear_error_and_nothing_is_rewritten(etcd1: LocalCluster
         with pytest.raises(MigrationError) as ei:
             await run_operation(c, "rotate", cfg_path, ALL, Options())
         msg = str(ei.value)
-        assert "key1" in msg and "/registry/secrets/" in msg and "nothing on this page was rewritten" in msg
+        assert "key1" in msg and "/registry/secrets/" in msg and "nothing was written and no file was changed" in msg
         assert base64.b64encode(wrong).decode() not in msg
         after = await snapshot(c)
         assert {k: v.mod_revision for k, v in after.items()} == {k: v.mod_revision for k, v in before.items()}
@@ -182,7 +182,8 @@ def test_unreadable_values_can_be_skipped_and_are_reported(etcd1: LocalCluster, 
         await c.put(b"/registry/secrets/a/kms", kms)
         with pytest.raises(MigrationError, match="KMS"):
             await run_operation(c, "enable", cfg_path, res_sel, Options())
-        res = await run_operation(c, "migrate", cfg_path, res_sel, Options(skip_unreadable=True))
+        assert not cfg_path.exists()  # found before anything was written
+        res = await run_operation(c, "enable", cfg_path, res_sel, Options(skip_unreadable=True))
         assert res.migration is not None and not res.migration.complete
         # the state file must not say "complete" either: a backup would then not be refused
         from etcdwarden.encryption.ops import default_state_path

@@ -151,7 +151,9 @@ def test_rotate_stops_when_an_apiserver_does_not_load_the_phase(etcd1: LocalClus
     r = cli("encryption", "enable", *_common(etcd1, cfg), "--type", "aescbc")
     assert r.code == 0, r.err
     deployed, stale = tmp_path / "a1.yaml", tmp_path / "a2.yaml"
-    stale.write_bytes(cfg.read_bytes())  # this apiserver reads a file etcdwarden is not told about
+    before = cfg.read_bytes()
+    deployed.write_bytes(before)
+    stale.write_bytes(before)  # this apiserver reads a file etcdwarden is not told about
     with apiservers(deployed, stale) as (good, lagging):
         r = cli("encryption", "rotate", *_common(etcd1, cfg), "--apiserver-config", str(deployed),
                 "--apiserver-metrics", good.url, "--apiserver-metrics", lagging.url, "--rollout-timeout", "1.5s")
@@ -159,8 +161,9 @@ def test_rotate_stops_when_an_apiserver_does_not_load_the_phase(etcd1: LocalClus
         assert f"apiserver {lagging.url}" in r.err and "add-key" in r.err and "nothing was migrated" in r.err
         assert f"apiserver {good.url}:" not in r.err
         assert lagging.scrapes >= 2 and len(lagging.history) == 1
-    # the read-only phase was written, the promotion was not, nothing was rewritten
-    assert _first_keys(cfg.read_bytes()) == ["key1", "key2"]
+        assert "the previous configuration was put back" in r.err
+    # the failed read-only phase was taken back everywhere it was written, nothing was rewritten
+    assert cfg.read_bytes() == before and deployed.read_bytes() == before
     assert all(bp == {"aescbc/key1": 6} for bp in _by_provider(etcd1, cfg))
     # an unreachable apiserver is named too
     r = cli("encryption", "rotate", *_common(etcd1, cfg), "--apiserver-metrics", "http://127.0.0.1:9/metrics",

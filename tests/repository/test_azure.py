@@ -133,7 +133,7 @@ def test_backup_command_streams_into_azure(etcd1: LocalCluster, az_env: Azurite,
     load(etcd1, 1500, value_size=4096)  # ~6 MB
     before = dump(etcd1.endpoints)
     cfg = tmp_path / "repo.yaml"
-    cfg.write_text("repository:\n  part_size: 2097152\n")  # several blocks
+    cfg.write_text("repository:\n  part_size: 2MiB\n")  # several blocks
     url = azurite.url("etcd-stream")
     r = cli("backup", url, "--endpoints", etcd1.endpoints[0], "--repository-config", str(cfg))
     assert r.code == 0, r.err

@@ -88,11 +88,13 @@ def test_cli_list_show_delete_prune_local(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     plan = json.loads(r.out)
     assert [d["id"] for d in plan["delete"]] == IDS[1:3] and plan["deleted"] == []
-    assert len(os.listdir(tmp_path / "r")) == 3 * 3 + 2 + 3  # nothing gone (+ lost+found, keep.me, lock)
+    # nothing gone (+ lost+found, keep.me, the lock, the hash cache of the re-proven backup kept)
+    assert len(os.listdir(tmp_path / "r")) == 3 * 3 + 2 + 4
     r = cli("backups", "prune", str(tmp_path / "r"), "--max-number", "1", "--incomplete-grace", "0s")
     assert r.code == 0, r.err
     assert sorted(os.listdir(tmp_path / "r")) == sorted(
-        ["lost+found", "keep.me", ".etcdwarden.lock", f"backup_{IDS[3]}.json", f"snapshot_{IDS[3]}.db",
+        ["lost+found", "keep.me", ".etcdwarden.lock", ".etcdwarden-hashes.json", f"backup_{IDS[3]}.json",
+         f"snapshot_{IDS[3]}.db",
          f"static_kuberesources_{IDS[3]}.tar.gz"])
     assert cli("backups", "delete", str(tmp_path / "r"), IDS[3], "--force").code == 0
     assert cli("backups", "prune", str(tmp_path / "r"), "--max-number", "0").code == 2

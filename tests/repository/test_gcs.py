@@ -110,5 +110,5 @@ def test_refused_credentials_fail_clearly(key_file: Path, echo: EchoServer) -> N
 
 def _cfg(key_file: Path) -> Path:
     cfg = key_file.parent / "repo.yaml"
-    cfg.write_text(f"repository:\n  service_account: {key_file}\n  max_retries: 1\n  retry_timeout: 5\n")
+    cfg.write_text(f"repository:\n  service_account: {key_file}\n  max_retries: 1\n  retry_timeout: 5s\n")
     return cfg

@@ -103,7 +103,7 @@ def test_newest_alone_over_cap_is_kept_with_alert() -> None:
     es = [entry(T0, 2 * GIB), entry(T0 + dt.timedelta(hours=1), 5 * GIB)]
     plan = plan_retention(es, RetentionConfig(size=RetentionSize(1)), T0 + dt.timedelta(hours=2))
     assert list(plan.delete) == [es[0].id] and list(plan.keep) == [es[1].id]
-    assert plan.alerts and "over the size cap of 1 GiB" in plan.alerts[0]
+    assert plan.alerts and "over the size cap of 1GiB" in plan.alerts[0]
 
 
 def test_size_keeps_a_contiguous_newest_run() -> None:
@@ -204,7 +204,8 @@ def test_default_is_number_15_and_validation() -> None:
     plan = plan_retention(es, RetentionConfig(), T0 + dt.timedelta(days=1))
     assert len(plan.keep) == 15 and len(plan.delete) == 5
     assert RetentionNumber().max_number == 15 and RetentionSize().max_size_gib == 10
-    for bad in (lambda: RetentionNumber(0), lambda: RetentionSize(0), lambda: MinKeep(0),
+    for bad in (lambda: RetentionNumber(0), lambda: RetentionSize(0), lambda: MinKeep(-1),
+                lambda: RetentionSize(float("inf")), lambda: RetentionSize(float("nan")), lambda: RetentionSize(1e400),
                 Tiered, lambda: RetentionConfig(number=RetentionNumber(3), min_keep=MinKeep(4)),
                 lambda: parse_duration("soon"), lambda: parse_duration("0h"), lambda: KeepWithin(dt.timedelta(0))):
         with pytest.raises(UsageError):

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from etcdwarden.repository.base import RepositoryError, RepositoryOptions, open_repository
-from etcdwarden.repository.objectstore import _form_encode, env_secrets, secret_variants
+from etcdwarden.repository.masking import env_secrets, secret_variants
+from etcdwarden.repository.masking import form_encode as _form_encode
 from tests.cli_helpers import cli
 from tests.repository.echo import EchoServer
 

@@ -130,3 +130,21 @@ def test_cluster_refusals_and_foreign_cluster(c3: LocalCluster, tmp_path: Path,
     assert r.code == 0, r.err
     assert "comes from cluster" in r.err
     assert all(d == other.data for d in member_dumps(c3))
+
+
+def test_cluster_refuses_snapshot_without_trailer(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 12: restore cluster refuses a trailer-less snapshot before touching anything."""
+    b = backup_of(etcd1, tmp_path / "backups")
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(b.snapshot.read_bytes()[:-32])
+    spec = write_spec(etcd1, tmp_path / "cluster.yaml")
+    try:
+        for extra in ((), ("--dry-run",)):
+            r = cli("restore", "cluster", str(cut), "--spec", str(spec), *extra)
+            assert r.code == 1 and "no sha256 trailer" in r.err and "--skip-hash-check" in r.err, r.err
+            assert etcd1.members[0].is_running()
+            assert not (tmp_path / "cluster.restore-state.json").exists()
+        r = cli("restore", "cluster", str(cut), "--spec", str(spec), "--skip-hash-check", "--dry-run")
+        assert r.code == 0 and "--skip-hash-check" in r.out, r.err
+    finally:
+        stop_all(etcd1)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
 from pathlib import Path
+
+import zstandard
 
 from etcdwarden.local.cluster import LocalCluster
 from tests.backup.conftest import dump
 from tests.cli_helpers import Result, cli
-from tests.restore.conftest import SavedBackup, tree
+from tests.restore.conftest import SavedBackup, backup_of, tree
+from tests.restore.helpers import put
 
 
 def _restore(backup: Path | str, cluster: LocalCluster, data_dir: Path, *extra: str) -> Result:
@@ -131,3 +135,67 @@ def test_refusals(saved: dict[str, SavedBackup], tmp_path: Path) -> None:
     assert r.code == 0 and "WITHOUT a revision bump" in r.err and "kube-apiserver" in r.err, r.err
     # unknown --force name
     assert _restore(saved["plain"].directory, c, d, "--force=bogus").code == 2
+
+
+def test_snapshot_without_trailer_refused_unless_skip_hash_check(saved: dict[str, SavedBackup],
+                                                                 tmp_path: Path) -> None:
+    """Issue 11 item 12: no sha256 trailer -> exit 1 naming --skip-hash-check; with it etcdutl gets the flag."""
+    b = saved["plain"]
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(b.snapshot.read_bytes()[:-32])
+    zst = tmp_path / "cut.db.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(cut.read_bytes()))
+    c = LocalCluster(tmp_path / "run", size=1)
+    d = tmp_path / "etcd"
+    d.mkdir()
+    (d / "keep").write_text("keep")
+    before = tree(d)
+    for f in (cut, zst):
+        for extra in ((), ("--dry-run",)):
+            r = _restore(f, c, d, *extra)
+            assert r.code == 1 and "no sha256 trailer" in r.err and "--skip-hash-check" in r.err, r.err
+            assert tree(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.db", "cut.db.zst", "etcd"]
+    r = _restore(cut, c, d, "--skip-hash-check", "--dry-run")
+    assert r.code == 0 and "--skip-hash-check" in r.out, r.err
+    r = _restore(zst, c, d, "--skip-hash-check", "-w", "json")
+    assert r.code == 0, r.err
+    assert _serve(c, d) == b.data
+
+
+def test_refuses_data_dir_of_running_etcd(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Issue 11 item 2: restoring under a running etcd would be lost: exit 3 naming the PID, --force=in-use."""
+    b = backup_of(etcd1, tmp_path / "bk")
+    m = etcd1.members[0]
+    d = m.data_dir
+
+    def restore(target: Path, *extra: str) -> Result:
+        return cli("restore", "member", str(b.directory), "--data-dir", str(target), "--name", m.name,
+                   "--initial-cluster", etcd1.initial_cluster, *extra)
+
+    def leftovers(target: Path) -> list[str]:
+        return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f"{target.name}."))
+
+    before = leftovers(d)
+    for extra in ((), ("--dry-run",)):
+        r = restore(d, *extra)
+        assert r.code == 3 and f"PID {m.pid} (etcd" in r.err and "--force=in-use" in r.err, r.err
+        assert "has " in r.err and str(d / "member") in r.err
+    assert leftovers(d) == before and m.is_running()
+    put(etcd1, b"/after/refusal", b"kept")
+    assert dump(etcd1.endpoints)[b"/after/refusal"] == b"kept"
+    # a directory whose etcd we cannot see (a container, another path to it): its recorded member answers
+    etcd1.stop()
+    copy = tmp_path / "seen-elsewhere.etcd"
+    shutil.copytree(d, copy)
+    etcd1.start()
+    r = restore(copy)
+    assert r.code == 3 and "answers on" in r.err and f"PID {m.pid}" in r.err and "--force=in-use" in r.err, r.err
+    assert leftovers(copy) == []
+    r = restore(copy, "--force=in-use")
+    assert r.code == 0 and "(--force=in-use)" in r.err, r.err
+    assert [n for n in leftovers(copy) if ".pre-restore-" in n]
+    # once the etcd is stopped the directory is free
+    etcd1.stop()
+    r = restore(d)
+    assert r.code == 0, r.err

@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -15,14 +17,21 @@ import pyrage
 import pytest
 import zstandard
 
+from etcdwarden.binaries import find_binary
+from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.snapshot import SnapshotCorrupt
 from etcdwarden.snapshot.bbolt import BoltFile
+from etcdwarden.snapshot.scratch import process_start
 from etcdwarden.snapshot.status import db_status
 from etcdwarden.snapshot.verify import NO_TRAILER_NOTE, BackupReport, SnapshotReport, verify_db, verify_path
 from tests.cli_helpers import cli
 from tests.snapshot import bulk_put, etcdutl_status, fill_mixed, save, start_cluster
 
 TS = "2024-05-01_120000"
+
+
+def etcdutl_binary() -> Path:
+    return find_binary("etcdutl")
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +46,11 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         cluster.stop()
 
 
-def _check_damaged(path: Path, expect_fail: bool) -> str:
+def _check_damaged(path: Path, expect_fail: bool, skip_hash_check: bool = False) -> str:
     """Verify a damaged file: only SnapshotCorrupt may come out, fast; return 'ok' or 'corrupt'."""
     t0 = time.monotonic()
     try:
-        report = verify_db(path)
+        report = verify_db(path, skip_hash_check=skip_hash_check)
     except SnapshotCorrupt as e:
         assert "\n" not in str(e)
         outcome = "corrupt"
@@ -65,11 +74,46 @@ def test_good_snapshot(snap: Path) -> None:
     assert r.code == 0 and json.loads(r.out)["ok"] is True
 
 
-def test_raw_db_is_structure_checked_only(snap: Path, tmp_path: Path) -> None:
+def test_no_trailer_fails_unless_skip_hash_check(snap: Path, tmp_path: Path, etcd1: LocalCluster) -> None:
+    """Issue 11 item 12: a snapshot without its sha256 trailer is not "ok" (etcdutl refuses it too)."""
+    cut = tmp_path / "cut.db"  # a snapshot cut by exactly 32 bytes
+    cut.write_bytes(snap.read_bytes()[:-32])
+    etcd1.stop()  # a raw member/snap/db copy of a (stopped) member
     raw = tmp_path / "db"
-    raw.write_bytes(snap.read_bytes()[:-32])
-    r = cli("snapshot", "verify", str(raw))
-    assert r.code == 0 and NO_TRAILER_NOTE in r.out
+    raw.write_bytes((etcd1.members[0].data_dir / "member" / "snap" / "db").read_bytes())
+    zst = tmp_path / "cut.db.zst"  # the same, compressed: detected once decoded
+    zst.write_bytes(zstandard.ZstdCompressor().compress(cut.read_bytes()))
+    for f in (cut, raw, zst):
+        # etcdutl's own detection agrees: "snapshot missing hash but --skip-hash-check=false"
+        etcdutl_cmd = [str(etcdutl_binary()), "snapshot", "restore", str(cut if f == zst else f),
+                       "--data-dir", str(tmp_path / f"restored-{f.name}")]
+        e = subprocess.run(etcdutl_cmd, capture_output=True, text=True, check=False)
+        assert e.returncode != 0 and "missing hash" in e.stderr, e.stderr
+        r = cli("snapshot", "verify", str(f))
+        assert r.code == 1 and r.out == "" and "no sha256 trailer" in r.err and "--skip-hash-check" in r.err, r
+        assert r.err.count("\n") == 1
+        with pytest.raises(SnapshotCorrupt, match="no sha256 trailer"):
+            verify_path(f)
+        r = cli("snapshot", "verify", "--skip-hash-check", str(f))
+        assert r.code == 0 and NO_TRAILER_NOTE in r.out, r.err
+        report = verify_path(f, skip_hash_check=True)
+        assert isinstance(report, SnapshotReport) and report.sha256 == "absent"
+    # a trailer that is present is checked even with --skip-hash-check
+    bad = tmp_path / "bad.db"
+    buf = bytearray(snap.read_bytes())
+    buf[-1] ^= 1
+    bad.write_bytes(buf)
+    r = cli("snapshot", "verify", "--skip-hash-check", str(bad))
+    assert r.code == 1 and "sha256 mismatch" in r.err
+    r = cli("snapshot", "verify", "--skip-hash-check", str(snap))
+    assert r.code == 0 and ": ok (sha256 ok" in r.out
+    # a backup directory whose snapshot has no trailer: refused the same way
+    d = tmp_path / "bk"
+    d.mkdir()
+    (d / f"snapshot_{TS}.db").write_bytes(cut.read_bytes())
+    _backup(d, cut)
+    _fails(d, "no sha256 trailer")
+    assert cli("snapshot", "verify", "--skip-hash-check", str(d)).code == 0
 
 
 def _meta_and_stride_offsets(size: int, page_size: int, stride: int) -> list[int]:
@@ -111,7 +155,7 @@ def test_byte_flips_without_trailer_are_handled(snap: Path, tmp_path: Path) -> N
         buf = bytearray(data)
         buf[off] ^= 0xFF
         bad.write_bytes(buf)
-        outcomes[_check_damaged(bad, expect_fail=False)] += 1
+        outcomes[_check_damaged(bad, expect_fail=False, skip_hash_check=True)] += 1
         with contextlib.suppress(SnapshotCorrupt):
             db_status(bad)
     # every meta byte that is checksummed or checked is detected; many data flips are too
@@ -262,7 +306,7 @@ def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
         buf[off : off + len(patch)] = patch
         bad.write_bytes(buf)
         with pytest.raises(SnapshotCorrupt, match=fragment):
-            verify_db(bad)
+            verify_db(bad, skip_hash_check=True)
         with pytest.raises(SnapshotCorrupt, match=fragment):
             db_status(bad)
     # a broken meta page 0 is reported even though bbolt could fall back to meta page 1
@@ -270,5 +314,34 @@ def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
     buf[40] ^= 1  # inside meta 0's checksummed area (root)
     bad.write_bytes(buf)
     with pytest.raises(SnapshotCorrupt, match="meta page 0 is invalid: checksum mismatch"):
-        verify_db(bad)
+        verify_db(bad, skip_hash_check=True)
     assert db_status(bad).as_json() == etcdutl_status(bad)  # status falls back to meta 1, like etcdutl
+
+
+def test_verify_decodes_beside_the_file_and_removes_dead_runs_copies(snap: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 5: the decoded copy is never in the system temp dir; a killed run's copy is removed."""
+    import tempfile
+
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    ident = pyrage.x25519.Identity.generate()
+    idfile = tmp_path / "id.txt"
+    idfile.write_text(f"{ident}\n")
+    d = tmp_path / "in"
+    d.mkdir()
+    enc = d / "snap.db.zst.age"
+    enc.write_bytes(pyrage.encrypt(zstandard.ZstdCompressor().compress(snap.read_bytes()), [ident.to_public()]))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = d / f".etcdwarden-tmp-{gone.pid}-12345-0badc0de"
+    leftover.mkdir(mode=0o700)
+    (leftover / "snapshot.db").write_bytes(b"plaintext")
+    alive = d / f".etcdwarden-tmp-{os.getpid()}-{process_start(os.getpid())}-0badc0de"  # a live run's: kept
+    alive.mkdir(mode=0o700)
+    r = cli("snapshot", "verify", "--identity", str(idfile), str(enc))
+    assert r.code == 0 and ": ok (sha256 ok" in r.out, r.err
+    assert f"removed {leftover}" in r.out and f"PID {gone.pid}, gone" in r.out
+    assert sorted(p.name for p in d.iterdir()) == [alive.name, enc.name]
+    assert list(systmp.iterdir()) == []

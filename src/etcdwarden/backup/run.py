@@ -35,7 +35,7 @@ from etcdwarden.errors import (
     UsageError,
 )
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.fsutil import DiskFull, dir_lock, fsync_dir, private_dir
+from etcdwarden.fsutil import DiskFull, LockInfo, dir_lock, fsync_dir, private_dir
 from etcdwarden.snapshot.status import SnapshotStatus
 from etcdwarden.snapshot.verify import verify_db
 
@@ -146,13 +146,14 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
     with BackupTarget(opts.directory, opts.repository_options) as target:
         directory = target.staging
         res_dir = private_dir(opts.resources_dir) if opts.resources_dir else directory
-        with dir_lock(directory, opts.lock_wait):
+        with dir_lock(directory, opts.lock_wait) as lock:
+            notes = _clean_after_dead_run(directory, lock) if target.local else []
             pre = await preflight(client, force=opts.force, member=opts.member)
             if not pre.candidates:
                 raise EtcdwardenError("no member can serve a snapshot")
             ts = _free_timestamp([directory, res_dir], target.names)
             run = _Run(opts, target, res_dir, BackupNames(ts, opts.compress, bool(recipients)), recipients,
-                       list(pre.warnings))
+                       [*notes, *pre.warnings])
             chosen, result = await run.snapshot(client, pre.candidates, progress)
 
             def commit() -> dict[str, Any]:
@@ -170,6 +171,22 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
                 raise
             return BackupResult(directory, directory / run.names.manifest, manifest, run.warnings,
                                 location=target.where(run.names.manifest))
+
+
+def _clean_after_dead_run(directory: Path, lock: LockInfo) -> list[str]:
+    """Remove the temporary files a killed run left in the repository (we hold its lock); say so."""
+    from etcdwarden.repository.local import remove_stale_temp
+
+    done = remove_stale_temp(directory, lock)
+    notes = []
+    if done.removed:
+        who = f" (pid {lock.previous.pid})" if lock.previous is not None else ""
+        notes.append(f"removed {len(done.removed)} temporary file(s) left in {directory} by an earlier run that "
+                     f"is gone{who}: {', '.join(done.removed)}")
+        log.info("removed stale temporary files: %s", ", ".join(done.removed))
+    for name, why in done.left.items():
+        log.info("left %s in %s: %s", name, directory, why)
+    return notes
 
 
 class _Run:

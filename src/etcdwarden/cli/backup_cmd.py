@@ -10,6 +10,7 @@ from typing import Any
 
 from etcdwarden.backup.run import BackupOptions, BackupResult, take_backup
 from etcdwarden.cli._async import with_client
+from etcdwarden.cli.common import duration_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_OK
@@ -33,8 +34,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "the file is bundled with the resources, and a migration in progress refuses the backup")
     p.add_argument("--verify", choices=["full", "hash"], default="full",
                    help="full: sha256 trailer + bbolt structure + status (default); hash: trailer only")
-    p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait this long for another backup into DIR to finish (default: fail at once)")
+    p.add_argument("--lock-wait", type=duration_arg(), default=0.0, metavar="DURATION",
+                   help="wait this long (e.g. 30s, 5m) for another backup into DIR to finish (default: fail at once)")
     p.add_argument("--force", action="store_true",
                    help="back up even without quorum, with no healthy member, or with a CORRUPT alarm")
     repo_opts(p)

@@ -12,9 +12,12 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from etcdwarden.cli.common import count_arg, duration_arg, gib_arg, size_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.cli.repo_options import repo_opts, repository_options
-from etcdwarden.errors import EXIT_OK, UsageError
+from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
+
+CORRUPT = "corrupt"  # etcdwarden.repository.catalog.CORRUPT (the handlers import the repository lazily)
 
 # the repository modules are imported in the handlers: registering costs the CLI no start-up time
 if TYPE_CHECKING:
@@ -28,14 +31,19 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     cmds = p.add_subparsers(dest="backups_command", metavar="SUBCOMMAND", parser_class=type(p))
     cmds.required = True
 
-    q = cmds.add_parser("list", parents=parents, help="every backup: time, revision, size, member, state")
+    q = cmds.add_parser("list", parents=parents, help="every backup: time, revision, size, member, state",
+                        description="List the backups of a repository from their manifests. VERIFIED says "
+                                    "what the manifest claims for a complete backup; with --verify every "
+                                    "backup's files are hashed again and compared with the manifest.")
     q.add_argument("repo", metavar="REPO")
+    _verify_opt(q)
     repo_opts(q)
     q.set_defaults(func=cmd_list)
 
     q = cmds.add_parser("show", parents=parents, help="one backup's catalog entry and manifest")
     q.add_argument("repo", metavar="REPO")
     q.add_argument("id", metavar="ID", help="backup ID (its timestamp, YYYY-MM-DD_HHMMSS)")
+    _verify_opt(q)
     repo_opts(q)
     q.set_defaults(func=cmd_show)
 
@@ -50,23 +58,40 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q = cmds.add_parser("prune", parents=parents, help="apply retention (default: keep the newest 15)",
                         description="Delete verified backups beyond the retention rules (the newest verified "
                                     "backup is never deleted) and failed backups older than the grace period. "
-                                    "Sizes are GiB (1024^3 bytes).")
+                                    "GiB = 1024^3 bytes. Durations: 90s, 15m, 36h, 7d, 2w; sizes: 500MiB, 10GiB, "
+                                    "1.5GB. The daemon's retention keys take the same values (keepLast, maxSizeGiB "
+                                    "or maxSize, keepWithin, tiers, minKeep, incompleteGrace).")
     q.add_argument("repo", metavar="REPO")
-    q.add_argument("--max-number", type=int, nargs="?", const=15, metavar="N",
+    q.add_argument("--max-number", type=count_arg(1), nargs="?", const=15, metavar="N",
                    help="keep exactly the newest N verified backups (RetentionNumber; 15 if N is omitted)")
-    q.add_argument("--max-size-gib", type=float, nargs="?", const=10.0, metavar="G",
-                   help="keep the newest verified backups totalling at most G GiB (RetentionSize; 10 if omitted)")
-    q.add_argument("--keep-within", metavar="DURATION", help="keep every backup younger than this (e.g. 7d, 36h)")
+    cap = q.add_mutually_exclusive_group()
+    cap.add_argument("--max-size-gib", type=gib_arg, nargs="?", const=10 * 1024**3, metavar="G",
+                     help="keep the newest verified backups totalling at most G GiB (RetentionSize; 10 if omitted)")
+    cap.add_argument("--max-size", type=size_arg(positive=True), metavar="SIZE",
+                     help="the same cap as a size with its unit (e.g. 500MiB, 10GiB, 1.5GB)")
+    q.add_argument("--keep-within", type=duration_arg(positive=True), metavar="DURATION",
+                   help="keep every backup younger than this (e.g. 7d, 36h)")
     for tier in ("hourly", "daily", "weekly", "monthly"):
-        q.add_argument(f"--keep-{tier}", type=int, default=0, metavar="N",
+        q.add_argument(f"--keep-{tier}", type=count_arg(0), default=0, metavar="N",
                        help=f"keep the latest backup of each of the last N {tier[:-2] if tier != 'daily' else 'day'}s")
-    q.add_argument("--min-keep", type=int, metavar="N", help="never keep fewer than N verified backups "
-                                                             "(protects against age-based rules when backups fail)")
-    q.add_argument("--incomplete-grace", default="24h", metavar="DURATION",
-                   help="delete failed/incomplete backups untouched for this long (default 24h)")
-    q.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
-    q.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
-                   help="local repositories: wait this long for a running backup to finish")
+    q.add_argument("--min-keep", type=count_arg(0), metavar="N",
+                   help="never keep fewer than N verified backups (protects against age-based rules when backups "
+                        "fail; the newest verified backup is always kept, so 0 and 1 add nothing)")
+    q.add_argument("--incomplete-grace", type=duration_arg(), default="24h", metavar="DURATION",
+                   help="delete failed/incomplete backups untouched for this long, and abort incomplete "
+                        "multipart uploads (s3://) started this long ago (default 24h)")
+    q.add_argument("--reverify-after", type=duration_arg(), default="7d", metavar="DURATION",
+                   help="before deleting, every backup kept is hashed again against its manifest; a file "
+                        "unchanged (size, mtime, ctime, inode; object stores: ETag) since it was last hashed "
+                        "is trusted for at most this long (default 7d; 0: always hash)")
+    q.add_argument("--max-verify-bytes", type=size_arg(bare_bytes=True), metavar="SIZE",
+                   help="the most bytes one run reads to re-prove the backups it keeps (e.g. 20GiB; "
+                        "default: no limit for directories, 50GiB for object stores); past it, prune "
+                        "deletes nothing and says so")
+    q.add_argument("--dry-run", action="store_true", help="show the plan (backups kept are re-proven), delete "
+                                                          "nothing")
+    q.add_argument("--lock-wait", type=duration_arg(), default=0.0, metavar="DURATION",
+                   help="local repositories: wait this long (e.g. 30s) for a running backup to finish")
     repo_opts(q)
     q.set_defaults(func=cmd_prune)
 
@@ -77,6 +102,25 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--dry-run", action="store_true", help="show what would be copied")
     repo_opts(q)
     q.set_defaults(func=cmd_copy)
+
+
+def _verify_opt(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--verify", action="store_true",
+                   help="hash every file of every backup again and compare it with the manifest (reads "
+                        "everything; a mismatch shows as corrupt and the command exits 1)")
+
+
+def _reverify(cat: Any, repo: Repository, only: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """``--verify``: hash every file again (asked for: no cache, no byte budget) of each backup whose
+    manifest lists its files (or of backup ``only``); returns (ID -> check, notes)."""
+    from etcdwarden.repository.reverify import Verifier
+
+    verifier = Verifier(repo, use_cache=False, unbounded=True)
+    for e in cat.entries:
+        if e.state in ("complete", "unverified") and only in (None, e.id):
+            verifier.check(e)
+    verifier.save(o.name for e in cat.entries for o in e.objects)
+    return dict(verifier.checks), verifier.notes
 
 
 def _open(args: argparse.Namespace, location: str, must_exist: bool = True) -> Repository:
@@ -101,43 +145,82 @@ def _age(t: dt.datetime) -> str:
 
 def cmd_list(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.catalog import load_catalog
+    from etcdwarden.repository.reverify import mark_known_corrupt
+    from etcdwarden.repository.uploads import pending_uploads
 
+    checks: dict[str, Any] = {}
+    notes: list[str] = []
     with _open(args, args.repo) as repo:
         cat = load_catalog(repo)
+        if args.verify:
+            checks, notes = _reverify(cat, repo)
+        else:
+            mark_known_corrupt(repo, cat.entries)
         rows = [e.as_json(repo) for e in reversed(cat.entries)]  # newest first
+        uploads, why_not = pending_uploads(repo)
+    for r in rows:
+        if args.verify:
+            c = checks.get(r["id"])
+            r["rehashed"] = c is not None and c.ok
+    corrupt = [e for e in cat.entries if e.state == CORRUPT]
+    code = EXIT_FAILED if corrupt and args.verify else EXIT_OK  # a plain listing reports, --verify checks
     if out.is_json:
-        out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown})
-        return EXIT_OK
+        out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown,
+                  "incomplete_uploads": [u.as_json() for u in uploads], "incomplete_uploads_note": why_not,
+                  "notes": notes})
+        for e in corrupt:
+            out.error(f"backup {e.id} is corrupt: {e.problem}")
+        return code
     table = []
     for e, r in zip(reversed(cat.entries), rows, strict=True):
         table.append([r["id"], e.time.strftime("%Y-%m-%d %H:%M:%S UTC"), _age(e.time),
                       r["revision"] if r["revision"] is not None else "-", humanize_bytes(r["size"]),
-                      r["member"] or "-", "yes" if r["verified"] else "no", ",".join(r["encryption_keys"]) or "-",
+                      r["member"] or "-", "re-hashed" if r.get("rehashed") else "yes" if r["verified"] else "no",
+                      ",".join(r["encryption_keys"]) or "-",
                       r["state"], r["where"]])
     out.table(["ID", "TIME", "AGE", "REVISION", "SIZE", "MEMBER", "VERIFIED", "ENCRYPTION KEYS", "STATE", "WHERE"],
               table)
     for e in cat.entries:
-        if not e.good:
+        if not e.good and e.state != CORRUPT:
             out.warn(f"{e.id}: {e.state}: {e.problem}")
+    for n in notes:
+        out.info(n)
     if cat.unknown:
         out.info(f"{len(cat.unknown)} other object(s) in the repository are not backups and are left alone")
-    return EXIT_OK
+    if uploads:
+        out.warn(f"{len(uploads)} incomplete upload(s) under {cat.url} (a killed or failed write; their parts "
+                 "are stored until aborted): " + ", ".join(f"{u.name} (started {u.initiated.isoformat()[:19]})"
+                                                          for u in uploads)
+                 + "; `etcdwarden backups prune` aborts them once older than --incomplete-grace (24h)")
+    if why_not is not None:
+        out.info(why_not)
+    if args.verify:
+        out.info(f"re-hashed {len(checks)} backup(s) against their manifests: {len(corrupt)} corrupt")
+    for e in corrupt:
+        out.error(f"backup {e.id} is corrupt: {e.problem}")
+    return code
 
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.catalog import load_catalog
+    from etcdwarden.repository.reverify import mark_known_corrupt
 
     with _open(args, args.repo) as repo:
         cat = load_catalog(repo)
         e = cat.get(args.id)
+        if args.verify:
+            _reverify(cat, repo, only=e.id)
+        else:
+            mark_known_corrupt(repo, cat.entries)
         doc = e.as_json(repo)
         doc["objects"] = [{"name": o.name, "size": o.size, "modified": o.mtime.isoformat()} for o in e.objects]
         newest = cat.newest_good()
         doc["newest_verified"] = newest is not None and newest.id == e.id
         doc["manifest"] = e.manifest
+    code = EXIT_FAILED if e.state == CORRUPT and args.verify else EXIT_OK
     if out.is_json:
         out.json(doc)
-        return EXIT_OK
+        return code
     for key in ("id", "time", "state", "problem", "verified", "newest_verified", "revision", "member", "cluster_id",
                 "db_size", "size", "encryption_keys", "compression", "encryption", "where"):
         val = doc[key]
@@ -149,7 +232,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     out.line("objects:")
     for o in doc["objects"]:
         out.line(f"  {o['name']}  {o['size']} bytes  {o['modified']}")
-    return EXIT_OK
+    if e.state == CORRUPT:
+        out.error(f"backup {e.id} is corrupt: {e.problem}")
+    return code
 
 
 def cmd_delete(args: argparse.Namespace, out: Output) -> int:
@@ -177,41 +262,67 @@ def _retention(args: argparse.Namespace) -> Any:
         RetentionNumber,
         RetentionSize,
         Tiered,
-        parse_duration,
     )
+    from etcdwarden.repository.retention.base import Names
 
     tiers = {t: getattr(args, f"keep_{t}") for t in ("hourly", "daily", "weekly", "monthly")}
+    cap = args.max_size if args.max_size is not None else args.max_size_gib
+    names = Names(max_number="--max-number", max_size="--max-size" if args.max_size is not None else "--max-size-gib",
+                  keep_within="--keep-within", tier="--keep-{tier}", min_keep="--min-keep",
+                  incomplete_grace="--incomplete-grace")
     return RetentionConfig(
         number=RetentionNumber(args.max_number) if args.max_number is not None else None,
-        size=RetentionSize(args.max_size_gib) if args.max_size_gib is not None else None,
-        within=KeepWithin(parse_duration(args.keep_within)) if args.keep_within else None,
+        size=RetentionSize.of_bytes(cap) if cap is not None else None,
+        within=KeepWithin(dt.timedelta(seconds=args.keep_within)) if args.keep_within is not None else None,
         tiered=Tiered(**tiers) if any(tiers.values()) else None,
         min_keep=MinKeep(args.min_keep) if args.min_keep is not None else None,
-        incomplete=IncompleteCleanup(parse_duration(args.incomplete_grace, allow_zero=True)),
+        incomplete=IncompleteCleanup(dt.timedelta(seconds=args.incomplete_grace)),
+        names=names,
     )
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.prune import prune
+    from etcdwarden.repository.reverify import VerifyPolicy
 
     config = _retention(args)
+    policy = VerifyPolicy(dt.timedelta(seconds=args.reverify_after), args.max_verify_bytes)
     with _open(args, args.repo) as repo:
-        result = prune(repo, config, dry_run=bool(args.dry_run), lock_wait=float(args.lock_wait))
+        result = prune(repo, config, dry_run=bool(args.dry_run), lock_wait=float(args.lock_wait), verify=policy)
         url = repo.url
     for a in result.plan.alerts:
-        out.warn(a)
+        if not any(a.startswith(f"backup {i} is corrupt") for i in result.corrupt):
+            out.warn(a)
+    for n in result.notes:
+        out.info(n)
+    code = EXIT_FAILED if result.corrupt else EXIT_OK
     if out.is_json:
         out.json({"repository": url, **result.as_json()})
-        return EXIT_OK
+        _report_corrupt(result.corrupt, out)
+        return code
     rows: list[list[object]] = [[k, "delete" if not args.dry_run else "would delete", v]
                                 for k, v in result.plan.delete.items()]
-    rows += [[k, "keep", v] for k, v in result.plan.keep.items()]
+    rows += [[k, "keep", v + (f" (re-proven: {result.proven[k]})" if k in result.proven else "")]
+             for k, v in result.plan.keep.items()]
     rows += [[k, "leave", v] for k, v in result.plan.leave.items()]
     rows.sort(key=lambda r: str(r[0]), reverse=True)
+    rows += [[f"upload {u.name}", "would abort" if args.dry_run else "abort",
+              f"incomplete upload started {u.initiated.isoformat()[:19]}, older than --incomplete-grace"]
+             for u in result.uploads_aborted]
+    rows += [[f"upload {k}", "leave", v] for k, v in result.uploads_left.items()]
     out.table(["ID", "ACTION", "REASON"], rows)
     verb = "would delete" if args.dry_run else "deleted"
-    out.info(f"{verb} {len(result.plan.delete)} backup(s) from {url}; {len(result.plan.keep)} verified kept")
-    return EXIT_OK
+    aborted = f"; {'would abort' if args.dry_run else 'aborted'} {len(result.uploads_aborted)} incomplete " \
+        "upload(s)" if result.uploads_aborted else ""
+    out.info(f"{verb} {len(result.plan.delete)} backup(s) from {url}; {len(result.plan.keep)} verified kept{aborted}")
+    _report_corrupt(result.corrupt, out)
+    return code
+
+
+def _report_corrupt(corrupt: dict[str, str], out: Output) -> None:
+    for backup_id, problem in corrupt.items():
+        out.error(f"backup {backup_id} is corrupt: {problem}. It was not counted and not deleted; the next good "
+                  "backup was kept in its place. Inspect it, then remove it with `etcdwarden backups delete`")
 
 
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from etcdwarden import units
 from etcdwarden.errors import UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import parse_endpoints
@@ -27,29 +28,79 @@ GLOBAL_FLAGS: list[tuple[str, str, str, str, object, str]] = [
     ("--password", "password", "ETCDCTL_PASSWORD", "str", None, "password (not in --user)"),
     ("--insecure-skip-tls-verify", "insecure_skip_tls_verify", "ETCDCTL_INSECURE_SKIP_TLS_VERIFY",
      "bool", False, "skip server certificate verification (insecure)"),
-    ("--dial-timeout", "dial_timeout", "ETCDCTL_DIAL_TIMEOUT", "duration", "2s", "dial timeout"),
+    ("--dial-timeout", "dial_timeout", "ETCDCTL_DIAL_TIMEOUT", "duration", "2s",
+     "dial timeout (default 2s; e.g. 500ms, 2s, 1m)"),
     ("--command-timeout", "command_timeout", "ETCDCTL_COMMAND_TIMEOUT", "duration", "5s",
-     "timeout of each command"),
+     "timeout of each command (default 5s)"),
     ("--write-out", "write_out", "ETCDCTL_WRITE_OUT", "str", "table", "output format: table or json"),
     ("--from-manifest", "from_manifest", "ETCDWARDEN_FROM_MANIFEST", "str", None,
      "etcd static pod manifest to read endpoints and certificates from"),
 ]
 
 
-def parse_duration(text: str) -> float:
-    """Go-style durations (``500ms``, ``5s``, ``2m``, ``1h30m``) or plain seconds, in seconds."""
-    import re
-
-    t = text.strip()
+def parse_duration(text: str, name: str = "duration", positive: bool = False) -> float:
+    """A duration in :mod:`etcdwarden.units`' grammar (``500ms``, ``5s``, ``2m``, ``1h30m``, ``1d``) → seconds;
+    a UsageError naming ``name`` (the flag or variable) otherwise."""
     try:
-        return float(t)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h)", t)
-    if not parts or "".join(n + u for n, u in parts) != t:
-        raise UsageError(f"invalid duration {text!r}; use e.g. 500ms, 5s, 2m")
-    scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+        seconds = units.parse_duration(text)
+    except units.UnitError as e:
+        raise UsageError(f"{name}: {e}") from None
+    if positive and seconds <= 0:
+        raise UsageError(f"{name}: the duration must be more than 0 (got {text!r})")
+    return seconds
+
+
+def duration_arg(positive: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=``: a duration in seconds; argparse reports a bad one with the flag (exit 2)."""
+    def parse(text: str) -> float:
+        try:
+            seconds = units.parse_duration(text)
+        except units.UnitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if positive and seconds <= 0:
+            raise argparse.ArgumentTypeError(f"the duration must be more than 0 (got {text!r})")
+        return seconds
+
+    parse.__name__ = "duration"
+    return parse
+
+
+def count_arg(minimum: int = 0) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {n})")
+        return n
+
+    parse.__name__ = "count"
+    return parse
+
+
+def gib_arg(text: str) -> int:
+    """An argparse ``type=``: a finite number of GiB above 0 (``10``, ``0.5``) → bytes."""
+    try:
+        return units.parse_gib(text)
+    except units.UnitError as e:
+        raise argparse.ArgumentTypeError(f"{e}; use e.g. 10 or 0.5 (GiB), or --max-size 10GiB") from None
+
+
+def size_arg(bare_bytes: bool = False, positive: bool = False) -> Callable[[str], int]:
+    """An argparse ``type=``: a size in bytes (``10GiB``; a bare number is bytes only with ``bare_bytes``)."""
+    def parse(text: str) -> int:
+        try:
+            n = units.parse_size(text, bare_bytes=bare_bytes)
+        except units.UnitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if positive and n <= 0:
+            raise argparse.ArgumentTypeError(f"the size must be more than 0 (got {text!r})")
+        return n
+
+    parse.__name__ = "size"
+    return parse
 
 
 def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -67,17 +118,19 @@ def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> object:
     """The effective value of a global option: flag, then environment, then default."""
-    for _flag, d, env, kind, default, _help in GLOBAL_FLAGS:
+    for flag, d, env, kind, default, _help in GLOBAL_FLAGS:
         if d != dest:
             continue
         val = getattr(args, dest, None)
+        source = flag
         if val is None and env in environ:
             raw = environ[env]
             val = raw.lower() in ("1", "true", "yes") if kind == "bool" else raw
+            source = env
         if val is None:
             val = default
         if kind == "duration" and isinstance(val, str):
-            return parse_duration(val)
+            return parse_duration(val, source, positive=True)
         return val
     raise KeyError(dest)
 

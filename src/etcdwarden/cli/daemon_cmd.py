@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from etcdwarden.cli.common import client_config
+from etcdwarden.cli.common import client_config, duration_arg
 from etcdwarden.cli.output import Output
 from etcdwarden.daemon import logs
-from etcdwarden.daemon.config import EtcdSection, check_listen, exposure_problem, parse_duration
+from etcdwarden.daemon.config import EtcdSection, check_listen, exposure_problem
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.service import Daemon, OnceReport
 from etcdwarden.daemon.spec import DaemonConfig
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.units import format_duration
 
 _EPILOG = """\
 The configuration is YAML: one etcdwarden.io/v1alpha1 DaemonConfig document plus, in the same or other
@@ -29,6 +30,11 @@ resources as they are; their pvcName names a repository of the DaemonConfig. --c
 than once and may name a directory (its *.yaml files, in name order).
 
 Settings of the etcd section override ETCDCTL_* variables; command-line flags override both.
+Durations and sizes are written as on the command line: 90s, 15m, 1h30m, 7d; 500MiB, 10GiB.
+
+A job with no recorded run waits for its first slot (logged in its time zone); only a backup whose
+repository holds no complete backup of this cluster runs at once. After downtime a missed backup slot
+runs once (catchUp); a missed defrag or key rotation waits for its next slot.
 
 A failed scheduled backup is retried before its next slot (retry: attempts 3, backoff 5m doubling up to
 maxBackoff 30m, by default; agent.retry and each backup's retry change it). With --once the retries
@@ -37,6 +43,15 @@ happen within the run, none starting after --deadline.
 HTTP is plain and on loopback by default. A non-loopback agent.listen (or --listen) needs agent.tls
 (certFile, keyFile) or an explicit agent.insecureHttp: true; agent.auth.tokenFile requires a bearer
 token on /api/* (and on /metrics with protectMetrics). SIGHUP re-reads the configuration and those files.
+"""
+
+_VALIDATE_EPILOG = """\
+The files hold one etcdwarden.io/v1alpha1 DaemonConfig document plus, in the same or other files, OpenShift
+Backup (config.openshift.io/v1alpha1) and EtcdBackup (operator.openshift.io/v1alpha1) resources as they are.
+Durations and sizes are written as on the command line: 90s, 15m, 1h30m, 7d; 500MiB, 10GiB (a bare number
+is refused with a hint, except 0 and settings named in bytes).
+
+Example: etcdwarden config validate /etc/etcdwarden/daemon.yaml /etc/etcdwarden/conf.d
 """
 
 
@@ -49,7 +64,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true",
                    help="run every job that is due (and pending single backups) once, then exit "
                         "(for a Kubernetes CronJob); exit 1 if a job failed")
-    p.add_argument("--deadline", metavar="DURATION", default="30m",
+    p.add_argument("--deadline", metavar="DURATION", default="30m", type=duration_arg(),
                    help="with --once: start no retry of a failed backup later than this after the run began "
                         "(default 30m; keep it below the CronJob's activeDeadlineSeconds)")
     p.add_argument("--listen", metavar="HOST:PORT",
@@ -59,12 +74,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: agent.logLevel")
     p.set_defaults(func=cmd_daemon)
 
-    c = sub.add_parser("config", help="check daemon configuration files")
+    c = sub.add_parser("config", help="check daemon configuration files",
+                       description="Check daemon configuration files without running the daemon.")
     csub = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-    v = csub.add_parser("validate", parents=parents, epilog=_EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        help="validate daemon configuration files; report every problem with its path")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v = csub.add_parser("validate", epilog=_VALIDATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="validate daemon configuration files; report every problem with its path",
+                        description="Read and check the files `etcdwarden daemon --config` would read, offline\n"
+                        "(etcd is not contacted), and report every problem at once with its file, line and path.\n"
+                        "Exit 0 and a summary of the jobs and their next slots when valid; exit 2 when not.")
+    v.add_argument("files", nargs="+", metavar="FILE", help="configuration file or directory (its *.yaml files)")
+    v.add_argument("-w", "--write-out", dest="write_out", choices=["table", "json"], default=argparse.SUPPRESS,
+                   help="table (default) or json: the resolved configuration (no secrets)")
     v.set_defaults(func=cmd_validate)
 
 
@@ -96,8 +116,8 @@ def daemon_client_config(args: argparse.Namespace, etcd: EtcdSection) -> ClientC
     fill("user", etcd.user)
     fill("password", read_password(etcd, os.environ))
     fill("insecure_skip_tls_verify", True if etcd.insecure_skip_tls_verify else None)
-    fill("dial_timeout", str(etcd.dial_timeout) if etcd.dial_timeout is not None else None)
-    fill("command_timeout", str(etcd.command_timeout) if etcd.command_timeout is not None else None)
+    fill("dial_timeout", format_duration(etcd.dial_timeout) if etcd.dial_timeout is not None else None)
+    fill("command_timeout", format_duration(etcd.command_timeout) if etcd.command_timeout is not None else None)
     return client_config(ns)
 
 
@@ -113,10 +133,7 @@ def _secrets(cfg: DaemonConfig, ccfg: ClientConfig) -> set[str]:
 
 def cmd_daemon(args: argparse.Namespace, out: Output) -> int:
     paths = [Path(p) for p in args.config]
-    try:
-        deadline = parse_duration(args.deadline)
-    except ValueError as e:
-        raise UsageError(f"--deadline: {e}") from None
+    deadline = float(args.deadline)
     cfg = load_config(paths)
     if args.listen and not args.once:
         try:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from etcdwarden.cli._async import with_client
-from etcdwarden.cli.common import parse_duration, resolve
+from etcdwarden.cli.common import DEFAULT_MANIFEST, duration_arg, resolve
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.defrag import AUTO_RULE, DefragEvent, DefragOptions, DefragReport, compile_rule, rolling_defrag
-from etcdwarden.defrag.rules import VARIABLES, parse_size
+from etcdwarden.defrag.quota import parse_quota
+from etcdwarden.defrag.rules import MAX_DEPTH, MAX_RULE_LENGTH, VARIABLES
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdwarden.etcd.client import EtcdClient
 
@@ -23,6 +25,8 @@ Rule variables (per member, floats): {", ".join(VARIABLES)}.
 Operators: + - * / % == != < <= > >= && || ! and parentheses; sizes like 100MiB or 2GiB.
 --auto uses OpenShift's controller rule: {AUTO_RULE}
 Example: --rule 'dbQuotaUsage > 0.8 || dbSizeFree > 200MiB'
+A rule is checked, and tried on sample figures, before anything is dialled (exit 2 if bad): at most
+{MAX_RULE_LENGTH} characters and {MAX_DEPTH} levels of nesting, finite numbers, 64-bit integers, no division by zero.
 """
 
 
@@ -41,15 +45,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="compact the history to the current revision first (physical)")
     p.add_argument("--move-leader", action="store_true",
                    help="move leadership to a defragmented member before defragmenting the leader")
-    p.add_argument("--wait", default="60s", metavar="DURATION",
+    p.add_argument("--wait", default="60s", type=duration_arg(), metavar="DURATION",
                    help="minimum pause between members (default 60s; each member must also be healthy and "
                         "caught up)")
-    p.add_argument("--recover-timeout", default="60s", metavar="DURATION",
+    p.add_argument("--recover-timeout", default="60s", type=duration_arg(positive=True), metavar="DURATION",
                    help="how long a member may take to be healthy and caught up after its defrag (default 60s)")
     p.add_argument("--continue-on-error", action="store_true",
                    help="go on with the next member after a failed or timed-out defrag")
-    p.add_argument("--db-quota-bytes", default="2GiB", metavar="SIZE",
-                   help="the backend quota when the server does not report it (etcd < 3.6; default 2GiB)")
+    p.add_argument("--quota-backend-bytes", "--db-quota-bytes", dest="quota_backend_bytes", metavar="SIZE",
+                   help="the members' --quota-backend-bytes (0: etcd's 2GiB default; negative: none), for "
+                        "members that do not report it (etcd < 3.6) and whose command line or static pod "
+                        "manifest cannot be read on this host; without it, NOSPACE is not disarmed on them")
     p.add_argument("--disarm-threshold", type=float, default=0.9, metavar="RATIO",
                    help="disarm NOSPACE only when every database is below RATIO x quota (default 0.9)")
     p.add_argument("--no-disarm", action="store_true", help="leave NOSPACE alarms alone")
@@ -68,17 +74,18 @@ def options_from_args(args: argparse.Namespace, environ: Any = None) -> DefragOp
     assert isinstance(timeout, float)
     if not 0 < args.disarm_threshold <= 1:
         raise UsageError("--disarm-threshold must be in (0, 1]")
-    wait = parse_duration(args.wait)
-    recover = parse_duration(args.recover_timeout)
-    if wait < 0 or recover <= 0 or timeout <= 0:
-        raise UsageError("--wait must be ≥ 0, --recover-timeout and --command-timeout > 0")
-    quota = parse_size(args.db_quota_bytes)
+    wait = float(args.wait)
+    recover = float(args.recover_timeout)
+    if timeout <= 0:
+        raise UsageError("--command-timeout must be more than 0")
+    quota = parse_quota(args.quota_backend_bytes) if args.quota_backend_bytes is not None else None
+    manifest = resolve(args, env, "from_manifest")
     return DefragOptions(
         cluster=bool(args.cluster), rule=rule, compact=bool(args.compact), move_leader=bool(args.move_leader),
         wait=wait, defrag_timeout=timeout, recover_timeout=recover, dry_run=bool(args.dry_run),
         force=bool(args.force), continue_on_error=bool(args.continue_on_error),
-        db_quota_bytes=quota if quota > 0 else None, disarm=not args.no_disarm,
-        disarm_threshold=float(args.disarm_threshold),
+        db_quota_bytes=quota, disarm=not args.no_disarm, disarm_threshold=float(args.disarm_threshold),
+        manifest=Path(str(manifest)) if manifest else DEFAULT_MANIFEST,
     )
 
 
@@ -141,6 +148,7 @@ def cmd_defrag(args: argparse.Namespace, out: Output) -> int:
     alarms = sorted({a.alarm for a in report.alarms_left})
     reasons = [r for r in (f"failed members: {failed}" if failed else "",
                            report.stopped_reason or "",
-                           f"{' and '.join(alarms)} alarm still active" if alarms else "") if r]
+                           f"{' and '.join(alarms)} alarm still active" if alarms else "",
+                           "; ".join(report.alarm_blockers)) if r]
     out.error("defragmentation incomplete: " + "; ".join(reasons))
     return EXIT_FAILED

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden.cli._async import with_client
+from etcdwarden.cli.common import parse_duration
 from etcdwarden.cli.output import Output
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.encryption.backup_keys import BackupSource
@@ -19,6 +20,7 @@ from etcdwarden.encryption.config import EncryptionConfiguration
 from etcdwarden.encryption.errors import TransformError
 from etcdwarden.encryption.migrate import MigrationReport
 from etcdwarden.encryption.ops import OpResult, Options, load_optional, run_operation
+from etcdwarden.encryption.preflight import FORCE_NON_KUBERNETES
 from etcdwarden.encryption.providers import KEYED_PROVIDERS, classify
 from etcdwarden.encryption.resources import LAYOUTS, Resource, parse_extra, resource_of, select
 from etcdwarden.encryption.rollout import Rollout
@@ -54,9 +56,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         sp.add_argument("--rate-limit", type=float, metavar="VALUES_PER_S",
                         help="throttle the scan (each rewrite is a MODIFIED event for watchers)")
         sp.add_argument("--skip-unreadable", action="store_true",
-                        help="leave values that cannot be decrypted as they are (reported) instead of stopping")
-        sp.add_argument("--no-plaintext-check", action="store_true",
-                        help="do not require aescbc plaintexts to look like Kubernetes objects")
+                        help="leave values that cannot be decrypted as they are (reported) instead of stopping "
+                             "(a key that fails on most of its values is a wrong key and still stops everything)")
+        sp.add_argument("--force", action="append", default=[], choices=[FORCE_NON_KUBERNETES], metavar="CHECK",
+                        help="override a safety refusal: non-kubernetes = encrypt with aescbc, or decrypt from it, "
+                             "values that are not Kubernetes objects (their decryption cannot be checked)")
 
     def rollout(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--apiserver-config", action="append", default=[], type=Path, metavar="PATH",
@@ -123,19 +127,14 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError("--page-size and --concurrency must be positive")
     return Options(dry_run=args.dry_run, state_path=args.state_file, page_size=args.page_size,
                    batch_ops=args.batch_size, concurrency=args.concurrency, skip_unreadable=args.skip_unreadable,
-                   check_plaintext=not args.no_plaintext_check, rate_limit=args.rate_limit,
+                   allow_non_kubernetes=FORCE_NON_KUBERNETES in args.force, rate_limit=args.rate_limit,
                    prune=bool(getattr(args, "prune", False)), rollout=_rollout(args), backups=_backups(args))
 
 
 def _rollout(args: argparse.Namespace) -> Rollout | None:
     if not hasattr(args, "apiserver_config"):
         return None
-    from etcdwarden.daemon.config import parse_duration
-
-    try:
-        timeout = parse_duration(args.rollout_timeout)
-    except ValueError as e:
-        raise UsageError(f"--rollout-timeout: {e}") from None
+    timeout = parse_duration(args.rollout_timeout, "--rollout-timeout", positive=True)
     if (args.apiserver_cacert or args.apiserver_token_file) and not args.apiserver_metrics:
         raise UsageError("--apiserver-cacert and --apiserver-token-file need --apiserver-metrics")
     return Rollout(configs=list(args.apiserver_config), metrics=list(args.apiserver_metrics), timeout=timeout,
@@ -219,12 +218,22 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     st = with_client(args, out, go)
     if out.is_json:
         out.json(st.to_dict())
-        return EXIT_OK
-    rows = [[r.resource, r.write, r.total, r.on_write, r.pending,
-             ", ".join(f"{k}={v}" for k, v in sorted(r.by_label.items())) or "-"] for r in st.resources]
-    out.table(["RESOURCE", "WRITE PROVIDER", "VALUES", "ON WRITE PROVIDER", "PENDING", "BY PROVIDER"], rows)
-    c = st.condition
-    out.line(f"{c.type}={c.status} reason={c.reason}: {c.message}")
+    else:
+        rows = [[r.resource, r.write, r.total, r.on_write, r.pending, r.unreadable,
+                 ", ".join(f"{k}={v}" for k, v in sorted(r.by_label.items())) or "-"] for r in st.resources]
+        out.table(["RESOURCE", "WRITE PROVIDER", "VALUES", "ON WRITE PROVIDER", "PENDING", "UNREADABLE",
+                   "BY PROVIDER"], rows)
+        c = st.condition
+        out.line(f"{c.type}={c.status} reason={c.reason}: {c.message}")
+        problems = [p for r in st.resources for p in r.problems]
+        for p in problems[:10]:
+            out.warn(p)
+        total = sum(r.unreadable + r.unverifiable for r in st.resources)
+        if total > 10:
+            out.warn(f"... and {total - 10} more (-w json lists up to 20 per resource)")
+    if st.unreadable:  # never a success: the configuration does not read what is stored
+        raise EtcdwardenError(f"{st.unreadable} stored value(s) cannot be decrypted with {args.config}: "
+                              "check its keys (a wrong secret, or a key missing from the file)")
     return EXIT_OK
 
 

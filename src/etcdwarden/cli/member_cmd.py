@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from etcdwarden.cli._async import with_client
+from etcdwarden.cli.common import duration_arg
 from etcdwarden.cli.output import Output
 from etcdwarden.errors import EXIT_OK, NotFound, UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
@@ -34,7 +35,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                       "a learner, start, promote); needs quorum")
     rp.add_argument("name", help="the failed member's name (as in the spec)")
     rp.add_argument("--spec", required=True, metavar="cluster.yaml", help="the members and their runtimes")
-    rp.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="wait limit of each step")
+    rp.add_argument("--timeout", type=duration_arg(positive=True), default=120.0, metavar="DURATION",
+                    help="wait limit of each step (default 2m)")
     rp.add_argument("--dry-run", action="store_true", help="check quorum and print the steps; change nothing")
     rp.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK",
                     help="healthy: replace even a member that looks healthy")

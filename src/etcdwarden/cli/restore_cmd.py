@@ -8,13 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from etcdwarden.cli.common import client_config
+from etcdwarden.cli.common import client_config, duration_arg
 from etcdwarden.cli.output import Output
-from etcdwarden.errors import EXIT_OK
+from etcdwarden.errors import EXIT_OK, UsageError
+from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore.checks import CHECKS, Forces
 from etcdwarden.restore.member import MemberRestoreOptions, check_contents, plan_member_restore, restore_member
 
 CRASH_ENV = "ETCDWARDEN_RESTORE_CRASH_AFTER"  # test hook: fail on purpose after this step
+KILL_ENV = "ETCDWARDEN_RESTORE_KILL_IN"  # test hook: SIGKILL the restore inside this step ("start")
 FORCE_HELP = ("override a safety check by name (repeatable or comma-separated): "
               + "; ".join(f"{k}: {v}" for k, v in CHECKS.items()) + "; --force alone overrides all of them")
 
@@ -32,6 +34,10 @@ def _add_backup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bump-revision", type=int, default=0, metavar="N",
                    help="add N to the revision (with --mark-compacted; etcdutl 3.5.10+)")
     p.add_argument("--mark-compacted", action="store_true", help="mark every revision up to the bumped one compacted")
+    p.add_argument("--skip-hash-check", action="store_true",
+                   help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its structure "
+                        "is verified, and etcdutl runs with --skip-hash-check (a trailer that is present is still "
+                        "checked)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
     p.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK", help=FORCE_HELP)
 
@@ -62,9 +68,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "member restored, the others added as learners and promoted")
     c.add_argument("--initial-cluster-token", dest="token", help="token of the restored cluster (default: a new one)")
     c.add_argument("--state", metavar="FILE", help="state file (default: <spec>.restore-state.json beside the spec)")
-    c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="how long to wait for each member to stop, start and become healthy")
+    c.add_argument("--timeout", type=duration_arg(positive=True), default=120.0, metavar="DURATION",
+                   help="how long to wait for each member to stop, start and become healthy (default 2m)")
     c.set_defaults(func=cmd_cluster)
+
+
+def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
+    """TLS and credentials for asking whether the member recorded in the data dir runs (endpoints unused)."""
+    try:
+        return client_config(args)
+    except UsageError:
+        return None  # e.g. a malformed ETCDCTL_ENDPOINTS: restore member does not need endpoints
 
 
 def cmd_member(args: argparse.Namespace, out: Output) -> int:
@@ -76,6 +90,7 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
         etcd_binary=Path(args.etcd_binary) if args.etcd_binary else None, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
+        skip_hash_check=bool(args.skip_hash_check), client=_probe_client(args),
     )
     plan = plan_member_restore(opts)
     if args.dry_run:
@@ -116,7 +131,9 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
         etcdutl=Path(args.etcdutl) if args.etcdutl else None, etcd_version=args.etcd_version, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted), token=args.token,
         state_path=Path(args.state) if args.state else None, forces=Forces.parse(args.force),
-        client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None, timeout=float(args.timeout),
+        client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None,
+        kill_in=os.environ.get(KILL_ENV) or None, timeout=float(args.timeout),
+        skip_hash_check=bool(args.skip_hash_check),
     )
     if args.dry_run:
         plan = asyncio.run(plan_cluster_restore(opts))
@@ -143,8 +160,9 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
     rows = []
     check = report.check
     for m in report.members:
-        rows.append([m["name"], m["member_id"] or "", m["runtime"], m["host"], m["data_dir"], m["moved_aside"] or "-"])
-    out.table(["NAME", "MEMBER ID", "RUNTIME", "HOST", "DATA DIR", "PREVIOUS DATA MOVED TO"], rows)
+        rows.append([m["name"], m["member_id"] or "", m["runtime"], m["host"], m.get("pid") or "-", m["data_dir"],
+                     m["moved_aside"] or "-"])
+    out.table(["NAME", "MEMBER ID", "RUNTIME", "HOST", "PID", "DATA DIR", "PREVIOUS DATA MOVED TO"], rows)
     if check:
         first = check.members[0]
         out.line(f"verified: revision {check.expected_revision}, HashKV {first.hash} on all {len(check.members)} "

@@ -1,4 +1,4 @@
-"""``etcdwarden snapshot status|verify|inspect|diff``: offline snapshot tools (no etcd needed).
+"""``etcdwarden snapshot status|verify|inspect|get|diff``: offline snapshot tools (no etcd needed).
 
 Inputs may be ``.db`` (with or without the sha256 trailer), ``.db.zst``, or age-encrypted
 (``.age``, give ``--identity FILE``).
@@ -24,7 +24,7 @@ _VALUE_WIDTH = 60
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("snapshot", help="offline snapshot tools: status, verify, inspect, diff",
+    p = sub.add_parser("snapshot", help="offline snapshot tools: status, verify, inspect, get, diff",
                        description="Read etcd snapshot files offline (no etcd server or binary needed).")
     snap = p.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND", parser_class=type(p))
     snap.required = True
@@ -41,6 +41,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="check a snapshot (sha256 trailer, pages, values) or a backup directory")
     q.add_argument("path", metavar="FILE|DIR")
     identity(q)
+    q.add_argument("--skip-hash-check", action="store_true",
+                   help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its "
+                        "structure is checked (like etcdutl's flag; a trailer that is present is still checked)")
     q.set_defaults(func=cmd_verify)
 
     q = snap.add_parser("inspect", parents=parents, help="list the keys of a snapshot")
@@ -50,6 +53,20 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--rev", type=int, default=None, help="show the key space at this revision")
     identity(q)
     q.set_defaults(func=cmd_inspect)
+
+    q = snap.add_parser("get", parents=parents, help="one key and its value (JSON pretty-printed, Kubernetes objects "
+                        "and encrypted values named; -o writes the value byte-exact)",
+                        description="Print one key of a snapshot as of its latest revision (or --rev R): JSON values "
+                        "pretty-printed, protobuf-encoded Kubernetes objects (k8s\\x00 envelope) shown with their "
+                        "apiVersion and kind, encrypted values (k8s:enc:...) named by provider and key. -o FILE "
+                        "writes the value byte-exact (mode 0600, atomically). A missing key exits 1.")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("key", metavar="KEY", help="the exact key, e.g. /registry/secrets/default/db-password")
+    q.add_argument("--rev", type=int, default=None, help="the key as of this revision (default: the latest)")
+    q.add_argument("-o", "--output", metavar="FILE", help="write the value, byte-exact, to FILE (0600, written "
+                   "atomically; an existing FILE is refused)")
+    identity(q)
+    q.set_defaults(func=cmd_get)
 
     q = snap.add_parser("diff", parents=parents, help="keys added, changed and deleted between two snapshots")
     q.add_argument("a", metavar="A")
@@ -82,7 +99,7 @@ def _snapshot_line(r: SnapshotReport) -> str:
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.snapshot.verify import BackupReport, verify_path
 
-    report = verify_path(args.path, identity=args.identity)
+    report = verify_path(args.path, identity=args.identity, skip_hash_check=bool(args.skip_hash_check))
     if out.is_json:
         out.json(report.as_json())
     elif isinstance(report, BackupReport):
@@ -118,6 +135,52 @@ def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
         out.table(["KEY", "CREATE REV", "MOD REV", "VERSION", "LEASE", "VALUE"],
                   [[_show(kv.key), kv.create_revision, kv.mod_revision, kv.version,
                     f"{kv.lease:x}" if kv.lease else "", _show(kv.value)] for kv in ks.kvs])
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    import base64
+    from pathlib import Path
+
+    from etcdwarden.fsutil import atomic_write
+    from etcdwarden.snapshot.get import get_key, key_text
+
+    if args.rev is not None and args.rev < 1:
+        raise UsageError("--rev must be a positive revision")
+    target = Path(args.output) if args.output else None
+    if target is not None and (target.exists() or target.is_symlink()):
+        raise UsageError(f"-o {target}: the file exists; remove it or choose another path (nothing is overwritten)")
+    with open_snapshot(args.file, identity=args.identity) as plain:
+        found = get_key(plain, args.key.encode(), args.rev, name=args.file)
+    kv, info = found.kv, found.info
+    if target is not None:
+        atomic_write(target, kv.value, 0o600)
+    if out.is_json:
+        doc: dict[str, Any] = {
+            "header": {"revision": found.revision}, "latest_revision": found.latest_revision,
+            "compact_revision": found.compact_revision, "key": base64.b64encode(kv.key).decode(),
+            "create_revision": kv.create_revision, "mod_revision": kv.mod_revision, "version": kv.version,
+            "lease": kv.lease, "value": base64.b64encode(kv.value).decode(), "value_info": info.as_json()}
+        if info.kind == "json":
+            doc["document"] = info.document
+        if target is not None:
+            doc["written_to"] = str(target)
+        out.json(doc)
+        return 0
+    out.line(f"key:             {key_text(kv.key)}")
+    out.line(f"revision:        {found.revision} (latest {found.latest_revision}"
+             + (f", compacted at {found.compact_revision})" if found.compact_revision else ")"))
+    out.line(f"create/mod rev:  {kv.create_revision} / {kv.mod_revision}, version {kv.version}"
+             + (f", lease {kv.lease:x}" if kv.lease else ""))
+    out.line(f"value:           {info.summary()}")
+    if target is not None:
+        out.info(f"wrote the value ({len(kv.value)} bytes, byte-exact) to {target}")
+    elif info.kind == "json":
+        out.line(json.dumps(info.document, indent=2, ensure_ascii=False))
+    elif info.kind == "text":
+        out.line(kv.value.decode("utf-8"))
+    else:
+        out.info("the value is not text: write it byte-exact with -o FILE")
     return 0
 
 

@@ -1,9 +1,11 @@
 """The daemon's configuration document (``kind: DaemonConfig``) as strict pydantic models.
 
 Every model forbids unknown fields; YAML keys are camelCase like the Kubernetes objects the same
-files may hold (see :mod:`etcdwarden.daemon.crs`). Durations are Go-style strings (``90s``, ``5m``,
-``1h30m``, ``7d``) or numbers of seconds. Passwords are never written in the file: ``passwordFile``
-or ``passwordEnv`` name where to read one.
+files may hold (see :mod:`etcdwarden.daemon.crs`). Durations and sizes follow :mod:`etcdwarden.units`, the
+grammar of the command-line flags too: ``90s``, ``5m``, ``1h30m``, ``7d``, ``500ms``; ``100MiB``, ``10GiB``
+(a bare number is refused with a hint, except ``0`` and settings named in bytes). Every range is the one
+of the matching command-line flag. Passwords are never written in the file: ``passwordFile`` or
+``passwordEnv`` name where to read one.
 
 Example::
 
@@ -44,6 +46,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from etcdwarden import units
+from etcdwarden.units import format_duration
+
 API_VERSION = "etcdwarden.io/v1alpha1"
 KIND = "DaemonConfig"
 DEFAULT_LISTEN = "127.0.0.1:9796"
@@ -51,7 +56,6 @@ DEFAULT_PREFIX = "/etcdwarden/daemon/"
 # OpenShift's defrag controller rule (see etcdwarden.defrag.rules.AUTO_RULE)
 DEFAULT_DEFRAG_RULE = "fragmentation >= 0.45 && dbSizeFree >= 100MiB"
 
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
     "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
@@ -61,50 +65,12 @@ _CRON_RANGES = ("0-59", "0-23", "1-31", "1-12 or jan-dec", "0-7 or sun-sat")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
 
 
-def format_duration(seconds: float) -> str:
-    """``5400`` → ``1h30m``; ``90`` → ``1m30s``; ``0.5`` → ``0.5s`` (the form the config accepts)."""
-    if seconds < 1 or seconds != int(seconds):
-        return f"{seconds:g}s"
-    rest, out = int(seconds), ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out += f"{rest // size}{unit}"
-            rest %= size
-    return out
-
-
-def parse_duration(value: object) -> float:
-    """``90`` / ``"90s"`` / ``"1h30m"`` / ``"7d"`` → seconds. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h30m, 7d")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h30m, 7d")
-    text = value.strip()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        try:
-            return parse_duration(float(text))
-        except ValueError:
-            raise ValueError(f"invalid duration {value!r}; use e.g. 30s, 5m, 1h30m, 7d") from None
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-_SIZE_UNITS = {"": 1, "B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+parse_duration = units.parse_duration  # a UnitError is a ValueError: pydantic reports it at its path
 
 
 def parse_bytes(value: object) -> int:
-    """``2147483648`` / ``"2GiB"`` / ``"8GB"`` → bytes. Raises ValueError."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2) not in _SIZE_UNITS:
-        raise ValueError(f"invalid size {value!r}; use bytes or e.g. 2GiB, 8GiB, 500MB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    """A size for a setting named in bytes: ``2147483648`` / ``"2GiB"`` / ``"8GB"`` → bytes."""
+    return units.parse_size(value, bare_bytes=True)
 
 
 def expand_cron(expr: str) -> str:
@@ -200,8 +166,9 @@ def check_url(url: str) -> str:
     return url
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+Duration = Annotated[float, BeforeValidator(units.parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]  # a bare number is bytes (settings named ...Bytes)
+Size = Annotated[int, BeforeValidator(units.parse_size)]  # a number needs its unit: 10GiB
 Cron = Annotated[str, AfterValidator(check_cron)]
 TimeZone = Annotated[str, AfterValidator(check_time_zone)]
 Name = Annotated[str, AfterValidator(check_name)]
@@ -222,8 +189,8 @@ class EtcdSection(Strict):
     user: str | None = None
     password_file: str | None = None
     password_env: str | None = None
-    dial_timeout: Duration | None = None
-    command_timeout: Duration | None = None
+    dial_timeout: Duration | None = Field(default=None, gt=0)  # as --dial-timeout
+    command_timeout: Duration | None = Field(default=None, gt=0)  # as --command-timeout
 
 
 class RetryPolicy(Strict):
@@ -327,31 +294,62 @@ class Repository(Strict):
 
 
 class Tiers(Strict):
-    """Grandfather-father-son: keep the newest backup of each of the last N hours/days/weeks/months."""
+    """Grandfather-father-son: keep the newest backup of each of the last N hours/days/weeks/months
+    (``backups prune --keep-hourly/--keep-daily/--keep-weekly/--keep-monthly``)."""
 
     hourly: int = Field(default=0, ge=0)
     daily: int = Field(default=0, ge=0)
     weekly: int = Field(default=0, ge=0)
     monthly: int = Field(default=0, ge=0)
 
+    @model_validator(mode="after")
+    def _some_tier(self) -> Tiers:
+        if not (self.hourly or self.daily or self.weekly or self.monthly):
+            raise ValueError("tiers needs at least one of hourly, daily, weekly, monthly above 0")
+        return self
+
+
+MAX_SIZE_GIB = units.MAX_SIZE / units.GIB
+
 
 class Retention(Strict):
     """Which backups to keep after a successful backup. A backup is kept if any rule keeps it;
-    ``maxSizeGiB`` is a ceiling applied last; ``minKeep`` newest complete backups are never deleted."""
+    ``maxSizeGiB`` (or ``maxSize``) is a ceiling applied last; ``minKeep`` newest complete backups are never
+    deleted. The keys and ranges are those of ``backups prune``: keepLast = ``--max-number``, maxSizeGiB =
+    ``--max-size-gib``, maxSize = ``--max-size``, keepWithin = ``--keep-within``, tiers = ``--keep-hourly``...,
+    minKeep = ``--min-keep``, incompleteGrace = ``--incomplete-grace``."""
 
     keep_last: int | None = Field(default=None, ge=1)
-    max_size_gib: float | None = Field(default=None, gt=0, alias="maxSizeGiB")
-    keep_within: Duration | None = None
+    max_size_gib: float | None = Field(default=None, gt=0, le=MAX_SIZE_GIB, allow_inf_nan=False, alias="maxSizeGiB")
+    max_size: Size | None = Field(default=None, gt=0)
+    keep_within: Duration | None = Field(default=None, gt=0)
     tiers: Tiers | None = None
     min_keep: int = Field(default=1, ge=0)
+    # before deleting, every backup kept is hashed again; an unchanged file's hash is trusted this long
+    reverify_after: Duration = 7 * 86400.0
+    max_verify_bytes: Bytes | None = None  # bytes one run may read to re-prove (None: 50GiB for object stores)
+    incomplete_grace: Duration = 86400.0  # failed/incomplete backups untouched this long are deleted
 
     @model_validator(mode="after")
     def _some_rule(self) -> Retention:
-        if self.keep_last is None and self.max_size_gib is None and self.keep_within is None and self.tiers is None:
-            raise ValueError("retention needs at least one of keepLast, maxSizeGiB, keepWithin, tiers")
+        if self.max_size_gib is not None and self.max_size is not None:
+            raise ValueError("maxSizeGiB and maxSize are the same setting: give one")
+        if self.keep_last is None and self.size_cap is None and self.keep_within is None and self.tiers is None:
+            raise ValueError("retention needs at least one of keepLast, maxSizeGiB (or maxSize), keepWithin, tiers")
         if self.keep_last is not None and self.min_keep > self.keep_last:
             raise ValueError(f"minKeep {self.min_keep} is above keepLast {self.keep_last}")
         return self
+
+    @property
+    def size_cap(self) -> int | None:
+        """The size cap in bytes (from maxSizeGiB or maxSize), or None."""
+        if self.max_size is not None:
+            return self.max_size
+        return int(self.max_size_gib * units.GIB) if self.max_size_gib is not None else None
+
+    @property
+    def size_key(self) -> str:
+        return "maxSize" if self.max_size is not None else "maxSizeGiB"
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
@@ -373,7 +371,9 @@ class ScheduleFields(Strict):
     schedule: Cron
     time_zone: TimeZone | None = None
     jitter: Duration = 0.0
-    catch_up: bool = True  # after downtime, run once for the missed slots (never once per slot)
+    # after downtime, run once for the missed slots (never once per slot); off by default for defrag and key
+    # rotation, whose missed slot waits for the next one
+    catch_up: bool = True
     enabled: bool = True
 
 
@@ -389,13 +389,18 @@ class SingleBackup(BackupSettings):
 
 
 class DefragJob(ScheduleFields):
+    # a missed defragmentation waits for its next slot: it never runs at whatever hour the daemon comes back
+    catch_up: bool = False
     rule: str | None = DEFAULT_DEFRAG_RULE  # null: defragment every member
     compact: bool = False
     move_leader: bool = True
-    wait: Duration = 60.0
-    recover_timeout: Duration = 60.0
-    defrag_timeout: Duration = 30.0
-    db_quota_bytes: Bytes = 2 * 1024**3  # when the server does not report its quota (etcd < 3.6)
+    wait: Duration = 60.0  # as defrag --wait
+    recover_timeout: Duration = Field(default=60.0, gt=0)  # as defrag --recover-timeout
+    defrag_timeout: Duration = Field(default=30.0, gt=0)  # as defrag --command-timeout
+    # as defrag --quota-backend-bytes (0: etcd's 2 GiB default), for members that do not report it
+    # (etcd < 3.6) and whose command line or manifest cannot be read on this host; unset: NOSPACE is not
+    # disarmed on such members (their quota is unknown)
+    db_quota_bytes: Bytes | None = None
     continue_on_error: bool = False
 
 
@@ -406,6 +411,7 @@ class EncryptionRotation(ScheduleFields):
 
     name: Name = "encryption-rotation"
     schedule: Cron = "0 3 * * 0"
+    catch_up: bool = False  # a missed rotation waits for its next slot
     config: str = Field(min_length=1)  # the EncryptionConfiguration file etcdwarden keeps up to date
     resources: list[str] = Field(default_factory=list)  # default: the resources `encryption rotate` uses
     layout: Literal["kubernetes", "openshift", "all"] = "all"

@@ -108,7 +108,7 @@ class BackupCR(Strict):
         return BackupJob(name=self.metadata.name, repository=e.pvc_name, settings=BackupSettings(), origin=origin,
                          schedule=Schedule(e.schedule or "@daily", e.time_zone or time_zone),
                          enabled=bool(e.schedule), retention=self.retention(), namespace=self.metadata.namespace,
-                         retry=retry)
+                         retry=retry, from_cr=True)
 
 
 class EtcdBackupSpec(Strict):

@@ -2,6 +2,12 @@
 
 Rules:
 
+* a scheduled job with no recorded run waits for its first slot, and a record that does not validate is
+  logged and reset (:mod:`etcdwarden.daemon.firstrun`): a daemon installed at 14:00 does not defragment,
+  with ``moveLeader``, at 14:00; only a backup whose repository holds no complete backup of this cluster
+  (or whose record was reset) runs at once, and the log says why;
+* after downtime one catch-up run is due for a missed backup slot (``catchUp``, on by default); a missed
+  defragmentation or key rotation waits for its next slot (their ``catchUp`` is off by default);
 * single backups (``EtcdBackup`` CRs, ``singleBackups``) run once; a failed one is not retried (as
   OpenShift's ``BackupFailed``), an aborted one is (it never finished);
 * scheduled jobs follow :func:`~etcdwarden.daemon.schedule.due_slot`; a failure counts as a run; an
@@ -34,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from etcdwarden.daemon import firstrun
 from etcdwarden.daemon.config import RetryPolicy
 from etcdwarden.daemon.runner import JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
@@ -85,16 +92,23 @@ class JobExecutor:
         self.tolerance = max(300.0, 2 * config.agent.tick)
         self.retry_deadline: dt.datetime | None = None  # --once: no retry is scheduled after this
 
-    @staticmethod
-    def _reference(job: Job, st: JobState | None) -> dt.datetime | None:
+    def _reference(self, job: Job, st: JobState | None) -> dt.datetime | None:
         """The time after which a slot counts as not yet run: when the last run finished, except that a
-        failed backup attempt covers only the slots before it started (the next slot wins)."""
-        if st is None:
+        failed backup attempt covers only the slots before it started (the next slot wins); for a job that
+        never finished a run, when it was first seen, less the tolerance (a ``--once`` CronJob started at
+        the slot, or a daemon started a minute after it, is on time for it). None: not adopted yet."""
+        if st is None or st.invalid is not None:
             return None
         if (isinstance(job, BackupJob) and st.last_result == FAILURE and st.last_started is not None
                 and st.last_finished is not None):
             return min(st.last_started, st.last_finished)
+        if st.last_finished is None and st.first_seen is not None:
+            return st.first_seen - dt.timedelta(seconds=self.tolerance)
         return st.last_finished
+
+    async def adopt(self, now: dt.datetime, states: dict[str, JobState]) -> None:
+        """Record when jobs with no history were first seen (see :func:`etcdwarden.daemon.firstrun.adopt`)."""
+        await firstrun.adopt(self.config, self.runner, self._save, now, states, self.tolerance)
 
     @staticmethod
     def _next_slot(job: Job, slot: dt.datetime) -> dt.datetime | None:
@@ -123,6 +137,10 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
+            if firstrun.first_run_due(st):
+                assert st is not None and st.first_seen is not None
+                scheduled.append((job, Due(slot=st.first_seen, start_at=st.first_seen, first_run=True)))
+                continue
             d = due_slot(job.schedule, job.key, now, self._reference(job, st), job.jitter,
                          job.catch_up, self.tolerance, use_jitter)
             if d is None and st is not None:
@@ -137,6 +155,9 @@ class JobExecutor:
         for job in self.config.scheduled:
             assert job.schedule is not None
             st = states.get(job.key)
+            if firstrun.needs_adopting(st) or firstrun.first_run_due(st):
+                times.append(now)
+                continue
             times.append(next_wakeup(job.schedule, job.key, now, self._reference(job, st), job.jitter))
             if (st is not None and st.retry_at is not None
                     and (st.retry_at > now or self._retry_due(job, st, now) is not None)):
@@ -314,7 +335,15 @@ class JobExecutor:
             log.exception("retention of job %s crashed", job.name)
             st.prune = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}", "at": at}
         else:
-            st.prune = {"ok": p.ok, "deleted": p.deleted, "kept": p.kept, "error": p.error, "at": at}
+            st.prune = {"ok": p.ok, "deleted": p.deleted, "kept": p.kept, "error": p.error, "at": at,
+                        "corrupt": sorted(p.corrupt)}
+            if st.prune["corrupt"]:
+                log.error("retention of job %s: corrupt backup(s) kept, not counted, not deleted: %s", job.name,
+                          "; ".join(f"{k}: {v}" for k, v in sorted(p.corrupt.items())),
+                          extra={"event": "backup_corrupt", "job": job.name})
+            for backup_id, why in p.reasons.items():
+                log.info("retention of job %s deleted backup %s: %s", job.name, backup_id, why,
+                         extra={"event": "backup_pruned", "job": job.name})
         if not st.prune.get("ok"):
             st.prune_failures += 1
             log.error("retention of job %s failed: %s", job.name, st.prune.get("error"),

@@ -123,6 +123,8 @@ class _Collector(Collector):
         pending = _g("etcdwarden_backup_retry_pending", "1 while a retry of a failed backup is scheduled", bl)
         retry_at = _g("etcdwarden_backup_next_retry_timestamp_seconds", "Unix time the pending retry is due", bl)
         prune_fail = _c("etcdwarden_prune_failures", "Retention runs that failed", bl)
+        corrupt = _g("etcdwarden_prune_corrupt_backups", "Backups the last retention run found corrupt (re-hashed "
+                     "against their manifests): kept, not counted, never deleted automatically", bl)
         dl = ["job_name"]
         d_success = _g("etcdwarden_defrag_last_success_timestamp_seconds", "Unix time of the last successful "
                        "defrag run", dl)
@@ -167,9 +169,12 @@ class _Collector(Collector):
             if st.retry_at is not None:
                 retry_at.add_metric(lab, st.retry_at.timestamp())
             prune_fail.add_metric(lab, st.prune_failures)
+            if info.kind == "backup":
+                found = (st.prune or {}).get("corrupt")
+                corrupt.add_metric(lab, len(found) if isinstance(found, list) else 0)
         yield from (last_success, last_run, last_ok, duration, size, revision, interval, running, ok_total,
-                    fail_total, final_fail, retries, attempt, pending, retry_at, prune_fail, d_success, d_duration,
-                    d_members, d_ok, d_fail)
+                    fail_total, final_fail, retries, attempt, pending, retry_at, prune_fail, corrupt, d_success,
+                    d_duration, d_members, d_ok, d_fail)
 
     def _members(self) -> Iterator[Metric]:
         ml = ["member", "endpoint"]

@@ -23,13 +23,13 @@ from etcdwarden.daemon.config import (
     DaemonConfigDoc,
     RetryPolicy,
     exposure_problem,
-    format_duration,
     is_loopback_listen,
 )
 from etcdwarden.daemon.problems import Document, Loc, Problem, locate, path_text
 from etcdwarden.daemon.schedule import Schedule
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import UsageError
+from etcdwarden.units import format_duration
 
 
 @dataclass

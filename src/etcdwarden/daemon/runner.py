@@ -21,12 +21,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdwarden.daemon.config import Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, RotationSpec
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
+
+if TYPE_CHECKING:
+    from etcdwarden.repository.retention.base import Names
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class PruneOutcome:
     deleted: list[str] = field(default_factory=list)
     kept: int = 0
     error: str | None = None
+    corrupt: dict[str, str] = field(default_factory=dict)  # backup ID -> what does not match its manifest
+    reasons: dict[str, str] = field(default_factory=dict)  # deleted ID -> why (naming the job's settings)
 
 
 @dataclass
@@ -88,6 +93,13 @@ class JobRunner(Protocol):
 
 class RotationRunner(Protocol):
     async def rotate(self, job: RotationSpec) -> RotationOutcome: ...
+
+
+class BackupProbe(Protocol):
+    async def complete_backups(self, job: BackupJob) -> int:
+        """How many complete backups of this cluster the job's repository holds (a first start runs a backup
+        at once only when there is none; see :meth:`etcdwarden.daemon.jobs.JobExecutor.adopt`)."""
+        ...
 
 
 class DefaultRunner:
@@ -147,35 +159,63 @@ class DefaultRunner:
 
         from etcdwarden.repository.prune import prune
         from etcdwarden.repository.retention.floor import MinKeep
+        from etcdwarden.repository.retention.incomplete import IncompleteCleanup
         from etcdwarden.repository.retention.number import RetentionNumber
         from etcdwarden.repository.retention.plan import RetentionConfig
         from etcdwarden.repository.retention.size import RetentionSize
         from etcdwarden.repository.retention.tiered import Tiered
         from etcdwarden.repository.retention.within import KeepWithin
+        from etcdwarden.repository.reverify import VerifyPolicy
 
         r = job.retention
+        cap = r.size_cap
         cfg = RetentionConfig(
             number=RetentionNumber(r.keep_last) if r.keep_last is not None else None,
-            size=RetentionSize(r.max_size_gib) if r.max_size_gib is not None else None,
+            size=RetentionSize.of_bytes(cap) if cap is not None else None,
             within=KeepWithin(dt.timedelta(seconds=r.keep_within)) if r.keep_within is not None else None,
             tiered=Tiered(r.tiers.hourly, r.tiers.daily, r.tiers.weekly, r.tiers.monthly) if r.tiers else None,
             min_keep=MinKeep(r.min_keep) if r.min_keep >= 1 else None,
+            incomplete=IncompleteCleanup(dt.timedelta(seconds=r.incomplete_grace)),
+            names=retention_names(job),
         )
+        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes)
         store = self._store(job.repository)
         try:
-            res = await asyncio.to_thread(prune, store, cfg)
+            res = await asyncio.to_thread(prune, store, cfg, verify=policy)
         finally:
             store.close()
-        return PruneOutcome(ok=True, deleted=list(res.deleted), kept=len(res.plan.keep),
-                            error="; ".join(res.plan.alerts) or None)
+        # a corrupt backup fails the retention run (it is kept, not counted, and must be looked at)
+        return PruneOutcome(ok=not res.corrupt, deleted=list(res.deleted), kept=len(res.plan.keep),
+                            error="; ".join(res.plan.alerts) or None, corrupt=dict(res.corrupt),
+                            reasons={i: res.plan.delete[i] for i in res.deleted if i in res.plan.delete})
+
+    async def complete_backups(self, job: BackupJob) -> int:
+        """Complete backups of this cluster (its ID from etcd) in the job's repository."""
+        from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
+        from etcdwarden.repository.catalog import load_catalog
+
+        resp = await self.client.range(pb.RangeRequest(key=self.config.election.prefix.encode(), count_only=True))
+        cluster = f"{resp.header.cluster_id:x}"
+        store = self._store(job.repository)
+        try:
+            cat = await asyncio.to_thread(load_catalog, store)
+        finally:
+            store.close()
+        return sum(1 for e in cat.good if (e.manifest or {}).get("cluster_id") == cluster)
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
         from etcdwarden.repository.catalog import load_catalog
+        from etcdwarden.repository.reverify import mark_known_corrupt
+
+        def read(store: Any) -> Any:
+            cat = load_catalog(store)
+            mark_known_corrupt(store, cat.entries)  # found by an earlier re-hash, file unchanged since
+            return cat
 
         store = self._store(repository)
         try:
-            cat = await asyncio.to_thread(load_catalog, store)
+            cat = await asyncio.to_thread(read, store)
             out: list[dict[str, Any]] = []
             for e in reversed(cat.entries):
                 d = e.as_json(store)
@@ -248,6 +288,17 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
         out.ok = False
         out.error = "the migration is not complete: " + ("; ".join(mig.problems[:3]) or "values kept changing")
     return out
+
+
+def retention_names(job: BackupJob) -> Names:
+    """What retention messages call the settings: the job's configuration keys (those of a Backup CR)."""
+    from etcdwarden.repository.retention.base import Names
+
+    if job.from_cr:
+        return Names(max_number="retentionNumber.maxNumberOfBackups", max_size="retentionSize.maxSizeOfBackupsGb")
+    size = job.retention.size_key if job.retention is not None else "maxSizeGiB"
+    return Names(max_number="keepLast", max_size=size, keep_within="keepWithin", tier="tiers.{tier}",
+                 min_keep="minKeep", incomplete_grace="incompleteGrace")
 
 
 def elapsed_since(start: float) -> float:

@@ -11,7 +11,8 @@ mapped to instants here, which is where DST is decided:
 * several wall times that map to the same instant run once.
 
 Whether a job is due is :func:`due_slot`: a pure function of the schedule, the clock and the job's
-recorded last finish, so it is tested with an injected clock and no sleeping.
+recorded last finish (or, for a job that never ran, when it was first seen), so it is tested with an
+injected clock and no sleeping.
 """
 
 from __future__ import annotations
@@ -136,6 +137,12 @@ class Schedule:
         return gap
 
 
+def local_time(schedule: Schedule, t: dt.datetime) -> str:
+    """An instant as the schedule's wall time: ``2024-05-02 03:00 CEST (Europe/Berlin)``."""
+    wall = utc(t).astimezone(schedule.tz)
+    return f"{wall:%Y-%m-%d %H:%M} {wall.tzname()} ({schedule.tz_name})"
+
+
 def jitter_offset(key: str, slot: dt.datetime, jitter: float) -> float:
     """A delay in ``[0, jitter)`` seconds, the same on every agent and every restart for this slot."""
     if jitter <= 0:
@@ -146,7 +153,7 @@ def jitter_offset(key: str, slot: dt.datetime, jitter: float) -> float:
 
 @dataclass(frozen=True)
 class Due:
-    slot: dt.datetime  # the scheduled instant this run is for (``now`` for a first run)
+    slot: dt.datetime  # the scheduled instant this run is for (``now`` for a run off the schedule)
     start_at: dt.datetime  # slot + jitter
     first_run: bool = False
     missed: bool = False  # the slot passed while the daemon was down or busy (catch-up run)
@@ -162,8 +169,11 @@ def due_slot(schedule: Schedule, key: str, now: dt.datetime, last_finished: dt.d
              use_jitter: bool = True) -> Due | None:
     """Whether the job is due at ``now``, and for which slot.
 
-    * never run: due at once (a new schedule gets its first backup without waiting for a slot);
-    * otherwise the latest slot at or before ``now`` is due if it came after the last run finished:
+    ``last_finished`` is when the last run finished, or, for a job that never ran, when it was first seen:
+
+    * nothing known (None): not due; the job is first recorded as seen, then waits for its first slot (the
+      executor's one exception, a backup with no complete backup in its repository, does not come here);
+    * otherwise the latest slot at or before ``now`` is due if it came after ``last_finished``:
       slots that passed while the job was running are skipped (no overlapping or back-to-back runs),
       and however many slots passed during downtime, one catch-up run is due, not one per slot;
     * ``catch_up=False``: a slot is only run within ``tolerance`` seconds of its start time;
@@ -171,7 +181,7 @@ def due_slot(schedule: Schedule, key: str, now: dt.datetime, last_finished: dt.d
     """
     now = utc(now)
     if last_finished is None:
-        return Due(slot=now, start_at=now, first_run=True)
+        return None
     slot = schedule.latest_at_or_before(now)
     if slot is None or slot <= utc(last_finished):
         return None
@@ -188,10 +198,8 @@ def next_wakeup(schedule: Schedule, key: str, now: dt.datetime, last_finished: d
                 jitter: float = 0.0) -> dt.datetime:
     """When the job may next become due (for sleeping until then)."""
     now = utc(now)
-    if last_finished is None:
-        return now
     slot = schedule.latest_at_or_before(now)
-    if slot is not None and slot > utc(last_finished):
+    if slot is not None and last_finished is not None and slot > utc(last_finished):
         start = slot + dt.timedelta(seconds=jitter_offset(key, slot, jitter))
         if start > now:
             return start

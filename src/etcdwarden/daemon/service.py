@@ -311,6 +311,7 @@ class Daemon:
                 if first:
                     await self.executor.clear_stale(states)
                     first = False
+                await self.executor.adopt(self.clock(), states)
             except LeadershipLost:
                 raise
             except EtcdwardenError as e:
@@ -401,6 +402,7 @@ class Daemon:
             while not self._stop.is_set() and not (lost is not None and lost.is_set()):
                 states = await self.store.load()
                 now = self.clock()
+                await self.executor.adopt(now, states)
                 await self.executor.drop_stale_retries(now, states)
                 due = [(j, d) for j, d in self.executor.due_jobs(now, states, use_jitter=False)
                        if (j.key not in ran or d.retry) and (j.key, d.attempt) not in tried]

@@ -44,6 +44,7 @@ class BackupJob:
     namespace: str | None = None
     uid: str | None = None  # a re-created EtcdBackup (new uid) is a new single backup
     retry: RetryPolicy = NO_RETRY  # scheduled backups: agent.retry merged with the job's own retry
+    from_cr: bool = False  # an OpenShift Backup CR: messages name its retentionPolicy fields
 
     @property
     def retries(self) -> bool:

@@ -8,7 +8,6 @@ it answers Status and a linearizable read through raft.
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass, field
 
 from etcdwarden.errors import EtcdError, PermissionDenied, SafetyRefusal, UsageError
@@ -16,8 +15,6 @@ from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, member_endpoint
 from etcdwarden.etcd.endpoints import Endpoint
 from etcdwarden.inspect import ALARM_NAMES
-
-DEFAULT_QUOTA = 2 * 1024**3  # etcd's DefaultQuotaBytes when --quota-backend-bytes is 0
 
 
 @dataclass
@@ -168,24 +165,6 @@ def refuse_if_unsafe(view: ClusterView, force: bool, dry_run: bool) -> list[str]
     if problems and not force:
         raise SafetyRefusal("refusing to defragment: " + "; ".join(problems))
     return problems
-
-
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
-
-
-def server_quota(status: pb.StatusResponse, fallback: int | None) -> int | None:
-    """The member's backend quota in bytes (None = no quota).
-
-    etcd 3.6 reports ``dbSizeQuota`` (0 means the 2 GiB default before 3.6.6, negative disables the
-    quota); earlier versions do not, so ``fallback`` (``--db-quota-bytes``) is used.
-    """
-    m = _VERSION_RE.match(status.version or "")
-    if m is None or (int(m.group(1)), int(m.group(2))) < (3, 6):
-        return fallback
-    q = int(status.dbSizeQuota)
-    if q > 0:
-        return q
-    return DEFAULT_QUOTA if q == 0 else None
 
 
 def check_options_for_targets(view: ClusterView) -> None:

@@ -35,6 +35,8 @@ class MemberResult:
     detail: str = ""
     leader_at_defrag: int = 0  # the leader's member ID when the Defragment call was sent
     rule_matched: bool | None = None
+    db_quota: int | None = None  # its backend quota (None: none, or unknown when db_quota_source is "")
+    db_quota_source: str = ""  # who told the quota ("" = unknown)
 
     @property
     def shrank(self) -> bool | None:
@@ -64,6 +66,7 @@ class MemberResult:
             "detail": self.detail,
             "leaderAtDefrag": f"{self.leader_at_defrag:x}" if self.leader_at_defrag else "",
             "ruleMatched": self.rule_matched,
+            "quota": {"bytes": self.db_quota, "source": self.db_quota_source} if self.db_quota_source else None,
         }
 
 
@@ -97,7 +100,8 @@ class DefragReport:
     alarms_before: list[AlarmInfo] = field(default_factory=list)
     alarms_disarmed: list[AlarmInfo] = field(default_factory=list)
     alarms_left: list[AlarmInfo] = field(default_factory=list)
-    db_quota: int | None = None  # the quota the NOSPACE decision used (None = no quota)
+    db_quota: int | None = None  # the members' quota when the NOSPACE decision found one for all (None: not)
+    alarm_blockers: list[str] = field(default_factory=list)  # why NOSPACE was left armed
     notes: list[str] = field(default_factory=list)
     stopped_reason: str | None = None
     took: float = 0.0
@@ -123,6 +127,7 @@ class DefragReport:
                 "before": [a.as_json() for a in self.alarms_before],
                 "disarmed": [a.as_json() for a in self.alarms_disarmed],
                 "left": [a.as_json() for a in self.alarms_left],
+                "keptBecause": list(self.alarm_blockers),
             },
             "dbQuota": self.db_quota,
             "stoppedReason": self.stopped_reason,

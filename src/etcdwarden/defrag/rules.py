@@ -1,8 +1,8 @@
 """The ``--rule`` expression language: decide per member whether to defragment it.
 
 A small, safe language (no ``eval``): a tokenizer, a Pratt parser that builds a typed tree, and an
-evaluator. It is compatible with the rules etcd-defrag accepts (goval expressions over the same
-variables) for everything those rules use:
+evaluator (:mod:`.rules_eval`). It is compatible with the rules etcd-defrag accepts (goval expressions
+over the same variables) for everything those rules use:
 
 * numbers: ``42``, ``0x2A``, ``2.5``, ``.5``, ``1e6``, and a size suffix on a literal: ``100MiB``,
   ``2GiB``, ``500MB`` (``B kB KB MB GB TB`` are powers of 1000, ``KiB MiB GiB TiB`` powers of 1024);
@@ -10,16 +10,18 @@ variables) for everything those rules use:
 * arithmetic ``+ - * / %`` and unary ``-``; comparisons ``== != < <= > >=``; logic ``&& || !``;
   parentheses; C precedence, left associative.
 
-Integer and float arithmetic follow goval (Go): integer op integer stays an integer (``24/10 == 2``,
-truncated toward zero; ``%`` takes the sign of the dividend), anything with a float is a float;
-float division by zero gives ±Inf/NaN, integer division by zero is an evaluation error.
+Integer op integer stays an integer (``24/10 == 2``), anything with a float is a float (see
+:mod:`.rules_eval`). Variables are the member's figures and are floats (as in etcd-defrag, so
+``dbSizeFree / dbSize`` is a ratio, not 0): ``dbSize``, ``dbSizeInUse``, ``dbSizeFree``, ``dbQuota``,
+``dbQuotaUsage`` and ``fragmentation`` (``dbSizeFree / dbSize``, 0..1).
 
-Variables are the member's figures and are floats (as in etcd-defrag, so ``dbSizeFree / dbSize`` is a
-ratio, not 0): ``dbSize``, ``dbSizeInUse``, ``dbSizeFree``, ``dbQuota``, ``dbQuotaUsage`` and
-``fragmentation`` (``dbSizeFree / dbSize``, 0..1).
-
-Types are checked when the rule is compiled: an unknown variable, ``dbSize && 1`` or a rule that is not
-a boolean is a :class:`RuleSyntaxError` (a usage error, exit 2) before anything touches the cluster.
+Everything that can be found before touching the cluster is a :class:`RuleSyntaxError` (a usage error,
+exit 2, with a caret under the column): a rule longer than :data:`MAX_RULE_LENGTH` characters or nested
+deeper than :data:`MAX_DEPTH`; a number that is not finite or does not fit in 64 bits; an unknown
+variable, ``dbSize && 1`` or a rule that is not a boolean; every constant part is computed once, so a
+division by zero (``x / 0``, ``x / (2 - 2)``) or an overflow there is refused too; and the whole rule
+is evaluated once on sample figures. What is left, a division by a member's figure that is 0 there,
+is a :class:`RuleEvalError` for that member.
 """
 
 from __future__ import annotations
@@ -31,16 +33,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.defrag.rules_eval import INT_LIMIT, Node, RuleEvalError, Type, Value, evaluate
+from etcdwarden.errors import UsageError
+
+__all__ = [
+    "AUTO_RULE", "MAX_DEPTH", "MAX_RULE_LENGTH", "QUOTA_VARIABLES", "SIZE_SUFFIXES", "VARIABLES", "Node", "Rule",
+    "RuleEvalError", "RuleSyntaxError", "Type", "Value", "compile_rule", "evaluate", "parse_expression",
+    "parse_size", "rule_variables", "tokenize",
+]
 
 VARIABLES: dict[str, str] = {
     "dbSize": "physically allocated size of the member's database file (bytes)",
     "dbSizeInUse": "bytes of the database in use (dbSize minus free pages)",
     "dbSizeFree": "dbSize - dbSizeInUse (bytes a defragmentation can give back)",
-    "dbQuota": "the backend quota (from the server on etcd 3.6, else --db-quota-bytes)",
+    "dbQuota": "the member's backend quota (etcd >= 3.6 reports it; else its local command line or manifest, "
+               "or --quota-backend-bytes)",
     "dbQuotaUsage": "dbSize / dbQuota (0..1; the NOSPACE alarm fires near 1)",
     "fragmentation": "dbSizeFree / dbSize (0..1)",
 }
+
+QUOTA_VARIABLES = frozenset({"dbQuota", "dbQuotaUsage"})  # need the member's quota to be known
 
 # The issue's statement of OpenShift's controller rule: at least 45 % of the file is free pages and
 # at least 100 MiB is free. (The controller's source checks dbSize >= 100 MiB instead; requiring
@@ -53,21 +65,36 @@ SIZE_SUFFIXES: dict[str, int] = {
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
 }
 
-Value = int | float | bool
+MAX_RULE_LENGTH = 1000  # characters
+MAX_DEPTH = 40  # nesting of parentheses and operators (the height of the expression tree)
+MAX_NUMBER_LENGTH = 40  # characters of one number
+# etcd-defrag checks a rule against these figures before it starts; so do we
+SAMPLE_FIGURES = (100 * 1024**2, 60 * 1024**2, 2 * 1024**3)  # dbSize, dbSizeInUse, dbQuota
+
+
+def caret(text: str, pos: int, width: int = 60) -> str:
+    """Two lines: (a window of) ``text`` and a caret under column ``pos``. Characters that are not
+    printable ASCII are shown as ``?`` so the caret stays under the right one."""
+    pos = max(0, min(pos, len(text)))
+    start = max(0, min(pos - width // 2, len(text) - width))
+    end = min(len(text), start + width)
+    left = "..." if start > 0 else ""
+    right = "..." if end < len(text) else ""
+    shown = "".join(c if " " <= c <= "~" else "?" for c in text[start:end])
+    return f"  {left}{shown}{right}\n  {' ' * (len(left) + pos - start)}^"
+
+
+def _short(text: str, limit: int = 24) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class RuleSyntaxError(UsageError):
-    """The rule does not parse or does not type-check (exit 2)."""
+    """The rule is refused before anything touches the cluster (exit 2); the message points at the column."""
 
-    def __init__(self, message: str, text: str = "", pos: int | None = None) -> None:
-        if pos is not None and text:
-            message = f"{message}\n  {text}\n  {' ' * pos}^"
-        super().__init__(f"invalid --rule: {message}")
+    def __init__(self, message: str, text: str, pos: int) -> None:
+        super().__init__(f"invalid --rule: {message} (column {pos + 1})\n{caret(text, pos)}")
+        self.reason = message
         self.pos = pos
-
-
-class RuleEvalError(EtcdwardenError):
-    """The rule failed while being evaluated for a member (e.g. integer division by zero)."""
 
 
 # -- tokens --------------------------------------------------------------------------------------
@@ -91,96 +118,97 @@ class Token:
 
 
 _OPERATORS = ("&&", "||", "==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "!")
-_NUMBER_RE = re.compile(
-    r"0[xX][0-9a-fA-F]+"
-    r"|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?"
-)
+_NUMBER_RE = re.compile(r"0[xX][0-9a-fA-F]+|(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DIGITS = frozenset("0123456789")
+_IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_SPACE = frozenset(" \t\r\n\f\v")
+_HINTS = {"&": " (use && and ||)", "|": " (use && and ||)", "=": " (use == to compare)"}
+
+
+def _checked(value: int | float, what: str, src: str, pos: int) -> int | float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RuleSyntaxError(f"number {_short(what)} is out of range (not a finite number)", src, pos)
+    if isinstance(value, int) and abs(value) > INT_LIMIT:
+        raise RuleSyntaxError(f"number {_short(what)} is out of range (integers must fit in 64 bits; "
+                              f"write a float such as 1e30 for larger values)", src, pos)
+    return value
 
 
 def _number(text: str, src: str, pos: int) -> int | float:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise RuleSyntaxError(f"number {_short(text)} is too long (at most {MAX_NUMBER_LENGTH} characters)",
+                              src, pos)
     if text[:2] in ("0x", "0X"):
-        return int(text, 16)
-    if any(c in text for c in ".eE"):
-        return float(text)
-    if len(text) > 1 and text[0] == "0":
+        value: int | float = int(text, 16)
+    elif any(c in text for c in ".eE"):
+        value = float(text)
+    elif len(text) > 1 and text[0] == "0":
         raise RuleSyntaxError(f"number {text!r} has a leading zero (octal is not supported)", src, pos)
-    return int(text)
+    else:
+        value = int(text)
+    return _checked(value, text, src, pos)
+
+
+def _scaled(value: int | float, suffix: str, text: str, src: str, pos: int) -> int | float:
+    scaled = value * SIZE_SUFFIXES[suffix]
+    if isinstance(scaled, float) and scaled.is_integer() and abs(scaled) <= INT_LIMIT:
+        scaled = int(scaled)  # 1.5GiB is a whole number of bytes
+    return _checked(scaled, text, src, pos)
 
 
 def tokenize(src: str) -> list[Token]:
+    """The tokens of ``src`` (ASCII only). Raises :class:`RuleSyntaxError`."""
+    if len(src) > MAX_RULE_LENGTH:
+        raise RuleSyntaxError(f"the rule is {len(src)} characters long; at most {MAX_RULE_LENGTH} are accepted",
+                              src, MAX_RULE_LENGTH)
     tokens: list[Token] = []
     i = 0
     n = len(src)
     while i < n:
         c = src[i]
-        if c.isspace():
+        if c in _SPACE:
             i += 1
             continue
-        if c.isdigit() or (c == "." and i + 1 < n and src[i + 1].isdigit()):
+        if c in _DIGITS or (c == "." and i + 1 < n and src[i + 1] in _DIGITS):
             m = _NUMBER_RE.match(src, i)
-            assert m is not None
-            text = m.group(0)
-            value = _number(text, src, i)
+            if m is None:  # cannot happen: a digit, or '.' and a digit, always matches
+                raise RuleSyntaxError("malformed number", src, i)
+            value = _number(m.group(0), src, i)
             end = m.end()
             suffix = _IDENT_RE.match(src, end)
             if suffix is not None:
                 name = suffix.group(0)
                 if name not in SIZE_SUFFIXES:
                     raise RuleSyntaxError(
-                        f"unknown size suffix {name!r} (use one of {', '.join(SIZE_SUFFIXES)})", src, end
+                        f"unknown size suffix {_short(name)} (use one of {', '.join(SIZE_SUFFIXES)})", src, end
                     )
-                scaled = value * SIZE_SUFFIXES[name]
-                value = int(scaled) if float(scaled).is_integer() else scaled
                 end = suffix.end()
+                value = _scaled(value, name, src[i:end], src, i)
             tokens.append(Token(Tok.NUM, src[i:end], i, value))
             i = end
             continue
-        if c.isalpha() or c == "_":
+        if c in _IDENT_START:
             m = _IDENT_RE.match(src, i)
-            assert m is not None
+            if m is None:  # cannot happen: an identifier start always matches
+                raise RuleSyntaxError("malformed name", src, i)
             tokens.append(Token(Tok.IDENT, m.group(0), i))
             i = m.end()
             continue
-        if c == "(":
-            tokens.append(Token(Tok.LPAREN, c, i))
+        if c in "()":
+            tokens.append(Token(Tok.LPAREN if c == "(" else Tok.RPAREN, c, i))
             i += 1
             continue
-        if c == ")":
-            tokens.append(Token(Tok.RPAREN, c, i))
-            i += 1
-            continue
-        for op in _OPERATORS:
-            if src.startswith(op, i):
-                tokens.append(Token(Tok.OP, op, i))
-                i += len(op)
-                break
-        else:
-            hint = " (use && and ||)" if c in "&|" else ""
-            raise RuleSyntaxError(f"unexpected character {c!r}{hint}", src, i)
+        op = next((o for o in _OPERATORS if src.startswith(o, i)), None)
+        if op is None:
+            raise RuleSyntaxError(f"unexpected character {c!r}{_HINTS.get(c, '')}", src, i)
+        tokens.append(Token(Tok.OP, op, i))
+        i += len(op)
     tokens.append(Token(Tok.END, "", n))
     return tokens
 
 
-# -- tree ----------------------------------------------------------------------------------------
-
-
-class Type(Enum):
-    NUMBER = "number"
-    BOOL = "bool"
-
-
-@dataclass(frozen=True)
-class Node:
-    """A node of the expression tree. ``op`` is the operator, ``'num'``, ``'bool'`` or ``'var'``."""
-
-    op: str
-    type: Type
-    args: tuple[Node, ...] = ()
-    value: Value | None = None
-    name: str = ""
-    pos: int = 0
-
+# -- parser --------------------------------------------------------------------------------------
 
 # binding powers (C precedence, higher binds tighter)
 _BINARY: dict[str, int] = {
@@ -194,6 +222,9 @@ _UNARY_POWER = 70
 
 
 class _Parser:
+    """A Pratt parser. Every constant subtree is computed as soon as it is built (so its errors are
+    syntax errors), and the nesting is bounded (so neither parsing nor evaluation recurses deeply)."""
+
     def __init__(self, src: str) -> None:
         self.src = src
         self.tokens = tokenize(src)
@@ -210,17 +241,23 @@ class _Parser:
     def error(self, message: str, pos: int) -> RuleSyntaxError:
         return RuleSyntaxError(message, self.src, pos)
 
+    def too_deep(self, pos: int) -> RuleSyntaxError:
+        return self.error(f"the rule nests too deeply (more than {MAX_DEPTH} levels of parentheses and "
+                          "operators); simplify it", pos)
+
     def parse(self) -> Node:
         if self.peek().kind is Tok.END:
             raise self.error("the rule is empty", 0)
-        node = self.expression(0)
+        node = self.expression(0, 1)
         t = self.peek()
         if t.kind is not Tok.END:
-            raise self.error(f"unexpected {t.text!r} after a complete expression", t.pos)
+            raise self.error(f"unexpected {_short(t.text)} after a complete expression", t.pos)
         return node
 
-    def expression(self, min_power: int) -> Node:
-        left = self.prefix()
+    def expression(self, min_power: int, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise self.too_deep(self.peek().pos)
+        left = self.prefix(depth)
         while True:
             t = self.peek()
             if t.kind is not Tok.OP or t.text not in _BINARY:
@@ -229,11 +266,11 @@ class _Parser:
             if power <= min_power:
                 break
             self.next()
-            right = self.expression(power)
+            right = self.expression(power, depth + 1)
             left = self.binary(t, left, right)
         return left
 
-    def prefix(self) -> Node:
+    def prefix(self, depth: int) -> Node:
         t = self.next()
         if t.kind is Tok.NUM:
             assert t.value is not None
@@ -245,24 +282,25 @@ class _Parser:
                 similar = difflib.get_close_matches(t.text, list(VARIABLES), n=1)
                 hint = f"; did you mean {similar[0]!r}?" if similar else ""
                 raise self.error(
-                    f"unknown variable {t.text!r}{hint} (known: {', '.join(VARIABLES)})", t.pos
+                    f"unknown variable {_short(t.text)}{hint} (known: {', '.join(VARIABLES)})", t.pos
                 )
             return Node("var", Type.NUMBER, name=t.text, pos=t.pos)
         if t.kind is Tok.LPAREN:
-            inner = self.expression(0)
+            inner = self.expression(0, depth + 1)
             close = self.next()
             if close.kind is not Tok.RPAREN:
                 raise self.error(f"expected ')' to close the '(' at column {t.pos + 1}", close.pos)
             return inner
         if t.kind is Tok.OP and t.text in ("-", "!", "+"):
-            operand = self.expression(_UNARY_POWER)
+            operand = self.expression(_UNARY_POWER, depth + 1)
             want = Type.BOOL if t.text == "!" else Type.NUMBER
             if operand.type is not want:
                 raise self.error(f"type error: {t.text!r} needs a {want.value}, got a {operand.type.value}", t.pos)
             if t.text == "+":
                 return operand
-            return Node("neg" if t.text == "-" else "not", want, (operand,), pos=t.pos)
-        what = "the end of the rule" if t.kind is Tok.END else repr(t.text)
+            return self.built(Node("neg" if t.text == "-" else "not", want, (operand,), pos=t.pos,
+                                   depth=operand.depth + 1))
+        what = "the end of the rule" if t.kind is Tok.END else _short(t.text)
         raise self.error(f"expected a number, a variable or '(' but found {what}", t.pos)
 
     def binary(self, t: Token, left: Node, right: Node) -> Node:
@@ -274,7 +312,7 @@ class _Parser:
                 raise self.error(
                     f"type error: cannot compare a {left.type.value} with a {right.type.value} using {op!r}", t.pos
                 )
-            return Node(op, Type.BOOL, (left, right), pos=t.pos)
+            want, result = left.type, Type.BOOL
         elif op in ("<", "<=", ">", ">="):
             want, result = Type.NUMBER, Type.BOOL
         else:
@@ -284,95 +322,26 @@ class _Parser:
                 raise self.error(
                     f"type error: {op!r} needs {want.value}s on both sides, got a {side.type.value}", t.pos
                 )
-        return Node(op, result, (left, right), pos=t.pos)
+        if op in ("/", "%") and right.is_constant and right.value == 0:
+            raise self.error("division by zero" if op == "/" else "modulo by zero", t.pos)
+        return self.built(Node(op, result, (left, right), pos=t.pos, depth=max(left.depth, right.depth) + 1))
+
+    def built(self, node: Node) -> Node:
+        """``node``, computed now if it is constant; refused if the tree grew too deep."""
+        if all(a.is_constant for a in node.args):
+            try:
+                value = evaluate(node, {})
+            except RuleEvalError as e:
+                raise self.error(e.reason, node.pos) from None
+            if isinstance(value, bool):
+                return Node("bool", Type.BOOL, value=value, pos=node.pos)
+            return Node("num", Type.NUMBER, value=value, pos=node.pos)
+        if node.depth > MAX_DEPTH:
+            raise self.too_deep(node.pos)
+        return node
 
 
-# -- evaluation ----------------------------------------------------------------------------------
-
-
-def _int_div(a: int, b: int) -> int:
-    if b == 0:
-        raise RuleEvalError("integer division by zero in --rule")
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b >= 0) else -q
-
-
-def _float_div(a: float, b: float) -> float:
-    if b == 0:
-        if a == 0 or math.isnan(a):
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-    return a / b
-
-
-def _arith(op: str, a: Value, b: Value) -> int | float:
-    if isinstance(a, int) and isinstance(b, int):
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return _int_div(a, b)
-        if b == 0:
-            raise RuleEvalError("integer modulo by zero in --rule")
-        return a - b * _int_div(a, b)
-    x, y = float(a), float(b)
-    if op == "+":
-        return x + y
-    if op == "-":
-        return x - y
-    if op == "*":
-        return x * y
-    if op == "/":
-        return _float_div(x, y)
-    return math.nan if y == 0 or math.isinf(x) else math.fmod(x, y)
-
-
-def _compare(op: str, a: Value, b: Value) -> bool:
-    if isinstance(a, int) and isinstance(b, int):
-        x: int | float = a
-        y: int | float = b
-    else:
-        x, y = float(a), float(b)
-    if op == "<":
-        return x < y
-    if op == "<=":
-        return x <= y
-    if op == ">":
-        return x > y
-    return x >= y
-
-
-def evaluate(node: Node, env: Mapping[str, float]) -> Value:
-    op = node.op
-    if op in ("num", "bool"):
-        assert node.value is not None
-        return node.value
-    if op == "var":
-        return float(env[node.name])
-    if op == "neg":
-        v = evaluate(node.args[0], env)
-        assert not isinstance(v, bool)
-        return -v
-    if op == "not":
-        return not evaluate(node.args[0], env)
-    if op == "&&":
-        return bool(evaluate(node.args[0], env)) and bool(evaluate(node.args[1], env))
-    if op == "||":
-        return bool(evaluate(node.args[0], env)) or bool(evaluate(node.args[1], env))
-    a = evaluate(node.args[0], env)
-    b = evaluate(node.args[1], env)
-    if op in ("==", "!="):
-        if isinstance(a, bool) or isinstance(b, bool):
-            equal = a is b
-        else:
-            equal = (a == b) if isinstance(a, int) and isinstance(b, int) else float(a) == float(b)
-        return equal if op == "==" else not equal
-    if op in ("<", "<=", ">", ">="):
-        return _compare(op, a, b)
-    return _arith(op, a, b)
+# -- rules ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -382,8 +351,20 @@ class Rule:
     text: str
     tree: Node
 
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables the rule uses."""
+        found: set[str] = set()
+        todo = [self.tree]
+        while todo:
+            n = todo.pop()
+            if n.op == "var":
+                found.add(n.name)
+            todo.extend(n.args)
+        return frozenset(found)
+
     def value(self, env: Mapping[str, float]) -> Value:
-        missing = [v for v in VARIABLES if v not in env]
+        missing = sorted(self.variables - set(env))
         if missing:
             raise RuleEvalError(f"--rule evaluated without {', '.join(missing)}")
         return evaluate(self.tree, env)
@@ -399,49 +380,55 @@ def parse_expression(text: str) -> Node:
     return _Parser(text).parse()
 
 
-def _fold_check(node: Node, text: str) -> bool:
-    """True if ``node`` has no variable; raise for a constant part that cannot be evaluated (``1/0``)."""
-    constant = all([_fold_check(a, text) for a in node.args]) and node.op != "var"
-    if constant and node.args:
-        try:
-            evaluate(node, {})
-        except RuleEvalError as e:
-            raise RuleSyntaxError(str(e), text, node.pos) from None
-    return constant
-
-
 def compile_rule(text: str) -> Rule:
-    """Parse a rule; it must be a boolean. Raises :class:`RuleSyntaxError`."""
+    """Parse a rule; it must be a boolean, and it is evaluated once on sample figures.
+
+    Raises :class:`RuleSyntaxError` (a :class:`UsageError`) and nothing else.
+    """
     tree = parse_expression(text)
-    _fold_check(tree, text)
     if tree.type is not Type.BOOL:
         raise RuleSyntaxError(
-            f"the rule must be true or false (a comparison such as 'dbSizeFree > 100MiB'), "
-            f"but {text.strip()!r} is a {tree.type.value}"
+            f"the rule must be true or false (a comparison such as 'dbSizeFree > 100MiB'), but this is a "
+            f"{tree.type.value}", text, tree.pos
         )
-    return Rule(text, tree)
+    rule = Rule(text, tree)
+    size, in_use, quota = SAMPLE_FIGURES
+    try:
+        rule.matches(rule_variables(size, in_use, quota))
+    except RuleEvalError as e:
+        raise RuleSyntaxError(
+            f"it fails on sample figures (dbSize {size}, dbSizeInUse {in_use}, dbQuota {quota}): {e.reason}",
+            text, e.pos or 0,
+        ) from None
+    return rule
 
 
 def rule_variables(db_size: int, db_size_in_use: int, db_quota: int | None) -> dict[str, float]:
-    """The variables of one member. ``db_quota`` None or ≤ 0 means no quota (usage 0)."""
+    """The variables of one member. ``db_quota`` ≤ 0 means no quota (``dbQuota`` infinite, usage 0);
+    None means the quota is unknown: ``dbQuota`` and ``dbQuotaUsage`` are left out (a rule using them
+    fails for that member rather than guess)."""
     size = float(db_size)
     in_use = float(db_size_in_use)
     free = max(0.0, size - in_use)
-    quota = float(db_quota) if db_quota and db_quota > 0 else math.inf
-    return {
+    env = {
         "dbSize": size,
         "dbSizeInUse": in_use,
         "dbSizeFree": free,
-        "dbQuota": quota,
-        "dbQuotaUsage": size / quota if quota != math.inf else 0.0,
         "fragmentation": free / size if size > 0 else 0.0,
     }
+    if db_quota is not None:
+        quota = float(db_quota) if db_quota > 0 else math.inf
+        env["dbQuota"] = quota
+        env["dbQuotaUsage"] = size / quota if quota != math.inf else 0.0
+    return env
 
 
 def parse_size(text: str) -> int:
     """``2147483648``, ``2GiB``, ``16MiB``, ``500MB`` → bytes. Raises :class:`UsageError`."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([A-Za-z]*)\s*", text)
     if not m or (m.group(2) and m.group(2) not in SIZE_SUFFIXES):
-        raise UsageError(f"invalid size {text!r}; use bytes or e.g. 16MiB, 2GiB, 500MB")
+        raise UsageError(f"invalid size {_short(text.strip(), 40)}; use bytes or e.g. 16MiB, 2GiB, 500MB")
     n = float(m.group(1)) * SIZE_SUFFIXES.get(m.group(2) or "B", 1)
+    if not n < 2**63:
+        raise UsageError(f"invalid size {_short(text.strip(), 40)}: too large")
     return int(n)

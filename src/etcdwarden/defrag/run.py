@@ -13,7 +13,9 @@ The flow (``rolling_defrag``):
    at least ``wait`` seconds, before touching the next one;
 4. a Defragment that times out is never retried (the server keeps going); the run stops there unless
    ``continue_on_error``. A member that does not recover within ``recover_timeout`` always stops it;
-5. list alarms; disarm NOSPACE if every member's file is now below ``disarm_threshold`` × quota.
+5. list alarms; disarm NOSPACE only if every member's quota is known (:mod:`.quota`: its Status, its
+   local command line or manifest, or ``db_quota_bytes``) and its file is now below
+   ``disarm_threshold`` × quota; otherwise leave the alarm and say which quota is missing.
 
 Nothing here prints: progress goes to ``options.on_event``; the result is a :class:`DefragReport`.
 """
@@ -24,10 +26,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from etcdwarden.defrag import quota as quota_module
 from etcdwarden.defrag.plan import (
-    DEFAULT_QUOTA,
     ClusterView,
     MemberCheck,
     Target,
@@ -35,11 +38,11 @@ from etcdwarden.defrag.plan import (
     check_member,
     check_options_for_targets,
     refuse_if_unsafe,
-    server_quota,
     survey,
 )
+from etcdwarden.defrag.quota import Quota, QuotaFinder, unknown_reason
 from etcdwarden.defrag.report import AlarmInfo, DefragReport, LeaderMove, MemberResult, Outcome
-from etcdwarden.defrag.rules import Rule, RuleEvalError, rule_variables
+from etcdwarden.defrag.rules import QUOTA_VARIABLES, Rule, RuleEvalError, rule_variables
 from etcdwarden.errors import Compacted, EtcdError, Timeout
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
@@ -71,7 +74,13 @@ class DefragOptions:
     dry_run: bool = False
     force: bool = False
     continue_on_error: bool = False
-    db_quota_bytes: int | None = DEFAULT_QUOTA  # used when the server does not report its quota
+    # the members' --quota-backend-bytes (etcd's meaning: 0 = 2 GiB, negative = none), for members whose
+    # quota neither their Status (etcd >= 3.6) nor this host (their etcd process or manifest) tells; None:
+    # not given, so such a member's quota is unknown and NOSPACE is not disarmed
+    db_quota_bytes: int | None = None
+    manifest: Path | None = None  # an etcd static pod manifest to read the quota from
+    # where to look for this host's etcd processes (None: do not look)
+    proc: Path | None = field(default_factory=lambda: quota_module.PROC)
     disarm: bool = True
     disarm_threshold: float = 0.9  # disarm NOSPACE only when every db is below this share of the quota
     poll_interval: float = 0.25
@@ -85,6 +94,7 @@ class _Run:
         self.report = DefragReport(dry_run=options.dry_run, rule=options.rule.text if options.rule else None)
         self.view = ClusterView()
         self.defragmented: list[int] = []  # member IDs defragmented in this run, in order
+        self.quotas = QuotaFinder(options.db_quota_bytes, options.manifest, options.proc)
 
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, kind: str, endpoint: str, message: str) -> None:
@@ -116,8 +126,8 @@ class _Run:
                 votes[c.leader_id] = votes.get(c.leader_id, 0) + 1
         return max(votes, key=lambda k: votes[k]) if votes else 0
 
-    def quota_for(self, status: pb.StatusResponse) -> int | None:
-        return server_quota(status, self.o.db_quota_bytes)
+    def quota_for(self, member_id: int, status: pb.StatusResponse) -> Quota | None:
+        return self.quotas.find(self.view.voters.get(member_id), status)
 
     # -- phases ------------------------------------------------------------------------------
     async def run(self) -> DefragReport:
@@ -125,6 +135,7 @@ class _Run:
         self.emit("survey", "", "checking the health of every member")
         self.view = await survey(self.client, self.o.cluster)
         check_options_for_targets(self.view)
+        await asyncio.to_thread(self.quotas.load)
         for p in refuse_if_unsafe(self.view, self.o.force, self.o.dry_run):
             self.report.notes.append(f"went on despite (--force): {p}")
         self.report.alarms_before = [AlarmInfo(int(a.memberID), alarm_name(a.alarm)) for a in self.view.alarms]
@@ -160,6 +171,7 @@ class _Run:
                         detail="the run stopped before this member"))
                 break
         await self.alarms()
+        self.report.notes.extend(self.quotas.notes)
         self.report.took = time.monotonic() - start
         return self.report
 
@@ -194,12 +206,26 @@ class _Run:
             return False
         r.was_leader = int(st.leader) != 0 and int(st.leader) == int(st.header.member_id)
         r.db_size_before, r.db_size_in_use_before = int(st.dbSize), int(st.dbSizeInUse)
-        env = rule_variables(int(st.dbSize), int(st.dbSizeInUse), self.quota_for(st))
+        quota = self.quota_for(t.member_id, st)
+        if quota is not None:
+            r.db_quota, r.db_quota_source = quota.bytes, quota.source
+        env = rule_variables(int(st.dbSize), int(st.dbSizeInUse),
+                             None if quota is None else -1 if quota.bytes is None else quota.bytes)
         if self.o.rule is not None:
+            needs = sorted(self.o.rule.variables & QUOTA_VARIABLES)
+            if quota is None and needs:
+                r.outcome = Outcome.FAILED
+                r.detail = (f"the rule uses {' and '.join(needs)}, but "
+                            f"{unknown_reason(self.view.voters.get(t.member_id), st, self.quotas)}")
+                return False
             try:
                 r.rule_matched = self.o.rule.matches(env)
             except RuleEvalError as e:
-                r.outcome, r.detail = Outcome.FAILED, str(e)
+                # e.g. a division by a figure that is 0 on this member: no verdict, so no defragmentation
+                r.outcome = Outcome.FAILED
+                r.detail = (f"{e} with this member's figures (dbSize {int(st.dbSize)}, dbSizeInUse "
+                            f"{int(st.dbSizeInUse)}); it was not defragmented (guard the rule, e.g. "
+                            "'dbSizeFree > 0 && ...')")
                 return False
             if not r.rule_matched:
                 r.outcome = Outcome.SKIPPED
@@ -356,18 +382,26 @@ class _Run:
         if nospace and self.o.disarm:
             checks = await self.voter_checks()
             blockers: list[str] = []
+            quotas: list[int | None] = []
             for mid, c in checks.items():
+                name = self.view.name_of(mid)
                 if c.status is None:
-                    blockers.append(f"{self.view.name_of(mid)} did not answer Status ({c.error})")
+                    blockers.append(f"{name} did not answer Status ({c.error})")
                     continue
-                quota = self.quota_for(c.status)
-                rep.db_quota = quota
+                quota = self.quota_for(mid, c.status)
                 if quota is None:
+                    blockers.append(f"{name}: {unknown_reason(self.view.voters.get(mid), c.status, self.quotas)}")
                     continue
-                limit = quota * self.o.disarm_threshold
+                quotas.append(quota.bytes)
+                if quota.bytes is None:
+                    continue  # no quota: its size cannot raise NOSPACE
+                limit = quota.bytes * self.o.disarm_threshold
                 if c.status.dbSize >= limit:
-                    blockers.append(f"{self.view.name_of(mid)}'s database is {c.status.dbSize} bytes, not below "
-                                    f"{limit:.0f} ({self.o.disarm_threshold:.0%} of the {quota}-byte quota)")
+                    blockers.append(f"{name}'s database is {c.status.dbSize} bytes, not below {limit:.0f} "
+                                    f"({self.o.disarm_threshold:.0%} of its {quota.describe()})")
+            if len(set(quotas)) == 1 and len(quotas) == len(checks):
+                rep.db_quota = quotas[0]
+            rep.alarm_blockers = blockers
             if blockers:
                 rep.notes.append("NOSPACE left armed: " + "; ".join(blockers))
             elif self.o.dry_run:

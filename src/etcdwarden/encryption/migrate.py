@@ -31,6 +31,7 @@ from typing import Any
 
 from etcdwarden.encryption.config import EncryptionConfiguration
 from etcdwarden.encryption.errors import TransformError, etcd_key_text
+from etcdwarden.encryption.plaintext import looks_like_kubernetes_object
 from etcdwarden.encryption.resources import Resource
 from etcdwarden.encryption.state import MigrationState
 from etcdwarden.encryption.transformer import ResourceTransformer
@@ -38,16 +39,11 @@ from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, prefix_end
 
-K8S_MAGICS = (b"k8s\x00", b"{", b"\xd9\xd9\xf7")
+__all__ = ["MigrationError", "MigrationReport", "Migrator", "ResourceCounts", "looks_like_kubernetes_object"]
 
 
 class MigrationError(EtcdwardenError):
     """The migration stopped (e.g. a value could not be decrypted); what was done stays done."""
-
-
-def looks_like_kubernetes_object(data: bytes) -> bool:
-    """Protobuf (``k8s\\0``), JSON or CBOR, the encodings kube-apiserver stores."""
-    return data.startswith(K8S_MAGICS)
 
 
 @dataclass
@@ -237,10 +233,15 @@ class Migrator:
     def _reencrypt(self, key: bytes, value: bytes, t: ResourceTransformer, counts: ResourceCounts) -> bytes | None:
         try:
             res = t.read(value, key)
-            if self.check_plaintext and res.provider == "aescbc" and not looks_like_kubernetes_object(res.plaintext):
+            if (self.check_plaintext and "aescbc" in (res.provider, t.write_provider.type_name)
+                    and not looks_like_kubernetes_object(res.plaintext)):
+                # the preflight refused these; this one was written since (see preflight.py)
+                what = (f"aescbc key {res.key_name!r} decrypted the value to" if res.provider == "aescbc"
+                        else "the value would be encrypted with aescbc but is")
                 raise TransformError(
-                    f"aescbc key {res.key_name!r} decrypted the value to data that is not a Kubernetes object "
-                    "(AES-CBC is unauthenticated): wrong key?", reason="auth", key_name=res.key_name)
+                    f"{what} data that is not a Kubernetes object (AES-CBC is unauthenticated: such a value "
+                    "cannot be told apart from a wrong key; --force=non-kubernetes accepts it)",
+                    reason="non-kubernetes", key_name=res.key_name)
         except TransformError as e:
             msg = f"{etcd_key_text(key)}: cannot decrypt ({e})"
             if not self.skip_unreadable:

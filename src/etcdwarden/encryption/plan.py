@@ -52,29 +52,40 @@ def _names(rules: Sequence[ResourceConfig]) -> str:
     return ", ".join(n for rc in rules for n in rc.resources)
 
 
-def plan_enable(cfg: EncryptionConfiguration | None, names: Sequence[str], ptype: str) -> tuple[list[Phase], str]:
-    """Make ``ptype`` with a new key the write provider; returns the phases and the new key's name."""
+def plan_enable(cfg: EncryptionConfiguration | None, names: Sequence[str], ptype: str,
+                key_name: str | None = None) -> tuple[list[Phase], str]:
+    """Make ``ptype`` with a new key the write provider; returns the phases and the new key's name.
+
+    With ``key_name`` (an interrupted enable being finished) that key is reused where the configuration
+    already has it, so a rerun only does the phases that are left.
+    """
     if ptype not in KEYED_PROVIDERS:
         raise UsageError(f"--type must be one of {', '.join(KEYED_PROVIDERS)}, not {ptype!r}")
     work = copy.deepcopy(cfg) if cfg else EncryptionConfiguration()
     rules = [rc for rc in _rules(work, names, create=True) if rc.providers[0].type != ptype]
-    key = Key(unique_key_name(work.key_names()), generate_key(ptype))
+    key = Key(key_name or unique_key_name(work.key_names()), generate_key(ptype))
     if not rules:
         return [], ""
+    added = False
     for rc in rules:
         target = next((p for p in rc.providers if p.type == ptype), None)
         if target is None:
             target = ProviderConfig(ptype, [])
             rc.providers.append(target)
-        target.keys.append(copy.deepcopy(key))
+        if all(k.name != key.name for k in target.keys):
+            target.keys.append(copy.deepcopy(key))
+            added = True
         if not any(p.type == "identity" for p in rc.providers):
             rc.providers.append(ProviderConfig("identity"))
-    add = Phase("add-key", f"add {ptype} key {key.name} as a read-only key for {_names(rules)}",
-                copy.deepcopy(work))
+            added = True
+    phases: list[Phase] = []
+    if added:
+        phases.append(Phase("add-key", f"add {ptype} key {key.name} as a read-only key for {_names(rules)}",
+                            copy.deepcopy(work)))
     for rc in rules:
         _promote(rc, ptype, key.name)
-    promote = Phase("promote", f"make {ptype} key {key.name} the write key for {_names(rules)}", work)
-    return [add, promote], key.name
+    phases.append(Phase("promote", f"make {ptype} key {key.name} the write key for {_names(rules)}", work))
+    return phases, key.name
 
 
 def _promote(rc: ResourceConfig, ptype: str, key_name: str | None) -> None:
@@ -105,8 +116,13 @@ def plan_disable(cfg: EncryptionConfiguration | None, names: Sequence[str]) -> l
     return phases
 
 
-def plan_rotate(cfg: EncryptionConfiguration | None, names: Sequence[str]) -> tuple[list[Phase], str]:
-    """A new key for the current write provider: added last (read-only), then moved first."""
+def plan_rotate(cfg: EncryptionConfiguration | None, names: Sequence[str],
+                key_name: str | None = None) -> tuple[list[Phase], str]:
+    """A new key for the current write provider: added last (read-only), then moved first.
+
+    With ``key_name`` (an interrupted rotation being finished) that key is added only where it is
+    missing and promoted only where it is not first yet: a rerun never mints another key.
+    """
     if cfg is None:
         raise UsageError("encryption is not enabled (no EncryptionConfiguration); use 'encryption enable'")
     work = copy.deepcopy(cfg)
@@ -117,16 +133,22 @@ def plan_rotate(cfg: EncryptionConfiguration | None, names: Sequence[str]) -> tu
             what = rc.providers[0].label() if rc else "identity"
             raise UsageError(f"cannot rotate {name}: its write provider is {what}, not aescbc/aesgcm/secretbox; "
                              "use 'encryption enable' first")
-    new_name = unique_key_name(work.key_names())
+    new_name = key_name or unique_key_name(work.key_names())
     keys = {t: Key(new_name, generate_key(t)) for t in KEYED_PROVIDERS}
-    for rc in rules:
+    added = [rc for rc in rules if all(k.name != new_name for k in rc.providers[0].keys)]
+    for rc in added:
         p0 = rc.providers[0]
         p0.keys.append(copy.deepcopy(keys[p0.type]))
-    add = Phase("add-key", f"add key {new_name} as a read-only key for {_names(rules)}", copy.deepcopy(work))
-    for rc in rules:
+    phases: list[Phase] = []
+    if added:
+        phases.append(Phase("add-key", f"add key {new_name} as a read-only key for {_names(added)}",
+                            copy.deepcopy(work)))
+    behind = [rc for rc in rules if rc.providers[0].keys[0].name != new_name]
+    for rc in behind:
         rc.providers[0].keys.sort(key=lambda k: k.name != new_name)
-    promote = Phase("promote", f"make key {new_name} the write key for {_names(rules)}", work)
-    return [add, promote], new_name
+    if behind:
+        phases.append(Phase("promote", f"make key {new_name} the write key for {_names(behind)}", work))
+    return phases, new_name
 
 
 def plan_prune(cfg: EncryptionConfiguration, names: Sequence[str],

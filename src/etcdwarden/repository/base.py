@@ -22,6 +22,7 @@ Credentials never appear in :attr:`Repository.url` or in an error message.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import importlib
@@ -31,10 +32,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from etcdwarden.errors import EtcdwardenError, UsageError
+
+if TYPE_CHECKING:
+    from etcdwarden.repository.uploads import PendingUpload
 
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+:-]*$")
@@ -62,6 +66,10 @@ class ObjectInfo:
     name: str
     size: int
     mtime: dt.datetime  # timezone-aware (UTC)
+
+
+_DURATION_OPTIONS = frozenset({"retry_timeout", "connect_timeout", "request_timeout", "init_backoff", "max_backoff"})
+_SIZE_OPTIONS = frozenset({"part_size"})
 
 
 @dataclass
@@ -95,7 +103,10 @@ class RepositoryOptions:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], base: RepositoryOptions | None = None) -> RepositoryOptions:
-        """Options from a config mapping (``repository:`` section); unknown keys are an error."""
+        """Options from a config mapping (``repository:`` section); unknown keys are an error. Timeouts and
+        backoffs are durations and ``part_size`` a size, in :mod:`etcdwarden.units`' grammar (``30s``, ``16MiB``)."""
+        from etcdwarden import units
+
         out = RepositoryOptions(**vars(base)) if base is not None else RepositoryOptions()
         known = set(vars(out))
         for key, value in doc.items():
@@ -103,7 +114,19 @@ class RepositoryOptions:
             if k not in known:
                 raise UsageError(f"unknown repository option {key!r} (known: {', '.join(sorted(known))})")
             current = getattr(out, k)
-            if isinstance(current, bool) or k == "allow_http":
+            if k in _DURATION_OPTIONS or k in _SIZE_OPTIONS:
+                try:
+                    n: float = units.parse_duration(value) if k in _DURATION_OPTIONS else units.parse_size(value)
+                except units.UnitError as e:
+                    raise UsageError(f"repository option {key!r}: {e}") from None
+                if n <= 0:
+                    raise UsageError(f"repository option {key!r} must be more than 0")
+                setattr(out, k, n)
+                continue
+            if k in ("max_retries", "max_concurrency"):
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+                    raise UsageError(f"repository option {key!r} must be a whole number from 0 to 1000")
+            elif isinstance(current, bool) or k == "allow_http":
                 if not isinstance(value, bool):
                     raise UsageError(f"repository option {key!r} must be true or false")
             elif isinstance(current, int | float) and not isinstance(value, int | float):
@@ -194,6 +217,27 @@ class Repository(ABC):
 
     @abstractmethod
     def delete(self, name: str) -> None: ...
+
+    def fingerprint(self, name: str) -> str | None:
+        """What identifies the object's current bytes without reading them (``None``: it does not exist).
+
+        A changed fingerprint means "hash it again". The default is size and modification time; local
+        directories add ctime, inode and device, object stores the store's ETag."""
+        info = self.stat(name)
+        return None if info is None else f"{info.size}:{info.mtime.isoformat()}"
+
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        """Uploads started and never completed nor aborted (a killed writer's), under this location.
+
+        Local directories have none (a killed write leaves a ``.part`` file, which the catalog shows).
+        Raises :class:`~etcdwarden.repository.uploads.UploadsUnavailable` when the store cannot say."""
+        return []
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort one incomplete upload (its parts are freed; no object appears)."""
+        from etcdwarden.repository.uploads import UploadsUnavailable
+
+        raise UploadsUnavailable(f"{self.url}: uploads cannot be aborted here")
 
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Make earlier deletions durable (local: fsync the directory). Object stores: nothing to do."""

@@ -17,6 +17,15 @@ States:
     object written and the first deleted), or a listed file is missing or has another size.
 ``unreadable``
     the manifest exists but is not valid JSON / not a manifest. Never deleted automatically.
+``corrupt``
+    set only by re-hashing (:mod:`.reverify`): a file's sha256 or size is not what the manifest
+    records. Never counted, never deleted automatically.
+
+Listing reads the manifests and the objects' sizes only; a backup's files are hashed again only by
+:mod:`.reverify` (``backups list --verify``, and retention before it deletes anything), so a plain
+listing says ``complete``, never that the bytes were re-proven. Objects of etcdwarden's own
+bookkeeping (the lock, the hash cache: names starting with ``.etcdwarden``) are neither backups nor
+*unknown*.
 """
 
 from __future__ import annotations
@@ -40,6 +49,13 @@ MANIFEST_RE = re.compile(rf"^{_BASES[2]}$")
 TEMP_RE = re.compile(rf"^\.?(?:{_BASES[0]}(?:\.verify)?|{_BASES[1]}|{_BASES[2]})(?:\.part|\.tmp-\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 GOOD = "complete"
+CORRUPT = "corrupt"
+_INTERNAL = (".etcdwarden", "..etcdwarden")  # the lock, the hash cache and their temporary names
+
+
+def internal(name: str) -> bool:
+    """etcdwarden's own bookkeeping objects in a repository (not backups, not unknown)."""
+    return name.startswith(_INTERNAL)
 
 
 def parse_id(backup_id: str) -> dt.datetime:
@@ -106,7 +122,8 @@ class CatalogEntry:
 
     @property
     def verified(self) -> bool:
-        return self._m("verified") is True
+        """The manifest says verified *and* the backup is complete (never for incomplete or corrupt ones)."""
+        return self.good and self._m("verified") is True
 
     @property
     def key_names(self) -> list[str]:
@@ -121,7 +138,8 @@ class CatalogEntry:
     def as_json(self, repo: Repository) -> dict[str, Any]:
         return {
             "id": self.id, "time": self.time.isoformat(), "state": self.state, "problem": self.problem,
-            "verified": self.verified, "revision": self.revision, "member": self.member,
+            "verified": self.verified, "manifest_verified": self._m("verified") is True,
+            "revision": self.revision, "member": self.member,
             "cluster_id": self._m("cluster_id"), "db_size": self._m("db_size"), "size": self.size,
             "encryption_keys": self.key_names, "compression": self._m("snapshot", "compression"),
             "encryption": self._m("snapshot", "encryption"),
@@ -204,6 +222,8 @@ def load_catalog(repo: Repository) -> Catalog:
     groups: dict[str, list[ObjectInfo]] = {}
     unknown: list[str] = []
     for obj in repo.list():
+        if internal(obj.name):
+            continue
         c = classify(obj.name)
         if c is None:
             unknown.append(obj.name)

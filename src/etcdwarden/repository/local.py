@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import os
+import re
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 from urllib.parse import unquote, urlsplit
 
 from etcdwarden.errors import UsageError
-from etcdwarden.fsutil import DiskFull, fsync_dir, private_dir, raise_os_error
+from etcdwarden.fsutil import (
+    DiskFull,
+    Holder,
+    LockInfo,
+    dir_lock,
+    fsync_dir,
+    not_writable_hint,
+    private_dir,
+    raise_os_error,
+)
 from etcdwarden.repository.base import (
     CHUNK,
     ObjectInfo,
@@ -32,6 +44,7 @@ from etcdwarden.repository.base import (
 )
 
 PART_SUFFIX = ".part"
+_TMP_PID = re.compile(r"\.tmp-(\d+)$")
 
 
 def _info(name: str, st: os.stat_result) -> ObjectInfo:
@@ -142,6 +155,18 @@ class LocalRepository(Repository):
             raise RepositoryError(f"cannot stat {self.directory / name}: {e.strerror}") from None
         return _info(name, st) if stat.S_ISREG(st.st_mode) else None
 
+    def fingerprint(self, name: str) -> str | None:
+        """size, mtime, ctime (ns), inode and device: any write, rename over or ``touch`` changes it."""
+        try:
+            st = os.stat(self.directory / check_name(name), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RepositoryError(f"cannot stat {self.directory / name}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
     def open_read(self, name: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         path = self.directory / check_name(name)
         try:
@@ -165,7 +190,9 @@ class LocalRepository(Repository):
         except FileNotFoundError:
             return
         except OSError as e:
-            raise RepositoryError(f"cannot delete {path}: {e.strerror}") from None
+            hint = f"; {not_writable_hint(self.directory)}" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) \
+                else ""
+            raise RepositoryError(f"cannot delete {path}: {e.strerror}{hint}") from None
 
     def sync(self) -> None:
         if self.directory.is_dir():
@@ -173,6 +200,75 @@ class LocalRepository(Repository):
 
     def local_path(self, name: str) -> Path | None:
         return self.directory / check_name(name)
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0, create: bool = False) -> Iterator[LockInfo | None]:
+        """The directory lock every writer of this repository holds (``None`` if the directory does not
+        exist and ``create`` is false: there is nothing to protect yet)."""
+        if create:
+            self._dir_for_write()
+        if not self.directory.is_dir():
+            yield None
+            return
+        with dir_lock(self.directory, wait) as info:
+            yield info
+
+
+@dataclass
+class StaleCleanup:
+    """What :func:`remove_stale_temp` did."""
+
+    removed: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)  # name -> why it was left alone
+
+
+def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
+    """Remove the temporary files (``.part``, ``.tmp-<pid>``) a dead run left in ``directory``.
+
+    Call it holding the directory's lock (``lock``). Only names of etcdwarden's own temporary pattern are
+    touched. A ``.tmp-<pid>`` file names its writer: removed when that process is gone. A ``.part``
+    file is written only under the lock, so its writer is the previous holder recorded in the lock file:
+    removed when that process is gone (dead, or its PID reused), or is this very process (whose earlier
+    run has ended, since we hold the lock now); never when the previous holder is alive, unknown, or on
+    another host.
+    """
+    from etcdwarden.repository.catalog import TEMP_RE, internal
+
+    out = StaleCleanup()
+    me = Holder.me()
+    prev = lock.previous
+    prev_gone = prev is not None and (prev.gone() or prev == me)
+    try:
+        names = sorted(e.name for e in os.scandir(directory) if e.is_file(follow_symlinks=False))
+    except OSError:
+        return out
+    for name in names:
+        ours = TEMP_RE.match(name) or (internal(name) and (_TMP_PID.search(name) or name.endswith(PART_SUFFIX)))
+        if not ours:
+            continue
+        m = _TMP_PID.search(name)
+        if m is not None:
+            pid = int(m.group(1))
+            writer = Holder(pid, None, me.host)
+            if pid == me.pid or not writer.gone():
+                out.left[name] = f"its writer (pid {pid}) is still running"
+                continue
+        elif not prev_gone:
+            out.left[name] = ("the previous lock holder " + (f"(pid {prev.pid}) is still running or unknown"
+                                                              if prev is not None else "is not recorded"))
+            continue
+        try:
+            (directory / name).unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            out.left[name] = f"cannot remove it: {e.strerror}"
+            continue
+        out.removed.append(name)
+    if out.removed:
+        with contextlib.suppress(OSError):
+            fsync_dir(directory)
+    return out
 
 
 def _chunks(f: io.FileIO, chunk_size: int) -> Iterator[bytes]:

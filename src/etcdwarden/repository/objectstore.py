@@ -56,14 +56,14 @@ files), which this module never reads.
 
 from __future__ import annotations
 
-import contextlib
+import builtins
 import datetime as dt
-import json
+import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import NotFoundError
@@ -80,105 +80,24 @@ from etcdwarden.repository.base import (
     check_name,
     split_query,
 )
+from etcdwarden.repository.masking import env_secrets, secret_variants
+from etcdwarden.repository.masking import first_line as _first_line
+from etcdwarden.repository.masking import mask as _mask
 
 if TYPE_CHECKING:
     from obstore import WritableFile
     from obstore.store import AzureConfig, ClientConfig, GCSConfig, ObjectStore, RetryConfig, S3Config
 
-#: credential-bearing variables of obstore's AWS_*, AZURE_* and GOOGLE_* families (matched case-insensitively)
-_SECRET_ENV = re.compile(r"^(AWS|AZURE|GOOGLE)_\w*(SECRET|TOKEN|KEY|PASSWORD|SAS)\w*$", re.IGNORECASE)
-_NOT_SECRET_ENV = re.compile(r"_(ID|NAME|TYPE|FILE|PATH|URL|URI|ENDPOINT|HOST)$", re.IGNORECASE)
-_ALSO_SECRET_ENV = {"AWS_ACCESS_KEY_ID"}
-#: fields of a JSON service-account key (or authorized-user file) that are secret
-_JSON_SECRET_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token")
-#: credentials recognisable by their shape, whoever issued them (tokens fetched at run time included)
-_PATTERNS = [
-    (re.compile(r"(?i)([?&](?:sig|x-amz-signature|x-amz-security-token|x-goog-signature|x-goog-credential)=)"
-                r"[^&\s\"'<>]+"), r"\1***"),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1***"),
-    (re.compile(r"(?i)\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]{8,}"), r"\1***"),
-    (re.compile(r"(?i)\b(Signature=)[0-9a-f]{16,}"), r"\1***"),
-]
+    from etcdwarden.repository.uploads import PendingUpload
+
+log = logging.getLogger(__name__)
+
 #: a 404 while listing or writing: the bucket/container is missing (S3, Azure and GCS spellings)
 _MISSING_CONTAINER = re.compile(r"\b(404 Not Found|NoSuchBucket|ContainerNotFound)\b")
 #: reads whose "not found" means the object (``stat`` and ``delete`` handle it themselves)
 _OBJECT_READS = ("cannot read", "download failed for")
-_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
-_OS_MESSAGE = re.compile(r'message: "([^"\n]{1,200})"')
-_XML_CODE = re.compile(r"<Code>\s*([^<]{1,100}?)\s*</Code>")
-_XML_MESSAGE = re.compile(r"<Message>\s*([^<\n]{1,300})")
-
-
-def env_secrets(environ: Iterable[tuple[str, str]] | None = None) -> list[str]:
-    """The values of the credential-bearing variables in the environment (see the module docstring)."""
-    items = os.environ.items() if environ is None else environ
-    out = []
-    for name, value in items:
-        upper = name.upper()
-        secret = upper in _ALSO_SECRET_ENV or (_SECRET_ENV.match(upper) and not _NOT_SECRET_ENV.search(upper))
-        # "1", "no": flags, not secrets; masking such short values would garble every message
-        if secret and len(value.strip()) >= 3:
-            out.append(value)
-    return out
-
-
-def secret_variants(secrets: Iterable[str]) -> list[str]:
-    """Every form in which a secret may show up in a message, longest first (so none is half-masked)."""
-    out: set[str] = set()
-    for s in secrets:
-        if not s:
-            continue
-        forms = {s, s.strip()}
-        if "sig=" in s:  # a SAS token: its signature is what matters, in whatever order the URL puts it
-            forms.update(v for k, v in parse_qsl(s.lstrip("?"), keep_blank_values=False) if k == "sig")
-        if s.lstrip().startswith("{"):  # a JSON key: its private parts, wherever they are echoed
-            with contextlib.suppress(ValueError, AttributeError):
-                doc = json.loads(s)
-                for key in _JSON_SECRET_FIELDS:
-                    value = doc.get(key)
-                    if isinstance(value, str) and value:
-                        forms.add(value)
-                        forms.update(ln.strip() for ln in value.splitlines()
-                                     if len(ln.strip()) >= 16 and "-----" not in ln)
-        for f in list(forms):
-            forms.update({quote(f, safe=""), quote_plus(f), _form_encode(f), unquote(f), json.dumps(f)[1:-1]})
-        out.update(f for f in forms if f)
-    return sorted(out, key=len, reverse=True)
-
-
-def _form_encode(text: str) -> str:
-    """``application/x-www-form-urlencoded`` as Rust's encoder writes it (``~`` encoded, unlike Python's)."""
-    return "".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "*-._") else
-                   "+" if b == 0x20 else f"%{b:02X}" for b in text.encode())
-
-
-def _mask(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def _first_line(e: BaseException, secrets: list[str]) -> str:
-    """The store's message in one line (masked before it is cut, so no secret is left half visible)."""
-    text, _, debug = _mask(str(e), secrets).partition("\n\nDebug source:")
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    line = lines[0] if lines else type(e).__name__
-    detail = ""
-    if "<?xml" in line:  # an XML error body starts on this line: name its code and message instead
-        line = line[:line.index("<?xml")].rstrip(": ")
-        code, message = _XML_CODE.search(text), _XML_MESSAGE.search(text)
-        if code is not None:
-            detail += f": {code.group(1)}"
-        if message is not None:
-            detail += f" ({message.group(1).strip()})"
-    elif "HTTP error" in line:  # no response: say why (connect, timeout, ...) from obstore's debug text
-        kind, reasons = _HTTP_KIND.search(debug), _OS_MESSAGE.findall(debug)
-        why = [x for x in (kind.group(1).lower() if kind else "", reasons[-1] if reasons else "") if x]
-        detail += f" ({': '.join(why)})" if why else " (no response: check the endpoint's address and scheme)"
-    return (line if len(line) <= 400 else line[:400] + "...") + detail
-
+#: obstore's close() reports the abort of the multipart upload when that failed too
+_ABORT_FAILED = re.compile(r"Error performing DELETE \S*[?&]uploadId=")
 
 class ObjectStoreWriter(Writer):
     def __init__(self, repo: ObjectStoreRepository, name: str) -> None:
@@ -195,23 +114,33 @@ class ObjectStoreWriter(Writer):
         try:
             self.file.write(data)
         except Exception as e:
-            self.repo.fail("upload failed for", self.name, e)
+            self.repo.upload_failed(self.name, e)
 
     def _commit(self) -> None:
         assert self.file is not None
         try:
-            self.file.close()  # completes the multipart upload: the key appears now
+            # parts in flight first: a failed part is reported as itself (obstore's close() aborts the
+            # upload on a failure and reports the abort's error instead of the part's)
+            self.file.flush()
         except Exception as e:
-            self.repo.fail("upload failed for", self.name, e)
-        finally:
+            self.repo.upload_failed(self.name, e)
+        try:
+            self.file.close()  # the last part, then complete the multipart upload: the key appears now
+        except Exception as e:
             self.file = None
+            self.repo.upload_failed(self.name, e)
+        self.file = None
 
     def _discard(self) -> None:
         f, self.file = self.file, None
         if f is not None:
-            # leaving the writer's context with an exception aborts the multipart upload
-            with contextlib.suppress(Exception):
+            # leaving the writer's context with an exception aborts the multipart upload; if that fails
+            # too, the original error is what the caller reports (it already says an upload may remain)
+            try:
                 f.__exit__(RepositoryError, RepositoryError("upload abandoned"), None)
+            except Exception as e:
+                log.warning("could not abort the upload of %s (an incomplete upload may remain): %s",
+                            self.repo.where(self.name), _first_line(e, self.repo.secrets))
 
 
 class ObjectStoreRepository(Repository):
@@ -318,6 +247,20 @@ class ObjectStoreRepository(Repository):
                                   f"{self.container!r} exist? etcdwarden does not create it)") from None
         raise RepositoryError(f"{what} {where}: {line}") from None
 
+    def upload_failed(self, name: str, e: BaseException) -> NoReturn:
+        """An upload failed: say so first, then (if it was the abort that failed) that, then what may remain."""
+        line = _first_line(e, self.secrets)
+        if isinstance(e, NotFoundError | FileNotFoundError) or _MISSING_CONTAINER.search(line):
+            self.fail("upload failed for", name, e)
+        if _ABORT_FAILED.search(line):  # obstore's close() aborted after a failure, and the abort failed
+            line = f"the upload did not complete, and aborting it failed too ({line})"
+        raise RepositoryError(f"upload failed for {self.where(name)}: {line}; {self.leftover_hint()}") from None
+
+    def leftover_hint(self) -> str:
+        """What a failed upload may leave behind, and what cleans it."""
+        return (f"an incomplete multipart upload may remain under {self.url}: `etcdwarden backups list` shows "
+                "it and `etcdwarden backups prune` aborts it once older than --incomplete-grace")
+
     def list(self) -> list[ObjectInfo]:
         try:
             res = obstore.list_with_delimiter(self.store)
@@ -335,6 +278,16 @@ class ObjectStoreRepository(Repository):
         except Exception as e:
             self.fail("cannot stat", name, e)
         return ObjectInfo(name, int(meta["size"]), meta["last_modified"])
+
+    def fingerprint(self, name: str) -> str | None:
+        """size, last-modified time and ETag (the store's checksum of the object) as it reports them now."""
+        try:
+            meta = obstore.head(self.store, check_name(name))
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except Exception as e:
+            self.fail("cannot stat", name, e)
+        return f"{int(meta['size'])}:{meta['last_modified'].isoformat()}:{meta.get('e_tag') or ''}"
 
     def open_read(self, name: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         try:
@@ -373,6 +326,16 @@ class S3Repository(ObjectStoreRepository):
     def env_endpoint(cls) -> str | None:
         return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        from etcdwarden.repository.uploads import S3Uploads
+
+        return S3Uploads(self).list()
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        from etcdwarden.repository.uploads import S3Uploads
+
+        S3Uploads(self).abort(upload)
+
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
         from obstore.store import S3Store
@@ -409,6 +372,18 @@ class GCSRepository(ObjectStoreRepository):
     def env_endpoint(cls) -> str | None:
         return os.environ.get("GOOGLE_BASE_URL") or None
 
+    def incomplete_uploads(self) -> builtins.list[PendingUpload]:
+        from etcdwarden.repository.uploads import LIFECYCLE_HINT, UploadsUnavailable
+
+        raise UploadsUnavailable(f"{self.url}: incomplete multipart uploads cannot be listed or aborted for gs:// "
+                                 f"by etcdwarden; {LIFECYCLE_HINT}")
+
+    def leftover_hint(self) -> str:
+        from etcdwarden.repository.uploads import LIFECYCLE_HINT
+
+        return (f"an incomplete multipart upload may remain under {self.url} (etcdwarden cannot list them on "
+                f"gs://: {LIFECYCLE_HINT})")
+
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:
         from obstore.store import GCSStore
@@ -437,6 +412,9 @@ class AzureRepository(ObjectStoreRepository):
     @classmethod
     def option_secrets(cls, opts: RepositoryOptions) -> list[str]:
         return [s for s in (opts.secret_access_key,) if s]  # the account name is in every URL: not secret
+
+    def leftover_hint(self) -> str:
+        return "its uncommitted blocks are never listed and Azure discards them by itself within 7 days"
 
     @classmethod
     def make_store(cls, bucket: str, prefix: str | None, opts: RepositoryOptions) -> ObjectStore:

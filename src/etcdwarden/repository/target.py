@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from etcdwarden.fsutil import atomic_write, private_dir
+from etcdwarden.fsutil import atomic_write, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, RepositoryOptions, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
 
@@ -86,7 +86,10 @@ class BackupTarget:
         self.repo: Repository = open_repository(location, options)
         self.local = isinstance(self.repo, LocalRepository)
         if isinstance(self.repo, LocalRepository):
-            self.staging = private_dir(self.repo.directory)
+            try:
+                self.staging = private_dir(self.repo.directory)
+            except OSError as e:
+                raise_os_error(e, self.repo.directory)
             self._temp = False
         else:
             self.staging = Path(tempfile.mkdtemp(prefix="etcdwarden-backup-"))

@@ -73,6 +73,16 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
 def copy_backups(src: Repository, dst: Repository, ids: Sequence[str] = (), dry_run: bool = False,
                  progress: Progress | None = None) -> CopyReport:
     """Copy the complete backups of ``src`` (all, or ``ids``) that ``dst`` does not hold complete."""
+    from etcdwarden.repository.prune import repository_lock
+
+    # an existing local destination is written under its directory lock, like every writer of a repository
+    # (so the next holder knows whether the temporary files of a killed copy are stale)
+    with repository_lock(dst):
+        return _copy_backups(src, dst, ids, dry_run, progress)
+
+
+def _copy_backups(src: Repository, dst: Repository, ids: Sequence[str], dry_run: bool,
+                  progress: Progress | None) -> CopyReport:
     source = load_catalog(src)
     target = load_catalog(dst)
     if ids:

@@ -17,11 +17,12 @@ from typing import Any
 
 from etcdwarden.errors import SafetyRefusal
 from etcdwarden.etcd.api.mvccpb import kv_pb2
-from etcdwarden.snapshot.bbolt import BoltFile
+from etcdwarden.snapshot.bbolt import BoltFile, has_trailer
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 from etcdwarden.snapshot.manifest import MANIFEST_RE, SNAPSHOT_RE, TS
+from etcdwarden.snapshot.source import detect_format
 from etcdwarden.snapshot.status import KEY_BUCKET, iter_bucket
-from etcdwarden.snapshot.verify import SnapshotReport, file_sha256, verify_backup, verify_snapshot
+from etcdwarden.snapshot.verify import SnapshotReport, file_sha256, missing_trailer, verify_backup, verify_snapshot
 
 KUBERNETES_PREFIXES = (b"/registry/", b"/kubernetes.io/")
 
@@ -149,6 +150,18 @@ def _resources(b: Backup, path: Path, doc: dict[str, Any]) -> Path | None:
     return None
 
 
+def check_trailer(b: Backup, skip_hash_check: bool) -> list[str]:
+    """Refuse, before anything is changed, a plain snapshot without its sha256 trailer (etcdutl's rule).
+
+    Encoded snapshots (``.zst``, ``.age``) are checked once decoded, by :func:`verify`.
+    """
+    if detect_format(b.snapshot) != "db" or has_trailer(b.snapshot.stat().st_size):
+        return []
+    if not skip_hash_check:
+        raise missing_trailer(str(b.snapshot))
+    return [f"{b.snapshot.name} has no sha256 trailer: restoring it on its structure alone (--skip-hash-check)"]
+
+
 def check_resources(b: Backup, forced: bool) -> list[str]:
     """Refuse a backup whose manifest lists a resources bundle that is missing or altered."""
     res = (b.manifest or {}).get("resources")
@@ -174,10 +187,12 @@ def check_resources(b: Backup, forced: bool) -> list[str]:
     return []
 
 
-def verify(b: Backup) -> SnapshotReport | None:
+def verify(b: Backup, skip_hash_check: bool = False, work_dir: Path | None = None) -> SnapshotReport | None:
     """Every check ``snapshot verify`` makes (sha256 of each file, trailer, structure); raise on damage.
 
-    A resources bundle already accepted as missing (``--force=resources``) is the one file not required.
+    A resources bundle already accepted as missing (``--force=resources``) is the one file not required;
+    a snapshot without its sha256 trailer is accepted only with ``skip_hash_check``. A decoded copy of an
+    encoded snapshot is made in a private directory in ``work_dir`` (default: beside the snapshot).
     """
     if b.manifest_path is not None and b.manifest is not None and b.resources is None and b.manifest.get("resources"):
         for name, entry in (b.manifest.get("files") or {}).items():
@@ -187,14 +202,14 @@ def verify(b: Backup) -> SnapshotReport | None:
             digest = file_sha256(p) if p.is_file() else "missing"
             if digest != entry.get("sha256"):
                 raise SnapshotCorrupt(f"{p}: sha256 {digest} but the manifest records {entry.get('sha256')}")
-        one = verify_snapshot(b.snapshot, b.identity)
+        one = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)
         b.notes.extend(one.notes)
         return one
     if b.manifest_path is not None:
-        _summary, report, notes = verify_backup(b.manifest_path, b.identity)
+        _summary, report, notes = verify_backup(b.manifest_path, b.identity, skip_hash_check, work_dir)
         b.notes.extend(notes)
         return report
-    single = verify_snapshot(b.snapshot, b.identity)
+    single = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)
     b.notes.extend(single.notes)
     return single
 

@@ -23,7 +23,8 @@ CHECKS = {
     "release": "the backup was taken on another release (the same z-stream rule)",
     "resources": "the resources bundle listed in the manifest is missing",
     "cluster-id": "the backup comes from another cluster than the one being restored",
-    "in-use": "a data directory is in use by a process the member's runtime does not manage",
+    "in-use": "a data directory is in use (a process has it or its files open, holds its lock, or its member "
+              "answers on the URLs recorded in it), or by a process the member's runtime does not manage",
     "healthy": "member replace of a member that is healthy",
     "bump": "--bump-revision was asked for but the etcdutl cannot bump (restore WITHOUT the bump)",
 }
@@ -193,20 +194,6 @@ def db_locked(data_dir: Path) -> bool:
 
 def etcd_pids_using(data_dir: Path) -> list[int]:
     """PIDs of local processes whose command line names ``data_dir`` as their ``--data-dir``."""
-    want = {str(data_dir), str(data_dir.resolve())}
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = [a.decode(errors="replace") for a in args]
-        for i, a in enumerate(text):
-            v = text[i + 1] if a == "--data-dir" and i + 1 < len(text) else \
-                a.split("=", 1)[1] if a.startswith("--data-dir=") else None
-            if v is not None and (v in want or v.rstrip("/") in want):
-                found.append(int(entry.name))
-                break
-    return found
+    from etcdwarden.restore.procs import running_on
+
+    return running_on(data_dir)

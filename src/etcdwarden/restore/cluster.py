@@ -12,6 +12,8 @@ revision and key count as in the backup), ``report``.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,15 +23,17 @@ from typing import Any
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
-from etcdwarden.restore.backup import Backup, check_resources, find_backup
+from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
 from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
 from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
 from etcdwarden.restore.health import ClusterCheck
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
+from etcdwarden.restore.runtimes.process import ProcessRuntime
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
+from etcdwarden.snapshot.scratch import sweep
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -60,7 +64,9 @@ class ClusterRestoreOptions:
     forces: Forces = field(default_factory=Forces)
     client: ClientConfig | None = None
     crash_after: str | None = None
+    kill_in: str | None = None  # test hook: SIGKILL ourselves inside this step ("start": after the first spawn)
     timeout: float = 120.0
+    skip_hash_check: bool = False
 
 
 @dataclass
@@ -122,6 +128,9 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     backup = find_backup(opts.backup, opts.backup_id, opts.identity)
     hosts: dict[str, Host] = {}
     runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
+    first = runtimes[spec.members[0].name]
+    if opts.kill_in == "start" and isinstance(first, ProcessRuntime):
+        first.after_spawn = _kill_self
     if opts.mode == "single-then-join":
         for m in spec.members[1:]:
             if not runtimes[m.name].supports_join:
@@ -158,11 +167,17 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
                    client=client, resumed_at=resumed, dry_run=dry_run)
 
 
+def _kill_self(pid: int) -> None:
+    """The ``kill_in`` test hook: die like a killed run, between starting an etcd and recording its PID."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def checks_without_io(ctx: Context) -> list[str]:
     """Version, release and resources checks (cheap; run by the plan and by preflight)."""
     o = ctx.opts
     b: Backup = ctx.backup
     w = list(b.notes) + list(ctx.etcdutl.notes)
+    w += check_trailer(b, o.skip_hash_check)
     w += check_resources(b, "resources" in o.forces)
     w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)
     w += check_release(b.release, o.release, o.forces)
@@ -187,6 +202,7 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
     ctx = _prepare(opts, dry_run=False)
     ctx.progress = progress
     try:
+        ctx.warnings += sweep(ctx.work_dir)  # plaintext snapshot copies left by a killed run
         if not ctx.state.path.exists():
             ctx.state.save()
         ctx.warnings += checks_without_io(ctx)

@@ -22,15 +22,17 @@ from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, SnapshotFacts, snapshot_facts, verify
-from etcdwarden.restore.checks import check_versions, db_locked, etcd_pids_using, refuse
+from etcdwarden.restore.checks import check_versions, refuse
 from etcdwarden.restore.datadir import PRE_RESTORE, RESTORING
 from etcdwarden.restore.health import ClusterCheck, verify_cluster, wait_healthy
+from etcdwarden.restore.inuse import local_users, refusal, users
 from etcdwarden.restore.membership import add_learner, initial_cluster, promote, wait_caught_up
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
+from etcdwarden.restore.serving import identity_problems, process_problems
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
 from etcdwarden.restore.state import RestoreState
-from etcdwarden.snapshot.bbolt import has_trailer
-from etcdwarden.snapshot.source import detect_format, open_snapshot
+from etcdwarden.snapshot.scratch import existing_dir
+from etcdwarden.snapshot.source import open_snapshot
 
 if TYPE_CHECKING:
     from etcdwarden.restore.cluster import ClusterReport, ClusterRestoreOptions
@@ -83,6 +85,12 @@ class Context:
             self._target.append(v)
         return self._target[0]
 
+    @property
+    def work_dir(self) -> Path:
+        """Where decoded copies of the snapshot go (a private directory beside the first local data dir)."""
+        local = [m for m in self.restore_targets() if m.is_local]
+        return existing_dir(local[0].data_path.parent if local else self.state.path.parent)
+
     def restore_targets(self) -> list[MemberSpec]:
         ms = self.spec.members
         return ms if self.opts.mode == "all-members" else ms[:1]
@@ -116,7 +124,8 @@ class Context:
                                  v["expected_revision"], v["expected_keys"], v["problems"], v["notes"])
         members = [{"name": m.name, "runtime": m.runtime, "host": m.host, "data_dir": m.data_dir,
                     "moved_aside": self.state.member(m.name).get("aside"),
-                    "member_id": self.state.member(m.name).get("member_id")} for m in self.spec.members]
+                    "member_id": self.state.member(m.name).get("member_id"),
+                    "pid": self.state.member(m.name).get("pid")} for m in self.spec.members]
         return ClusterReport(self.state.path, self.opts.mode, self.token, self.tag, members, check,
                              d.get("seconds_stop_to_healthy"), self.resumed_at, self.warnings)
 
@@ -134,16 +143,16 @@ def _where(m: MemberSpec) -> str:
 
 
 # -- preflight -----------------------------------------------------------------------------------
-def _facts(b: Backup) -> dict[str, int]:
-    verify(b)
-    with open_snapshot(b.snapshot, b.identity) as plain:
+def _facts(b: Backup, skip_hash_check: bool, work_dir: Path) -> dict[str, int]:
+    verify(b, skip_hash_check, work_dir)
+    with open_snapshot(b.snapshot, b.identity, work_dir) as plain:
         f = snapshot_facts(plain)
     return {"revision": f.revision, "keys": f.live_keys, "kubernetes_keys": f.kubernetes_keys,
             "compact_revision": f.compact_revision}
 
 
 async def preflight(ctx: Context) -> dict[str, Any]:
-    facts = await asyncio.to_thread(_facts, ctx.backup)
+    facts = await asyncio.to_thread(_facts, ctx.backup, ctx.opts.skip_hash_check, ctx.work_dir)
     ctx.state.doc["facts"] = facts
     problems: list[str] = []
     for rt in ctx.runtimes.values():
@@ -164,10 +173,12 @@ async def preflight(ctx: Context) -> dict[str, Any]:
                 problems += await remote_bump_problems(rt.host, tool, name)
             continue
         if rt.kind == "process":
-            strangers = set(etcd_pids_using(m.data_path)) - rt.managed_pids()
+            managed = rt.managed_pids()
+            strangers = [u for u in await asyncio.to_thread(local_users, m.data_path)
+                         if u.pid is not None and u.pid not in managed]
             if strangers and not forced:
-                raise refuse("in-use", f"member {name}: {m.data_dir} is in use by PID(s) "
-                             f"{', '.join(map(str, sorted(strangers)))}, which its runtime (process, pid file "
+                raise refuse("in-use", f"member {name}: {m.data_dir} is in use by "
+                             + "; ".join(str(u) for u in strangers) + f", which its runtime (process, pid file "
                              f"{m.pid_path}) does not manage: stopping the member would not stop them")
     if problems:
         raise EtcdwardenError("pre-flight failed: " + "; ".join(problems))
@@ -215,12 +226,11 @@ async def stop(ctx: Context) -> dict[str, Any]:
         ctx.state.set_member(name, stopped=True)
     for name, rt in ctx.runtimes.items():
         m = rt.member
-        if m.is_local and (db_locked(m.data_path) or etcd_pids_using(m.data_path)):
-            pids = etcd_pids_using(m.data_path)
-            if "in-use" not in ctx.opts.forces:
-                raise refuse("in-use", f"member {name}: its runtime ({rt.kind}) is stopped but {m.data_dir} is still "
-                             f"in use (PIDs {pids or 'unknown: the database is locked'}): is data_dir really the "
-                             "directory this member's etcd runs on?")
+        if m.is_local:
+            found = await users(m.data_path, ctx.client)
+            ctx.warnings += refusal(f"member {name}: its runtime ({rt.kind}) is stopped but {m.data_dir}", found,
+                                    ctx.opts.forces, "Is data_dir really the directory this member's etcd runs on? "
+                                    "Stop what uses it, then rerun")
     return {}
 
 
@@ -245,9 +255,8 @@ async def move_aside(ctx: Context) -> dict[str, Any]:
 
 # -- restore -------------------------------------------------------------------------------------
 def _args(ctx: Context, m: MemberSpec) -> eu.RestoreArgs:
-    snap = ctx.backup.snapshot
-    skip = detect_format(snap) == "db" and not has_trailer(snap.stat().st_size)
-    return eu.RestoreArgs(m.name, ctx.restore_initial_cluster(), m.peer, ctx.token, ctx.bump, skip)
+    return eu.RestoreArgs(m.name, ctx.restore_initial_cluster(), m.peer, ctx.token, ctx.bump,
+                          ctx.opts.skip_hash_check)
 
 
 async def restore(ctx: Context) -> dict[str, Any]:
@@ -257,7 +266,7 @@ async def restore(ctx: Context) -> dict[str, Any]:
         await _restore_one(ctx, m, ctx.runtimes[m.name].host, plain)
         ctx.state.set_member(m.name, restored=True)
 
-    with open_snapshot(ctx.backup.snapshot, ctx.backup.identity) as plain:
+    with open_snapshot(ctx.backup.snapshot, ctx.backup.identity, ctx.work_dir) as plain:
         # every member at once: on separate hosts this divides the time by the member count
         results = await asyncio.gather(*(one(m, plain) for m in ctx.restore_targets()), return_exceptions=True)
     for r in results:
@@ -293,13 +302,32 @@ async def _restore_one(ctx: Context, m: MemberSpec, host: Host, plain: Path) -> 
 
 
 # -- start, join, health, verify -----------------------------------------------------------------
+def _launch(ctx: Context, initial: str, state: str) -> Launch:
+    return Launch(initial, state, ctx.token, marker=ctx.tag)
+
+
+def _notes(ctx: Context, rt: Runtime) -> None:
+    """What a runtime did besides starting (adopting or stopping a leftover of an interrupted run)."""
+    for n in rt.notes:
+        ctx.say(n)
+        ctx.warnings.append(n)
+    rt.notes.clear()
+
+
+async def _serving(ctx: Context, m: MemberSpec) -> None:
+    """Record the member started only once its process serves it (never a PID that is not alive and serving)."""
+    pid = await ctx.runtimes[m.name].wait_serving(ctx.client, ctx.opts.timeout)
+    ctx.state.set_member(m.name, started=True, pid=pid)
+
+
 async def start(ctx: Context) -> dict[str, Any]:
     targets = ctx.restore_targets()
     for m in targets:
-        await ctx.runtimes[m.name].start(Launch(ctx.restore_initial_cluster(), "new", ctx.token))
+        rt = ctx.runtimes[m.name]
+        await rt.start(_launch(ctx, ctx.restore_initial_cluster(), "new"))
+        _notes(ctx, rt)
     for m in targets:
-        await ctx.runtimes[m.name].wait(True, ctx.opts.timeout)
-        ctx.state.set_member(m.name, started=True)
+        await _serving(ctx, m)
     return {}
 
 
@@ -314,11 +342,14 @@ async def join(ctx: Context) -> dict[str, Any]:
             mid = await add_learner(c, m.peer_urls, ctx.opts.timeout)
             ctx.state.set_member(m.name, member_id=f"{mid:x}")
             ic = initial_cluster(await c.member_list(), mid, m.name)
-            await ctx.runtimes[m.name].start(Launch(ic, "existing", ctx.token))
+            rt = ctx.runtimes[m.name]
+            await rt.start(_launch(ctx, ic, "existing"))
+            _notes(ctx, rt)
             ep = ctx.endpoints([m])[0]
             await wait_caught_up(c, ep, ctx.opts.timeout)
             await promote(c, mid, ctx.opts.timeout)
-            ctx.state.set_member(m.name, started=True, joined=True)
+            await _serving(ctx, m)
+            ctx.state.set_member(m.name, joined=True)
     return {}
 
 
@@ -340,6 +371,10 @@ async def verify_step(ctx: Context) -> dict[str, Any]:
     f = SnapshotFacts(int(facts["revision"]), int(facts["keys"]), int(facts["kubernetes_keys"]),
                       int(facts.get("compact_revision") or 0))
     expected = f.served_revision(ctx.bump)
+    problems = await serving_problems(ctx)
+    if problems:
+        raise EtcdwardenError("the restored cluster is not served by the members' own processes: "
+                              + "; ".join(problems))
     async with ctx.etcd_client(ctx.spec.members) as c:
         # the bump's marker (an empty key at the bumped revision) is neither a live key of the snapshot nor
         # counted by a range from \x00: the key count is the backup's with or without a bump
@@ -348,6 +383,29 @@ async def verify_step(ctx: Context) -> dict[str, Any]:
     if not check.ok:
         raise EtcdwardenError("the restored cluster does not hold the backup's data: " + "; ".join(check.problems))
     return {"check": check.as_json()}
+
+
+async def serving_problems(ctx: Context) -> list[str]:
+    """Every member answers as itself on its URLs, and (process runtime) from the live PID the restore recorded."""
+    async with ctx.etcd_client(ctx.spec.members) as c:
+        try:
+            members = await c.member_list()
+        except EtcdError as e:
+            return [f"cannot list the members: {e}"]
+    problems: list[str] = []
+    for m in ctx.spec.members:
+        rec = ctx.state.member(m.name)
+        _mid, found = await identity_problems(ctx.client, members, m, rec.get("member_id"))
+        problems += found
+        rt = ctx.runtimes[m.name]
+        if rt.kind == "process" and m.is_local:
+            pid = rec.get("pid")
+            problems += await asyncio.to_thread(process_problems, m, int(pid) if pid is not None else None)
+            in_file = next(iter(rt.managed_pids()), None)
+            if pid is not None and in_file != pid:
+                problems.append(f"member {m.name}: the pid file {m.pid_path} names {in_file}, the restore recorded "
+                                f"PID {pid}")
+    return problems
 
 
 async def report(ctx: Context) -> dict[str, Any]:
@@ -386,7 +444,7 @@ def step_commands(ctx: Context, step: str) -> list[str]:
                        f"mv {_restoring(m, tag)} {m.data_dir}")
         return out
     if step == "start":
-        launch = Launch(ctx.restore_initial_cluster(), "new", ctx.token)
+        launch = _launch(ctx, ctx.restore_initial_cluster(), "new")
         return [f"{_where(m)} {c}" for m in ctx.restore_targets()
                 for c in ctx.runtimes[m.name].commands("start", launch)]
     if step == "join":
@@ -403,5 +461,7 @@ def step_commands(ctx: Context, step: str) -> list[str]:
     if step == "verify":
         at = (f"the current revision (the backup's + {ctx.bump} is marked compacted)" if ctx.bump
               else "the backup's revision")
-        return [f"HashKV at {at} equal on every member; revision and key count as in the backup"]
+        return ["every member answers on its client URL as itself (name and ID in the member list), from the live "
+                "PID the restore recorded, which holds its ports (process runtime)",
+                f"HashKV at {at} equal on every member; revision and key count as in the backup"]
     return [f"print the report; the state stays in {ctx.state.path}"]

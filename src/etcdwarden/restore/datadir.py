@@ -43,6 +43,51 @@ def aside_dir(data_dir: Path, tag: str) -> Path:
     return p
 
 
+OWNER = ".owner"
+
+
+def _owner_file(restoring: Path) -> Path:
+    return restoring.with_name(restoring.name + OWNER)
+
+
+def claim_restoring(restoring: Path) -> None:
+    """Record which process writes ``restoring`` (PID and start time), so a killed run's is recognised."""
+    from etcdwarden.snapshot.scratch import process_start
+
+    pid = os.getpid()
+    _owner_file(restoring).write_text(f"{pid} {process_start(pid) or 0}\n")
+
+
+def release_restoring(restoring: Path) -> None:
+    _owner_file(restoring).unlink(missing_ok=True)
+
+
+def sweep_restoring(data_dir: Path) -> list[str]:
+    """Remove the ``D.restoring-*`` directories (and their ``.verify`` copies) of runs that were killed."""
+    from etcdwarden.snapshot.scratch import process_start
+
+    notes: list[str] = []
+    try:
+        owners = sorted(data_dir.parent.glob(f"{data_dir.name}{RESTORING}*{OWNER}"))
+    except OSError:
+        return notes
+    for f in owners:
+        try:
+            pid_s, start_s = f.read_text().split()
+            pid, start = int(pid_s), int(start_s)
+        except (OSError, ValueError):
+            continue
+        if process_start(pid) == start:
+            continue  # its run is still going
+        restoring = f.with_name(f.name[: -len(OWNER)])
+        for d in (restoring, restoring.with_name(f"{restoring.name}.verify")):
+            if d.exists():
+                remove_restoring(d)
+                notes.append(f"removed {d}: left by an interrupted restore (PID {pid}, gone)")
+        f.unlink(missing_ok=True)
+    return notes
+
+
 def remove_restoring(path: Path) -> None:
     """Remove a half-written ``.restoring-`` directory (refuses any other name)."""
     if RESTORING not in path.name:

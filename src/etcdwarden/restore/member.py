@@ -1,17 +1,21 @@
 """``restore member``: restore one member's data directory from a backup, safely.
 
-Order: find the backup; check the resources bundle, the etcd versions (backup / etcdutl / target etcd)
-and the release; then run ``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup
-is verified (sha256 of every file, trailer, bbolt structure) in a thread; only when both succeeded is
-the directory given its owner and mode 0700, optionally start-checked on a scratch copy, and swapped
-into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure removes the half-written
-``.restoring-`` directory and leaves ``D`` as it was.
+Order: remove what a killed run left (decoded copies, its ``.restoring-`` directory); find the backup;
+check the resources bundle, the etcd versions (backup / etcdutl / target etcd), the release, the sha256
+trailer, and that ``D`` is not in use (:mod:`.inuse`: a restore under a running etcd is lost); then run
+``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup is verified (sha256 of every
+file, trailer, bbolt structure) in a thread; only when both succeeded is the directory given its owner
+and mode 0700, optionally start-checked on a scratch copy, checked once more for ``D`` in use, and
+swapped into place (the previous ``D`` becomes ``D.pre-restore-<tag>``). Any failure removes the
+half-written ``.restoring-`` directory and leaves ``D`` as it was.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 from etcdwarden.binaries import binary_version, find_binary
 from etcdwarden.errors import BinaryNotFound, EtcdwardenError, UsageError
+from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.fsutil import fsync_dir
 from etcdwarden.restore import etcdutl as eu
-from etcdwarden.restore.backup import Backup, SnapshotFacts, check_resources, find_backup, snapshot_facts, verify
+from etcdwarden.restore.backup import (
+    Backup,
+    SnapshotFacts,
+    check_resources,
+    check_trailer,
+    find_backup,
+    snapshot_facts,
+    verify,
+)
 from etcdwarden.restore.checks import (
     Forces,
     Owner,
@@ -34,12 +47,24 @@ from etcdwarden.restore.checks import (
     minor,
     parse_owner,
 )
-from etcdwarden.restore.datadir import aside_dir, new_tag, remove_restoring, restoring_dir, swap_into_place
-from etcdwarden.snapshot.bbolt import has_trailer
+from etcdwarden.restore.datadir import (
+    aside_dir,
+    claim_restoring,
+    new_tag,
+    release_restoring,
+    remove_restoring,
+    restoring_dir,
+    swap_into_place,
+    sweep_restoring,
+)
+from etcdwarden.restore.inuse import refusal, users
+from etcdwarden.snapshot.scratch import existing_dir, sweep
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 
 if TYPE_CHECKING:
     from etcdwarden.restore.startcheck import StartCheck
+
+log = logging.getLogger(__name__)
 
 KUBE_RESTART = ("the snapshot holds Kubernetes keys (/registry/, /kubernetes.io/) and the revision is NOT bumped{why}: "
                 "restart every kube-apiserver after the restore (their watch caches and clients' informers hold "
@@ -66,6 +91,8 @@ class MemberRestoreOptions:
     verify_start: bool = False
     forces: Forces = field(default_factory=Forces)
     tag: str | None = None
+    skip_hash_check: bool = False
+    client: ClientConfig | None = None  # TLS for asking the member recorded in the data dir whether it runs
 
 
 @dataclass
@@ -83,6 +110,11 @@ class MemberPlan:
     @property
     def data_dir(self) -> Path:
         return self.options.data_dir
+
+    @property
+    def work_dir(self) -> Path:
+        """Where decoded copies of the snapshot go: a private directory beside the data directory."""
+        return existing_dir(self.data_dir.parent)
 
     @property
     def restoring(self) -> Path:
@@ -113,12 +145,14 @@ class MemberPlan:
                f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
                "(in parallel with the next step)"]
         if fmt != "db":
-            out.append(f"decode the {fmt} snapshot into a private temporary file")
+            out.append(f"decode the {fmt} snapshot into a private (0700) directory in {self.work_dir}, removed after")
         out.append(" ".join(self.command("<decoded snapshot>" if fmt != "db" else None)))
         out.append(f"chmod 0700 {self.restoring}; chown -R {self.owner.label} {self.restoring}")
         if self.options.verify_start:
             out.append(f"start a copy of {self.restoring} alone on 127.0.0.1 (--force-new-cluster), compare revision "
                        "and key count with the backup, stop it, remove the copy")
+        out.append(f"refuse if {self.data_dir} is in use (a process has it open or holds its lock, or its member "
+                   "answers on its URLs), checked again just before the swap")
         if self.aside is not None:
             out.append(f"mv {self.data_dir} {self.aside}   (kept, never deleted)")
         out.append(f"mv {self.restoring} {self.data_dir}")
@@ -181,7 +215,22 @@ def target_etcd_version(version: str | None, binary: Path | None) -> str | None:
 
 
 def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
-    """Every check that needs no full read of the snapshot; raise on refusal, return the plan."""
+    """Every check that needs no full read of the snapshot; raise on refusal, return the plan.
+
+    First of all, decoded (plaintext) snapshot copies a killed run left beside the data directory are removed.
+    """
+    notes = sweep(existing_dir(opts.data_dir.parent)) + sweep_restoring(opts.data_dir)
+    try:
+        plan = _plan(opts)
+    except BaseException:
+        for n in notes:
+            log.warning(n)
+        raise
+    plan.warnings[:0] = notes
+    return plan
+
+
+def _plan(opts: MemberRestoreOptions) -> MemberPlan:
     if opts.bump_revision < 0:
         raise UsageError("--bump-revision must not be negative")
     if (opts.bump_revision > 0) != opts.mark_compacted:
@@ -204,17 +253,27 @@ def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
     if bump and not tool.supports_bump:
         warnings += check_bump(bump, tool.version, False, f" ({tool.path})", opts.forces)  # refuses unless forced
         bump, unsupported = 0, True
-    skip_hash = detect_format(backup.snapshot) == "db" and not has_trailer(backup.snapshot.stat().st_size)
-    if skip_hash:
-        warnings.append(f"{backup.snapshot.name} has no sha256 trailer (a copied member/snap/db?): etcdutl runs "
-                        "with --skip-hash-check; only its structure is verified")
+    warnings += check_trailer(backup, opts.skip_hash_check)
     args = eu.RestoreArgs(opts.name, opts.initial_cluster, peer_urls, opts.token or default_token(backup), bump,
-                          skip_hash)
+                          opts.skip_hash_check)
     tag = opts.tag or new_tag()
     plan = MemberPlan(opts, backup, tool, target, args, owner, tag, warnings, unsupported)
     if plan.restoring.exists():
         raise EtcdwardenError(f"{plan.restoring} exists (another restore running?); remove it if it is a leftover")
+    plan.warnings += check_in_use(opts)
     return plan
+
+
+IN_USE_ADVICE = ("Stop the etcd that runs on it first, then rerun: a restore under a running etcd is lost (it keeps "
+                 "serving the directory moved aside, and what it acknowledges afterwards vanishes at its next restart)")
+
+
+def check_in_use(opts: MemberRestoreOptions) -> list[str]:
+    """Refuse (``--force=in-use``) a data directory that a process or its member is using."""
+    if not opts.data_dir.is_dir():
+        return []
+    found = asyncio.run(users(opts.data_dir, opts.client))
+    return refusal(f"--data-dir {opts.data_dir}", found, opts.forces, IN_USE_ADVICE)
 
 
 def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | None:
@@ -228,8 +287,8 @@ def kubernetes_warning(plan: MemberPlan, facts: SnapshotFacts | None) -> str | N
 
 def check_contents(plan: MemberPlan) -> SnapshotFacts:
     """The dry-run's verification: the same checks a real run makes, sequentially, nothing written."""
-    verify(plan.backup)
-    with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain:
+    verify(plan.backup, plan.options.skip_hash_check, plan.work_dir)
+    with open_snapshot(plan.backup.snapshot, plan.backup.identity, plan.work_dir) as plain:
         facts = snapshot_facts(plain, stop_at_kubernetes=not plan.options.verify_start)
     w = kubernetes_warning(plan, facts)
     if w:
@@ -245,10 +304,11 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
     opts.data_dir.parent.mkdir(parents=True, exist_ok=True)
     facts: SnapshotFacts | None = None
     start: StartCheck | None = None
+    claim_restoring(restoring)
     try:
-        with open_snapshot(plan.backup.snapshot, plan.backup.identity) as plain, \
+        with open_snapshot(plan.backup.snapshot, plan.backup.identity, plan.work_dir) as plain, \
                 concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="restore-verify") as pool:
-            verified = pool.submit(verify, plan.backup)
+            verified = pool.submit(verify, plan.backup, opts.skip_hash_check, plan.work_dir)
             counted = pool.submit(snapshot_facts, plain, not opts.verify_start)
             failure: EtcdwardenError | None = None
             try:
@@ -276,11 +336,16 @@ def restore_member(plan: MemberPlan) -> MemberRestoreResult:
             if not start.ok:
                 raise EtcdwardenError("the restored member started but does not hold the backup's data: "
                                       + "; ".join(start.problems))
+        for again in check_in_use(opts):  # again: an etcd may have been started on it meanwhile
+            if again not in plan.warnings:
+                plan.warnings.append(again)
         aside = swap_into_place(restoring, opts.data_dir, plan.tag)
     except BaseException:
         if restoring.exists():
             remove_restoring(restoring)
         raise
+    finally:
+        release_restoring(restoring)
     warnings = list(plan.warnings)
     w = kubernetes_warning(plan, facts)
     if w:

@@ -61,8 +61,10 @@ def _compact_revision(db: BoltFile) -> int:
 
 
 def replay(db: BoltFile, fn: Callable[[kv_pb2.KeyValue], T], prefix: bytes = b"",
-           rev: int | None = None) -> tuple[dict[bytes, T], int, int, int]:
-    """Replay the ``key`` bucket up to ``rev``; return ``({key: fn(kv)}, rev, latest, compacted)``."""
+           rev: int | None = None, on_delete: Callable[[bytes, int], None] | None = None,
+           ) -> tuple[dict[bytes, T], int, int, int]:
+    """Replay the ``key`` bucket up to ``rev``; return ``({key: fn(kv)}, rev, latest, compacted)``.
+    ``on_delete(key, revision)`` is called for each deletion replayed."""
     compacted = _compact_revision(db)
     state: dict[bytes, T] = {}
     latest = 0
@@ -82,6 +84,8 @@ def replay(db: BoltFile, fn: Callable[[kv_pb2.KeyValue], T], prefix: bytes = b""
             continue
         if len(key) == 18 and key[17] == 0x74:
             state.pop(kv.key, None)
+            if on_delete is not None:
+                on_delete(kv.key, main)
         else:
             state[kv.key] = fn(kv)
     if rev is None:
@@ -89,7 +93,9 @@ def replay(db: BoltFile, fn: Callable[[kv_pb2.KeyValue], T], prefix: bytes = b""
     elif rev > latest:
         raise SnapshotInputError(f"revision {rev} is newer than the snapshot's latest revision {latest}")
     elif rev < compacted:
-        raise SnapshotInputError(f"revision {rev} has been compacted (the snapshot is compacted at {compacted})")
+        raise SnapshotInputError(f"revision {rev} has been compacted: it is older than the snapshot's compaction at "
+                                 f"revision {compacted}, and the history before it is gone; use --rev {compacted} or "
+                                 f"later (up to {latest})")
     elif rev < 1:
         raise SnapshotInputError(f"invalid revision {rev}")
     return state, rev, latest, compacted

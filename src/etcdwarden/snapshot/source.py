@@ -2,20 +2,25 @@
 
 The format is recognised from the file's first bytes (zstd frame magic, the age header line), so a
 renamed file still opens; the extension only matters for error messages. Compressed or encrypted
-inputs are decoded *streaming* into one private temporary file (mode 0600, in the system temp dir)
-that is deleted when the context exits, whatever happens.
+inputs are decoded *streaming* into one file (mode 0600) of a private scratch directory (mode 0700,
+see :mod:`.scratch`) next to the target (``work_dir``; by default beside the input), never in the
+system temp dir; it is removed when the context exits, whatever happens, and one left by a killed
+run is removed by the next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from etcdwarden.errors import EtcdwardenError
+from etcdwarden.fsutil import raise_os_error
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
+from etcdwarden.snapshot.scratch import existing_dir, scratch_dir
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 AGE_MAGIC = b"age-encryption.org/v1"
@@ -88,24 +93,34 @@ class _DecompressingWriter:
 
 
 @contextlib.contextmanager
-def open_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """Yield a plain bbolt file path for ``path``, decoding ``.zst`` / ``.age`` into a temporary file."""
+def open_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None,
+                  work_dir: str | os.PathLike[str] | None = None, notes: list[str] | None = None) -> Iterator[Path]:
+    """Yield a plain bbolt file path for ``path``, decoding ``.zst`` / ``.age`` into a private scratch copy.
+
+    The copy lives in a 0700 directory created in ``work_dir`` (default: the input's directory; the
+    nearest existing ancestor if it does not exist yet); notes about leftovers of killed runs removed
+    there are appended to ``notes``.
+    """
     p = Path(path)
     fmt = detect_format(p)
     if fmt == "db":
         yield p
         return
-    fd, tmp_name = tempfile.mkstemp(prefix="etcdwarden-snapshot-", suffix=".db")  # mode 0600
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as dst, open(p, "rb") as src:
-            if fmt == "zstd":
-                _decompress(src, dst, str(p))
-            else:
-                _decrypt(src, dst, p, identity)
+    near = existing_dir(Path(work_dir) if work_dir is not None else p.absolute().parent)
+    with scratch_dir(near, notes) as scratch:
+        tmp = scratch / "snapshot.db"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as dst, open(p, "rb") as src:
+                if fmt == "zstd":
+                    _decompress(src, dst, str(p))
+                else:
+                    _decrypt(src, dst, p, identity)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise_os_error(e, tmp)
+            raise EtcdwardenError(f"cannot decode {p} into {tmp}: {e.strerror or e}") from None
         yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _decrypt(src: BinaryIO, dst: BinaryIO, p: Path, identity: str | os.PathLike[str] | None) -> None:

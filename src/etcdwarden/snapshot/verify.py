@@ -4,10 +4,13 @@ For a snapshot file, in this order (the first problem raises :class:`SnapshotCor
 
 1. the bbolt file opens: a valid meta page exists and the file is not truncated;
 2. both meta pages validate (a snapshot's two meta pages are always both valid);
-3. the sha256 trailer, when present (``size % 512 == 32``), equals sha256 of the database bytes.
-   Without a trailer (a raw ``member/snap/db``) the file must be whole pages, and only the structure
-   can be checked; the result says so: a flipped byte in a stale, unreachable page (or inside a
-   value) cannot be detected then;
+3. the sha256 trailer is present (etcdutl's rule: ``size % 512 == 32``; database files are whole
+   pages, so a file cut by exactly 32 bytes or a raw ``member/snap/db`` copy has none) and equals
+   sha256 of the database bytes. A file without a trailer is refused, as ``etcdutl snapshot restore``
+   refuses it, unless ``skip_hash_check`` (``--skip-hash-check``) accepts it: it must then be whole
+   pages, only its structure can be checked, and the result says so (a flipped byte in a stale,
+   unreachable page or inside a value cannot be detected then). A trailer that is present is always
+   checked;
 4. the full page walk of every bucket (see :mod:`.bbolt` for the checks);
 5. every entry of the ``key`` bucket decodes: 17-byte revision keys (18 with the tombstone mark),
    values that parse as ``mvccpb.KeyValue`` whose ``mod_revision`` matches the key's revision;
@@ -37,7 +40,16 @@ from etcdwarden.snapshot.manifest import MANIFEST_RE, RESOURCES_RE, SNAPSHOT_RE,
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
 
-NO_TRAILER_NOTE = "no sha256 trailer: structure checked only"
+NO_TRAILER_NOTE = "no sha256 trailer: structure checked only (--skip-hash-check)"
+SKIP_HASH_FLAG = "--skip-hash-check"
+
+
+def missing_trailer(name: str) -> SnapshotCorrupt:
+    """The error for a snapshot without its sha256 trailer (etcdutl: ``snapshot missing hash``)."""
+    return SnapshotCorrupt(
+        f"{name}: no sha256 trailer (the snapshot is missing its hash: cut by 32 bytes, or a raw member/snap/db "
+        f"copy), so its integrity cannot be proven; pass {SKIP_HASH_FLAG} to accept it on its structure alone"
+    )
 _REV = struct.Struct(">qBq")
 _CHUNK = 1 << 20
 
@@ -135,8 +147,10 @@ class _KeyChecker:
                 )
 
 
-def verify_db(path: str | os.PathLike[str], display: str | None = None) -> SnapshotReport:
-    """Verify a plain bbolt file (snapshot with trailer, or a raw ``member/snap/db``)."""
+def verify_db(path: str | os.PathLike[str], display: str | None = None,
+              skip_hash_check: bool = False) -> SnapshotReport:
+    """Verify a plain bbolt file (a snapshot with its trailer; a raw ``member/snap/db`` only with
+    ``skip_hash_check``)."""
     name = display or str(path)
     try:
         with BoltFile(path) as db:
@@ -162,6 +176,8 @@ def verify_db(path: str | os.PathLike[str], display: str | None = None) -> Snaps
                     f"{name}: {db.file_size} bytes is neither whole pages nor pages plus a 32-byte sha256 "
                     "trailer: a truncated snapshot?"
                 )
+            elif not skip_hash_check:
+                raise missing_trailer(name)
             else:
                 notes.append(NO_TRAILER_NOTE)
             checker = _KeyChecker()
@@ -179,14 +195,22 @@ def _bucket_exists(db: BoltFile, name: bytes) -> bool:
     return any(b.name == name for b in db.walk().buckets())
 
 
-def verify_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None) -> SnapshotReport:
-    """Verify any snapshot input (``.db``, ``.db.zst``, ``.age`` with ``identity``)."""
-    with open_snapshot(path, identity=identity) as plain:
-        return verify_db(plain, display=str(path))
+def verify_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None,
+                    skip_hash_check: bool = False, work_dir: Path | None = None) -> SnapshotReport:
+    """Verify any snapshot input (``.db``, ``.db.zst``, ``.age`` with ``identity``).
+
+    A decoded copy is made in a private directory in ``work_dir`` (default: beside ``path``).
+    """
+    notes: list[str] = []
+    with open_snapshot(path, identity=identity, work_dir=work_dir, notes=notes) as plain:
+        report = verify_db(plain, display=str(path), skip_hash_check=skip_hash_check)
+    report.notes[:0] = notes
+    return report
 
 
 def verify_backup(
-    manifest_path: Path, identity: str | os.PathLike[str] | None = None
+    manifest_path: Path, identity: str | os.PathLike[str] | None = None, skip_hash_check: bool = False,
+    work_dir: Path | None = None,
 ) -> tuple[dict[str, Any], SnapshotReport | None, list[str]]:
     """Verify the backup described by one manifest; return its summary, snapshot report and notes."""
     m = BackupManifest.load(manifest_path)
@@ -215,14 +239,13 @@ def verify_backup(
     if detect_format(snap_path) == "age" and identity is None:
         notes.append(f"{snap.name} is encrypted: sha256 checked, contents not (give --identity)")
     else:
-        report = verify_snapshot(snap_path, identity)
-        if report.sha256 != "ok":
-            raise SnapshotCorrupt(f"{snap_path}: the backup's snapshot has no sha256 trailer")
+        report = verify_snapshot(snap_path, identity, skip_hash_check, work_dir)
     summary = {"manifest": manifest_path.name, "timestamp": m.timestamp, "files": sorted(m.files)}
     return summary, report, notes
 
 
-def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None) -> BackupReport:
+def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None,
+               skip_hash_check: bool = False) -> BackupReport:
     """Verify every backup (manifest) in a backup directory."""
     names = sorted(p.name for p in path.iterdir())
     manifests = [n for n in names if MANIFEST_RE.match(n)]
@@ -231,7 +254,7 @@ def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None) -> Ba
     out = BackupReport(str(path))
     listed: set[str] = set()
     for n in manifests:
-        summary, report, notes = verify_backup(path / n, identity)
+        summary, report, notes = verify_backup(path / n, identity, skip_hash_check)
         listed.update(summary["files"])
         out.backups.append(summary)
         if report is not None:
@@ -243,15 +266,15 @@ def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None) -> Ba
     return out
 
 
-def verify_path(path: str | os.PathLike[str],
-                identity: str | os.PathLike[str] | None = None) -> SnapshotReport | BackupReport:
+def verify_path(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None,
+                skip_hash_check: bool = False) -> SnapshotReport | BackupReport:
     """A directory is a backup directory; ``backup_<ts>.json`` one backup; anything else a snapshot."""
     p = Path(path)
     if p.is_dir():
-        return verify_dir(p, identity)
+        return verify_dir(p, identity, skip_hash_check)
     if not p.exists():
         raise SnapshotInputError(f"{p}: no such file or directory")
     if MANIFEST_RE.match(p.name):
-        summary, report, notes = verify_backup(p, identity)
+        summary, report, notes = verify_backup(p, identity, skip_hash_check)
         return BackupReport(str(p), [summary], [report] if report else [], notes)
-    return verify_snapshot(p, identity)
+    return verify_snapshot(p, identity, skip_hash_check)

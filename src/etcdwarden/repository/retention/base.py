@@ -2,21 +2,45 @@
 
 Retention is pure: it reads a list of catalog entries and ``now`` and returns which IDs to delete and
 why; nothing here touches a repository. Sizes are bytes; caps are stated in GiB (1 GiB = 1024³ bytes).
+
+Messages name each setting through :class:`Names`: neutral words by default ("the maximum number of
+backups"); the CLI passes its flags (:data:`etcdwarden.cli.backups_cmd` ``--max-number``), the daemon its
+configuration keys (``keepLast``), so a message always names what the reader can change.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from etcdwarden import units
 from etcdwarden.errors import UsageError
 
-GIB = 1024**3
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+GIB = units.GIB
+
+
+@dataclass(frozen=True)
+class Names:
+    """What messages call each retention setting (``tier`` is a template with ``{tier}``: hourly, daily...)."""
+
+    max_number: str = "the maximum number of backups"
+    max_size: str = "the size cap"
+    keep_within: str = "the keep-within period"
+    tier: str = "the {tier} tier"
+    min_keep: str = "the minimum number of backups kept"
+    incomplete_grace: str = "the grace period of incomplete backups"
+
+    def tier_name(self, tier: str) -> str:
+        return self.tier.format(tier=tier)
+
+    def keep_rules(self) -> str:
+        tiers = "/".join(self.tier_name(t) for t in ("hourly", "daily", "weekly", "monthly"))
+        return f"{self.keep_within} / {tiers}"
+
+
+NEUTRAL = Names()
 
 
 @dataclass(frozen=True)
@@ -49,23 +73,16 @@ def gib(n: int) -> str:
 
 
 def parse_duration(text: str, allow_zero: bool = False) -> dt.timedelta:
-    """``90m``, ``24h``, ``7d``, ``2w``, ``1d12h`` -> timedelta (whole text must parse, > 0 unless allowed)."""
-    t = text.strip().lower().replace(" ", "")
-    pos = 0
-    total = 0.0
-    for m in _DURATION_RE.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not t or pos != len(t) or total < 0 or (total == 0 and not allow_zero):
-        raise UsageError(f"{text!r} is not a duration (e.g. 90m, 24h, 7d, 2w, 1d12h)")
-    return dt.timedelta(seconds=total)
+    """``90m``, ``24h``, ``7d``, ``2w``, ``1d12h`` -> timedelta (:mod:`etcdwarden.units`' grammar; > 0 unless
+    ``allow_zero``). Raises UsageError."""
+    try:
+        seconds = units.parse_duration(text)
+    except units.UnitError as e:
+        raise UsageError(str(e)) from None
+    if seconds == 0 and not allow_zero:
+        raise UsageError(f"{text!r}: the duration must be more than 0")
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(d: dt.timedelta) -> str:
-    s = int(d.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if s % size == 0 and s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    return units.format_duration(d.total_seconds())

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etcdwarden.errors import UsageError
-from etcdwarden.repository.retention.base import Item
+from etcdwarden.repository.retention.base import NEUTRAL, Item, Names
 
 DEFAULT_MAX_NUMBER = 15
 
@@ -19,12 +19,13 @@ DEFAULT_MAX_NUMBER = 15
 @dataclass(frozen=True)
 class RetentionNumber:
     max_number: int = DEFAULT_MAX_NUMBER
+    names: Names = field(default=NEUTRAL, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_number < 1:
-            raise UsageError(f"--max-number must be at least 1 (got {self.max_number})")
+            raise UsageError(f"{self.names.max_number} must be at least 1 (got {self.max_number})")
 
     def limit(self, kept: Sequence[Item], now: dt.datetime) -> tuple[dict[str, str], list[str]]:
-        drop = {i.id: f"beyond the newest {self.max_number} verified backups (--max-number {self.max_number})"
+        drop = {i.id: f"beyond the newest {self.max_number} verified backups ({self.names.max_number})"
                 for i in kept[self.max_number:]}
         return drop, []

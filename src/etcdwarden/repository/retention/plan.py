@@ -13,6 +13,7 @@ after the grace period. With no rule at all, RetentionNumber's default (15) appl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from etcdwarden.errors import UsageError
 from etcdwarden.repository.catalog import CatalogEntry
-from etcdwarden.repository.retention.base import Item, KeepPolicy, LimitPolicy
+from etcdwarden.repository.retention.base import NEUTRAL, Item, KeepPolicy, LimitPolicy, Names
 from etcdwarden.repository.retention.floor import MinKeep
 from etcdwarden.repository.retention.incomplete import IncompleteCleanup
 from etcdwarden.repository.retention.number import RetentionNumber
@@ -39,12 +40,21 @@ class RetentionConfig:
     tiered: Tiered | None = None
     min_keep: MinKeep | None = None
     incomplete: IncompleteCleanup = field(default_factory=IncompleteCleanup)
+    names: Names = NEUTRAL  # what messages call each setting: the caller's flags or configuration keys
 
     def __post_init__(self) -> None:
         if self.number is None and self.size is None and self.within is None and self.tiered is None:
             self.number = RetentionNumber()
+        # every policy speaks of its setting as the caller names it
+        self.number = dataclasses.replace(self.number, names=self.names) if self.number else None
+        self.size = dataclasses.replace(self.size, names=self.names) if self.size else None
+        self.within = dataclasses.replace(self.within, names=self.names) if self.within else None
+        self.tiered = dataclasses.replace(self.tiered, names=self.names) if self.tiered else None
+        self.min_keep = dataclasses.replace(self.min_keep, names=self.names) if self.min_keep else None
+        self.incomplete = dataclasses.replace(self.incomplete, names=self.names)
         if self.min_keep and self.number and self.min_keep.min_keep > self.number.max_number:
-            raise UsageError(f"--min-keep {self.min_keep.min_keep} is above --max-number {self.number.max_number}")
+            raise UsageError(f"{self.names.min_keep} {self.min_keep.min_keep} is above {self.names.max_number} "
+                             f"{self.number.max_number}")
 
     def keep_policies(self) -> list[KeepPolicy]:
         return [p for p in (self.within, self.tiered) if p is not None]
@@ -85,7 +95,7 @@ def plan_retention(entries: Sequence[CatalogEntry], config: RetentionConfig, now
             reasons.setdefault(newest.id, NEWEST)
             for i in items:
                 if i.id not in reasons:
-                    deleted[i.id] = "not selected by any keep rule (--keep-within / --keep-hourly/daily/weekly/monthly)"
+                    deleted[i.id] = f"not selected by any keep rule ({config.names.keep_rules()})"
         kept = [i for i in items if i.id not in deleted]
         for limit in config.limit_policies():
             drop, alerts = limit.limit(kept, now)
@@ -95,8 +105,8 @@ def plan_retention(entries: Sequence[CatalogEntry], config: RetentionConfig, now
             kept = [i for i in kept if i.id not in drop]
         floor = config.min_keep.min_keep if config.min_keep else 0
         if len(kept) < min(floor, len(items)):
-            plan.alerts.append(f"only {len(kept)} verified backups fit the size cap; the --min-keep floor of "
-                               f"{floor} cannot be met")
+            plan.alerts.append(f"only {len(kept)} verified backups fit under the size cap ({config.names.max_size}); "
+                               f"the floor of {floor} ({config.names.min_keep}) cannot be met")
         for i in kept:
             plan.keep[i.id] = NEWEST if i.id == newest.id else reasons.get(i.id, "within the limits")
     bad_delete, plan.leave, bad_alerts = config.incomplete.plan(entries, now)

@@ -10,11 +10,13 @@ kept and an alert is raised (OpenShift deletes it, and a failed next run then le
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from etcdwarden import units
 from etcdwarden.errors import UsageError
-from etcdwarden.repository.retention.base import GIB, Item, gib
+from etcdwarden.repository.retention.base import GIB, NEUTRAL, Item, Names, gib
 
 DEFAULT_MAX_SIZE_GIB = 10.0
 
@@ -22,14 +24,26 @@ DEFAULT_MAX_SIZE_GIB = 10.0
 @dataclass(frozen=True)
 class RetentionSize:
     max_size_gib: float = DEFAULT_MAX_SIZE_GIB
+    names: Names = field(default=NEUTRAL, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.max_size_gib > 0:
-            raise UsageError(f"--max-size-gib must be more than 0 (got {self.max_size_gib})")
+        n = self.max_size_gib
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0 \
+                or n * GIB > units.MAX_SIZE:
+            raise UsageError(f"{self.names.max_size} must be a finite size above 0 and at most 1024PiB (got {n!r})")
+
+    @classmethod
+    def of_bytes(cls, cap: int, names: Names = NEUTRAL) -> RetentionSize:
+        """A cap given in bytes (``--max-size 10GiB``); exact, since GiB is a power of two."""
+        return cls(cap / GIB, names)
 
     @property
     def cap(self) -> int:
         return int(self.max_size_gib * GIB)
+
+    @property
+    def cap_text(self) -> str:
+        return units.format_size(self.cap)
 
     def limit(self, kept: Sequence[Item], now: dt.datetime) -> tuple[dict[str, str], list[str]]:
         drop: dict[str, str] = {}
@@ -39,13 +53,13 @@ class RetentionSize:
         total = kept[0].size
         if total > self.cap:
             alerts.append(f"the newest verified backup {kept[0].id} alone is {gib(total)}, over the size cap of "
-                          f"{self.max_size_gib:g} GiB: it is kept (the newest backup is never deleted); raise "
-                          "--max-size-gib or shrink the database (compact + defrag)")
+                          f"{self.cap_text}: it is kept (the newest backup is never deleted); raise "
+                          f"{self.names.max_size} or shrink the database (compact + defrag)")
         overflow = total > self.cap
         for item in kept[1:]:
             if not overflow and total + item.size <= self.cap:
                 total += item.size
                 continue
             overflow = True
-            drop[item.id] = f"keeping it would exceed the size cap of {self.max_size_gib:g} GiB (--max-size-gib)"
+            drop[item.id] = f"keeping it would exceed the size cap of {self.cap_text} ({self.names.max_size})"
         return drop, alerts

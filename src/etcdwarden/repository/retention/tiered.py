@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etcdwarden.errors import UsageError
-from etcdwarden.repository.retention.base import Item
+from etcdwarden.repository.retention.base import NEUTRAL, Item, Names
 
 
 def _hour(t: dt.datetime) -> int:
@@ -44,13 +44,15 @@ class Tiered:
     daily: int = 0
     weekly: int = 0
     monthly: int = 0
+    names: Names = field(default=NEUTRAL, compare=False)
 
     def __post_init__(self) -> None:
         for name, _ in _TIERS:
             if getattr(self, name) < 0:
-                raise UsageError(f"--keep-{name} must not be negative")
+                raise UsageError(f"{self.names.tier_name(name)} must not be negative")
         if not any(getattr(self, name) for name, _ in _TIERS):
-            raise UsageError("tiered retention needs at least one of --keep-hourly/-daily/-weekly/-monthly")
+            raise UsageError("tiered retention needs at least one tier above 0 ("
+                             + ", ".join(self.names.tier_name(n) for n, _ in _TIERS) + ")")
 
     def select(self, items: Sequence[Item], now: dt.datetime) -> dict[str, str]:
         now = now.astimezone(dt.UTC)
@@ -66,5 +68,5 @@ class Tiered:
                 if current - count < b <= current and b not in seen:
                     seen.add(b)
                     out.setdefault(i.id, f"latest backup of its {name[:-2] if name != 'daily' else 'day'} "
-                                         f"(--keep-{name} {count})")
+                                         f"({self.names.tier_name(name)}: {count})")
         return out

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from etcdwarden.errors import EtcdwardenError
+from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.fsutil import fsync_dir
 from etcdwarden.restore.datadir import RESTORING
 from etcdwarden.restore.spec import MemberSpec
@@ -132,6 +133,9 @@ class Launch:
     state: str = "new"  # "new" or "existing"
     token: str = "etcd-cluster"  # noqa: S105 - the initial-cluster-token, not a secret
     extra_args: list[str] = field(default_factory=list)
+    # set in the environment of a process the runtime starts (the restore's tag), so that a rerun after a
+    # crash recognises the processes an interrupted run started (process runtime)
+    marker: str | None = None
 
 
 class Runtime(abc.ABC):
@@ -143,6 +147,7 @@ class Runtime(abc.ABC):
     def __init__(self, member: MemberSpec, host: Host) -> None:
         self.member = member
         self.host = host
+        self.notes: list[str] = []  # what start() did besides starting (adopted or stopped a leftover)
 
     @abc.abstractmethod
     async def stop(self) -> None: ...
@@ -173,6 +178,11 @@ class Runtime(abc.ABC):
                 state = "start" if running else "stop"
                 raise EtcdwardenError(f"member {self.member.name} ({self.kind}) did not {state} within {timeout:.0f}s")
             await asyncio.sleep(interval)
+
+    async def wait_serving(self, client: ClientConfig, timeout: float = 120.0) -> int | None:
+        """Wait until the member runs and serves; the PID serving it where the runtime knows it."""
+        await self.wait(True, timeout)
+        return None
 
     def __repr__(self) -> str:
         return f"{self.kind}({self.member.name}@{self.host.name})"
