@@ -103,7 +103,7 @@ def test_sigterm_while_waiting_for_the_lock(big_etcd: LocalCluster, tmp_path: Pa
     out = tmp_path / "b"
     out.mkdir(mode=0o700)
     with dir_lock(out):
-        proc = _cli("backup", str(out), "--endpoints", big_etcd.endpoints[0], "--lock-wait", "60", cwd=tmp_path)
+        proc = _cli("backup", str(out), "--endpoints", big_etcd.endpoints[0], "--lock-wait", "60s", cwd=tmp_path)
         try:
             time.sleep(1.5)  # importing, then waiting for the lock we hold
             assert proc.poll() is None

@@ -44,6 +44,7 @@ PATH_ARGS: dict[str, tuple[str, str]] = {
     "apiserver_config": (FILE, "--apiserver-config"),
     "apiserver_cacert": (FILE, "--apiserver-cacert"),
     "apiserver_token_file": (FILE, "--apiserver-token-file"),
+    "output": (FILE, "-o"),
     # a file, or a directory read as a whole
     "path": (FILE_OR_DIR, "FILE|DIR"),
     "files": (FILE_OR_DIR, "FILE"),
