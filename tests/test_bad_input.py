@@ -73,3 +73,53 @@ def test_resources_dir_is_a_file(tmp_path: Path) -> None:
     r = cli("backup", str(out), "--resources-dir", str(f), "--endpoints", closed_endpoint(), "--dial-timeout", "200ms")
     _one_clear_line(r, 2, "--resources-dir", str(f), "is a file")
     assert not out.exists()  # checked before anything was created
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("argv", [
+    ["snapshot", "status", "{fifo}"],
+    ["snapshot", "verify", "{fifo}"],
+    ["snapshot", "status", "{file}", "--identity", "{fifo}"],
+    ["restore", "cluster", "{dir}", "--spec", "{fifo}", "--dry-run"],
+    ["encryption", "status", "--config", "{fifo}"],
+    ["backup", "{dir}/out", "--encryption-config", "{fifo}"],
+    ["endpoint", "status", "--cacert", "{fifo}"],
+])
+def test_a_fifo_where_a_file_is_read_is_refused_not_waited_on(tmp_path: Path, argv: list[str]) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "file").write_bytes(b"\0" * 4096)
+    args = [a.format(fifo=fifo, file=tmp_path / "file", dir=tmp_path) for a in argv]
+    r = cli(*args, "--endpoints", closed_endpoint(), "--dial-timeout", "200ms")
+    _one_clear_line(r, 2, str(fifo), "is a FIFO, not a regular file")
+
+
+def test_paths_that_cannot_be_used(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    r = cli("snapshot", "status", str(loop))
+    _one_clear_line(r, 2, str(loop), "symlink loop")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    r = cli("backup", str(dangling), "--endpoints", closed_endpoint())
+    _one_clear_line(r, 2, str(dangling), "does not exist")
+    long = tmp_path / ("n" * 300)
+    r = cli("backups", "list", str(long))
+    _one_clear_line(r, 2, "name is too long")
+    r = cli("snapshot", "status", str(tmp_path))
+    _one_clear_line(r, 2, "is a directory; name a file")
+
+
+def test_unreadable_inputs_are_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"members:\n  - name: caf\xe9\n")
+    r = cli("member", "replace", "m1", "--spec", str(spec), "--dry-run", "--endpoints", closed_endpoint())
+    _one_clear_line(r, 2, "not UTF-8", str(spec))
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 20000)
+    r = cli("encryption", "status", "--config", str(deep), "--endpoints", closed_endpoint())
+    _one_clear_line(r, 2, "nested too deeply", str(deep))
+    repo_cfg = tmp_path / "repo.yaml"
+    repo_cfg.write_bytes(b"\x80\x81")
+    r = cli("backup", str(tmp_path / "b"), "--repository-config", str(repo_cfg), "--endpoints", closed_endpoint())
+    _one_clear_line(r, 2, "--repository-config", "not UTF-8")

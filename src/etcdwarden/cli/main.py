@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from etcdwarden import __version__
 from etcdwarden.cli.common import GLOBAL_FLAGS, add_global_options, resolve
 from etcdwarden.cli.output import Output
-from etcdwarden.cli.paths import check_path_args, given_files, unforeseen
+from etcdwarden.cli.paths import check_path_args, path_arguments, unforeseen
 from etcdwarden.cli.signals import SIGNALS, outcome, quiet_once_interrupted, signals_as_exceptions
 from etcdwarden.errors import EXIT_USAGE, EtcdwardenError
 
@@ -114,7 +114,7 @@ def _run(arglist: list[str], output: Output) -> int:
         stream=sys.stderr,
     )
     try:
-        check_path_args(args)
+        check_path_args(parser, args)
         return func(args, output)
     except EtcdwardenError as e:
         if os.environ.get("ETCDWARDEN_DEBUG"):
@@ -125,7 +125,7 @@ def _run(arglist: list[str], output: Output) -> int:
         # the last line of defence against input the command did not foresee: one line, never a traceback
         if os.environ.get("ETCDWARDEN_DEBUG"):
             logging.exception("command failed")
-        line, code = unforeseen(e, given_files(args))
+        line, code = unforeseen(e, [(label, text) for _kind, label, text in path_arguments(parser, args)])
         output.error(line)
         return code
 

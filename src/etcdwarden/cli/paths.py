@@ -22,43 +22,25 @@ from etcdwarden.errors import UsageError
 
 FILE, FILE_OR_DIR, DIR = "file", "file-or-dir", "dir"
 
-#: argparse destination -> (what it must be, how the user wrote it)
-PATH_ARGS: dict[str, tuple[str, str]] = {
+#: option -> what its value must be
+PATH_OPTIONS: dict[str, str] = {
     # global options
-    "cacert": (FILE, "--cacert"),
-    "cert": (FILE, "--cert"),
-    "key": (FILE, "--key"),
-    "from_manifest": (FILE, "--from-manifest"),
+    "--cacert": FILE, "--cert": FILE, "--key": FILE, "--from-manifest": FILE,
     # files read (or rewritten in place)
-    "file": (FILE, "FILE"),
-    "a": (FILE, "A"),
-    "b": (FILE, "B"),
-    "identity": (FILE, "--identity"),
-    "encryption_config": (FILE, "--encryption-config"),
-    "repository_config": (FILE, "--repository-config"),
-    "etcdutl": (FILE, "--etcdutl"),
-    "etcd_binary": (FILE, "--etcd"),
-    "spec": (FILE, "--spec"),
-    "state": (FILE, "--state"),
-    "state_file": (FILE, "--state-file"),
-    "apiserver_config": (FILE, "--apiserver-config"),
-    "apiserver_cacert": (FILE, "--apiserver-cacert"),
-    "apiserver_token_file": (FILE, "--apiserver-token-file"),
-    "output": (FILE, "-o"),
+    "--identity": FILE, "--encryption-config": FILE, "--repository-config": FILE, "--etcdutl": FILE,
+    "--etcd": FILE, "--spec": FILE, "--state": FILE, "--state-file": FILE, "--apiserver-config": FILE,
+    "--apiserver-cacert": FILE, "--apiserver-token-file": FILE, "--output": FILE,
     # a file, or a directory read as a whole
-    "path": (FILE_OR_DIR, "FILE|DIR"),
-    "files": (FILE_OR_DIR, "FILE"),
-    "config": (FILE_OR_DIR, "--config"),
-    "backup": (FILE_OR_DIR, "BACKUP"),
+    "--config": FILE_OR_DIR, "--backup": FILE_OR_DIR,
     # directories (created if missing) and local repositories
-    "directory": (DIR, "backup directory"),
-    "resources_dir": (DIR, "--resources-dir"),
-    "repo": (DIR, "REPO"),
-    "src": (DIR, "SRC"),
-    "dst": (DIR, "DST"),
-    "backups": (DIR, "--backups"),
-    "data_dir": (DIR, "--data-dir"),
-    "workdir": (DIR, "--workdir"),
+    "--resources-dir": DIR, "--backups": DIR, "--data-dir": DIR, "--workdir": DIR,
+}
+
+#: positional argument (its destination) -> what it must be
+PATH_POSITIONALS: dict[str, str] = {
+    "file": FILE, "a": FILE, "b": FILE,
+    "path": FILE_OR_DIR, "files": FILE_OR_DIR, "backup": FILE_OR_DIR,
+    "directory": DIR, "repo": DIR, "src": DIR, "dst": DIR,
 }
 
 _KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
@@ -148,20 +130,47 @@ def _values(value: object) -> Iterator[str]:
             yield from _values(v)
 
 
-def given_files(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """``(label, path)`` of every path argument given."""
-    return [(label, text) for dest, (_kind, label) in PATH_ARGS.items()
-            for text in _values(getattr(args, dest, None))]
+def _chosen_actions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[argparse.Action]:
+    """The actions of ``parser`` and of the subcommands chosen in ``args``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                yield from _chosen_actions(chosen, args)
+        else:
+            yield action
 
 
-def check_path_args(args: argparse.Namespace) -> None:
+def path_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """``(kind, label, path)`` of every path argument given, found by option string or positional name.
+
+    A positional shares the namespace with the global options: ``snapshot get FILE KEY`` stores its KEY
+    where ``--key`` would go, so an option whose destination a positional of the command uses is skipped.
+    """
+    actions = list(_chosen_actions(parser, args))
+    positional = {a.dest for a in actions if not a.option_strings}
+    found: dict[str, tuple[str, str]] = {}
+    for a in actions:
+        if a.option_strings:
+            if a.dest in positional:
+                continue
+            kind = next((PATH_OPTIONS[o] for o in a.option_strings if o in PATH_OPTIONS), None)
+            label = next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+        else:
+            kind = PATH_POSITIONALS.get(a.dest)
+            label = a.metavar if isinstance(a.metavar, str) else a.dest.upper()
+        if kind is not None and a.dest not in found:
+            found[a.dest] = (kind, label)
+    return [(kind, label, text) for dest, (kind, label) in found.items() for text in _values(getattr(args, dest, None))]
+
+
+def check_path_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check every path argument of the parsed command line (see the module docstring)."""
-    for dest, (kind, label) in PATH_ARGS.items():
-        for text in _values(getattr(args, dest, None)):
-            if kind == DIR:
-                check_directory_arg(text, label)
-            else:
-                check_file_arg(text, label, allow_dir=kind == FILE_OR_DIR)
+    for kind, label, text in path_arguments(parser, args):
+        if kind == DIR:
+            check_directory_arg(text, label)
+        else:
+            check_file_arg(text, label, allow_dir=kind == FILE_OR_DIR)
 
 
 #: errors of a path as given (exit 2); any other OSError is the environment's (exit 1)
