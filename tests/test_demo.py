@@ -6,6 +6,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.etcd
+
 
 def test_demo_runs_and_stops_everything() -> None:
     res = subprocess.run([sys.executable, "-m", "etcdwarden", "demo", "--keys", "300"], capture_output=True,

@@ -8,6 +8,8 @@ from etcdwarden.errors import UsageError
 from etcdwarden.etcd.endpoints import parse_endpoint, parse_endpoints
 from etcdwarden.etcd.proxy import proxy_for
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "host", "port", "secure"),

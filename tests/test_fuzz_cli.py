@@ -41,6 +41,8 @@ FUZZ = settings(max_examples=int(os.environ.get("ETCDWARDEN_FUZZ_EXAMPLES", "300
                 derandomize=bool(os.environ.get("CI")), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
+pytestmark = pytest.mark.unit
+
 
 class Hung(BaseException):
     """The command did not finish within the watchdog's time."""

@@ -15,6 +15,8 @@ import pytest
 
 from etcdwarden.cli.main import COMMANDS, build_parser
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "contrib" / "kubernetes" / "README.md"]
 # flags of etcd, kube-apiserver, kubectl, systemctl, mypy... that the documents quote

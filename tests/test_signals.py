@@ -23,12 +23,14 @@ from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
 from tests.conftest import _start
+from tests.tiers import starts
 
 VALUE = 1 << 20  # below etcd's 1.5 MiB request limit
 COUNT = 96
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def big_etcd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One member whose database is ~96 MiB of random bytes (so a snapshot takes a while to stream)."""
     c = _start(request, tmp_path_factory.mktemp("bigetcd"), 1)
@@ -116,6 +118,7 @@ def test_sigterm_while_waiting_for_the_lock(big_etcd: LocalCluster, tmp_path: Pa
     assert proc.returncode == 143 and stderr == "Error: terminated\n", stderr
 
 
+@pytest.mark.unit
 def test_handlers_are_put_back_after_a_command() -> None:
     from etcdwarden.cli.signals import Interrupted, signals_as_exceptions
 
@@ -127,6 +130,7 @@ def test_handlers_are_put_back_after_a_command() -> None:
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
 
 
+@pytest.mark.unit
 def test_a_signal_lost_in_a_finalizer_is_delivered_again() -> None:
     """Raised inside a weakref callback, the exception cannot propagate ("Exception ignored"): it comes again."""
     import weakref

@@ -80,6 +80,7 @@ def test_good_files_still_work(etcd_tls: LocalCluster, tmp_path: Path) -> None:
     assert code == 0, err
 
 
+@pytest.mark.unit
 def test_encrypted_key_and_special_files(tmp_path: Path) -> None:
     from tests.certs import make_tls
 

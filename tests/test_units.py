@@ -20,6 +20,8 @@ from etcdwarden.units import (
     parse_size,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90s", 90), ("15m", 900), ("1h30m", 5400), ("1d", 86400), ("2w", 1209600), ("1.5h", 5400), ("1d12h", 129600),

@@ -15,9 +15,11 @@ from etcdwarden.local.cluster import LocalCluster
 from tests.backup.conftest import load
 from tests.cli_helpers import cli
 from tests.conftest import ALICE_PASSWORD, ROOT_PASSWORD, _start, enable_auth
+from tests.tiers import starts
 
 
 @pytest.fixture
+@starts("etcd")
 def etcd3_auth(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "etcd3auth", 3)
     load(c, 50)

@@ -11,6 +11,8 @@ import pytest
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, TrailerChecker
 from etcdwarden.fsutil import Locked, atomic_write, dir_lock
 
+pytestmark = pytest.mark.unit
+
 
 def _feed(data: bytes, chunk: int = 1000) -> TrailerChecker:
     c = TrailerChecker()

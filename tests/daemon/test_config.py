@@ -17,6 +17,8 @@ from tests.daemon.helpers import (
     daemon_doc,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name

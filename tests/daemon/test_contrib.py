@@ -7,12 +7,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from etcdwarden.daemon.config import AgentSection, parse_duration
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo, MemberFigures
 from etcdwarden.daemon.state import JobState
+
+pytestmark = pytest.mark.unit
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 NOW = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)

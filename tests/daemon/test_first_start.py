@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from etcdwarden.daemon.jobs import JobExecutor
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.schedule import Schedule, local_time
@@ -92,6 +94,7 @@ def test_a_complete_backup_of_this_cluster_makes_the_backup_wait(etcd1: LocalClu
     assert "holds no complete backup of this cluster" in err and len(manifests(repo)) == 2
 
 
+@pytest.mark.unit
 @arun
 async def test_catch_up_after_downtime_is_for_backups_only(tmp_path: Path) -> None:
     p = tmp_path / "d.yaml"
@@ -129,6 +132,7 @@ async def test_catch_up_after_downtime_is_for_backups_only(tmp_path: Path) -> No
     assert runner.probes == ["nightly"]  # the repository is looked at once, at the first start
 
 
+@pytest.mark.unit
 @arun
 async def test_a_first_start_just_after_a_slot_is_on_time_for_it(tmp_path: Path) -> None:
     """A ``--once`` CronJob given the backups' schedule starts a few seconds after the slot: that slot is its

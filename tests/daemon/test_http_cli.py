@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from etcdwarden.daemon.config import DEFAULT_LISTEN, AgentSection
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.service import Daemon
@@ -36,6 +38,7 @@ METRIC_NAMES = [
 ]
 
 
+@pytest.mark.unit
 def test_listen_is_loopback_by_default() -> None:
     assert AgentSection().listen == DEFAULT_LISTEN == "127.0.0.1:9796"
 
@@ -123,6 +126,7 @@ def test_daemon_once_failure_exit_code_and_no_secret_in_logs(etcd_auth: LocalClu
     assert ROOT_PASSWORD not in res.err
 
 
+@pytest.mark.unit
 def test_daemon_bad_config_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "daemon.yaml"
     path.write_text(daemon_doc(tmp_path / "r") + "backups:\n  - name: b\n    schedule: nope\n    repository: x\n")

@@ -29,6 +29,8 @@ from tests.cli_helpers import cli
 from tests.daemon.helpers import FakeClock, ScriptedRunner, arun, daemon_doc
 from tests.daemon.test_jobs import NoEtcd
 
+pytestmark = pytest.mark.unit
+
 TOKEN = "s3cr3t-t0ken-0123456789abcdef"  # a test token
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -22,6 +22,8 @@ from etcdwarden.etcd.election import LeadershipLost
 from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from tests.daemon.helpers import SEED_RECURRING, SEED_SINGLE, FakeClock, ScriptedRunner, arun, daemon_doc
 
+pytestmark = pytest.mark.unit
+
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DAILY = ("backups:\n  - name: nightly\n    schedule: '0 3 * * *'\n    timeZone: Europe/Berlin\n"

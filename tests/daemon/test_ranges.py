@@ -20,6 +20,8 @@ from etcdwarden.errors import UsageError
 from tests.cli_helpers import cli
 from tests.daemon.helpers import daemon_doc
 
+pytestmark = pytest.mark.unit
+
 BACKUP = ("backups:\n  - name: nightly\n    schedule: '0 3 * * *'\n    repository: etcd-backup-pvc\n"
           "    retention: {{{retention}}}\n")
 DEFRAG = "defrag:\n  - name: nightly-defrag\n    schedule: '30 3 * * *'\n    {key}: {value}\n"

@@ -53,6 +53,7 @@ async def state(store: MemoryStateStore, key: str = "backup/nightly") -> JobStat
 # -- configuration ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_defaults_global_default_and_per_job_override(tmp_path: Path) -> None:
     cfg = config(tmp_path, DAILY, (SEED_RECURRING,))
     nightly, cr = cfg.backups
@@ -73,6 +74,7 @@ def test_defaults_global_default_and_per_job_override(tmp_path: Path) -> None:
     assert res.code == 0 and '"maxBackoff": 240.0' in res.out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("snippet", "expected"), [
     ("    retry: {attempts: 0}\n", "backups[0].retry.attempts: Input should be greater than or equal to 1"),
     ("    retry: {attempts: 3, tries: 2}\n", "backups[0].retry.tries: unknown field 'tries'"),
@@ -90,6 +92,7 @@ def test_bad_retry_fields_one_message_each_with_path(tmp_path: Path, snippet: st
     assert len(found) == 1 and expected in found[0], found
 
 
+@pytest.mark.unit
 def test_bad_global_retry_is_reported_at_its_path(tmp_path: Path) -> None:
     path = tmp_path / "d.yaml"
     path.write_text(daemon_doc(tmp_path / "r").replace("agent:\n", "agent:\n  retry: {attempts: 11}\n") + DAILY)
@@ -100,6 +103,7 @@ def test_bad_global_retry_is_reported_at_its_path(tmp_path: Path) -> None:
 # -- the executor --------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @arun
 async def test_transient_failure_then_success_within_the_slot(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -124,6 +128,7 @@ async def test_transient_failure_then_success_within_the_slot(tmp_path: Path) ->
     assert await run_due(ex, store, clock()) == []  # the slot is done
 
 
+@pytest.mark.unit
 @arun
 async def test_persistent_failure_exactly_n_attempts_then_failed_and_the_next_slot_runs(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -158,6 +163,7 @@ async def test_persistent_failure_exactly_n_attempts_then_failed_and_the_next_sl
     assert st.attempt == 1 and st.last_slot == NEXT_DAILY and len(st.attempt_log) == 1 and st.final_failures == 1
 
 
+@pytest.mark.unit
 @arun
 async def test_a_retry_that_would_cross_the_next_slot_is_dropped(tmp_path: Path) -> None:
     clock = FakeClock(dt.datetime(2024, 5, 1, 9, 30, tzinfo=UTC))
@@ -182,6 +188,7 @@ async def test_a_retry_that_would_cross_the_next_slot_is_dropped(tmp_path: Path)
     assert st.attempt == 1 and st.last_slot == clock.now
 
 
+@pytest.mark.unit
 @arun
 async def test_downtime_drops_the_overtaken_retry_and_runs_one_catch_up(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -198,6 +205,7 @@ async def test_downtime_drops_the_overtaken_retry_and_runs_one_catch_up(tmp_path
     assert runner.calls == ["backup:nightly", "backup:nightly", "prune:nightly"]
 
 
+@pytest.mark.unit
 @arun
 async def test_a_failed_attempt_that_runs_past_the_next_slot_lets_that_slot_run(tmp_path: Path) -> None:
     clock = FakeClock(dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC))
@@ -216,6 +224,7 @@ async def test_a_failed_attempt_that_runs_past_the_next_slot_lets_that_slot_run(
     assert st.final_failures == 1 and st.retry_at == dt.datetime(2024, 5, 1, 11, 30, tzinfo=UTC)
 
 
+@pytest.mark.unit
 @arun
 async def test_only_the_leader_retries_and_a_new_leader_continues_the_count(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -238,6 +247,7 @@ async def test_only_the_leader_retries_and_a_new_leader_continues_the_count(tmp_
     assert st.attempt == 2 and st.retries == 1 and runner2.calls == ["backup:nightly", "prune:nightly"]
 
 
+@pytest.mark.unit
 @arun
 async def test_a_pending_retry_is_dropped_when_the_policy_no_longer_allows_it(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -263,6 +273,7 @@ def once_daemon(cfg: DaemonConfig, runner: ScriptedRunner, store: MemoryStateSto
                   listen="127.0.0.1:0", agent="cron", sleep=sleep)
 
 
+@pytest.mark.unit
 @arun
 async def test_once_retries_within_the_run(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -276,6 +287,7 @@ async def test_once_retries_within_the_run(tmp_path: Path) -> None:
     assert runner.calls == ["backup:nightly"] * 3 + ["prune:nightly"]
 
 
+@pytest.mark.unit
 @arun
 async def test_once_starts_no_retry_after_its_deadline(tmp_path: Path) -> None:
     clock = FakeClock(T0)
@@ -297,6 +309,7 @@ async def test_once_starts_no_retry_after_its_deadline(tmp_path: Path) -> None:
 # -- the long-running agent and the command ------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @arun
 async def test_the_agent_loop_wakes_for_the_retry(tmp_path: Path) -> None:
     clock = FakeClock(T0)

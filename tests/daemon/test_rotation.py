@@ -42,6 +42,7 @@ def problems(tmp_path: Path, section: str) -> str:
     return str(ei.value)
 
 
+@pytest.mark.unit
 def test_defaults_and_strict_validation(tmp_path: Path) -> None:
     cfg = config(tmp_path, "encryptionRotation:\n  config: /etc/kubernetes/enc.yaml\n")
     (rot,) = cfg.rotations
@@ -92,6 +93,7 @@ async def run_due(ex: JobExecutor, store: MemoryStateStore, now: dt.datetime) ->
     return results
 
 
+@pytest.mark.unit
 @arun
 async def test_weekly_rotation_with_a_fake_clock(tmp_path: Path) -> None:
     cfg = config(tmp_path, "encryptionRotation:\n  config: /e.yaml\n")

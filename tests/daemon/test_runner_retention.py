@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from etcdwarden.daemon.loader import load_config
 from etcdwarden.daemon.runner import DefaultRunner, PruneOutcome
 from etcdwarden.etcd.client import EtcdClient
@@ -44,6 +46,7 @@ def test_backups_then_keep_last_is_exact(etcd1: LocalCluster, tmp_path: Path) ->
     assert all(e["state"] == "complete" and e["verified"] for e in catalog)
 
 
+@pytest.mark.unit
 def test_once_report_fails_when_retention_failed() -> None:
     import datetime as dt
 

@@ -6,7 +6,11 @@ import datetime as dt
 import itertools
 import zoneinfo
 
+import pytest
+
 from etcdwarden.daemon.schedule import Schedule, due_slot, jitter_offset, local_time, next_wakeup
+
+pytestmark = pytest.mark.unit
 
 UTC = dt.UTC
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")

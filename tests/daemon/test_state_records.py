@@ -57,6 +57,7 @@ def test_a_record_of_the_wrong_shape_is_reset_and_the_backup_runs(etcd1: LocalCl
             JobState.from_json(raw.encode())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("raw", [b"[]", b"null", b'"x"', b"\xff\xfe", b"{", b'{"successes": 1e400}',
                                  b'{"last_duration": Infinity}', b'{"retry_at": "2024-05-01"}',
                                  b'{"successes": ' + b"9" * 400 + b"}", b" " * (2 * 1024 * 1024)])
@@ -100,6 +101,7 @@ _records = st.one_of(
 )
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=_records)
 def test_fuzzed_records_never_crash_the_scheduler(tmp_path: Path, raw: bytes) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from etcdwarden.errors import EtcdError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
@@ -222,6 +224,7 @@ def test_learner_is_skipped(etcd3: LocalCluster) -> None:
     assert learner.client_url not in {m["endpoint"] for m in rows(report(r))}
 
 
+@pytest.mark.unit
 def test_bad_rule_is_a_usage_error_before_connecting() -> None:
     r = cli("defrag", "--rule", "dbsize > 1", "--endpoints", "127.0.0.1:1")
     assert r.code == 2

@@ -18,11 +18,13 @@ from etcdwarden.local.cluster import LocalCluster, LocalMember
 from tests.cli_helpers import cli
 from tests.conftest import _start
 from tests.defrag.helpers import client, fill_to_nospace, report, rows, run, statuses
+from tests.tiers import starts
 
 QUOTA = 16 * 1024 * 1024
 
 
 @pytest.fixture
+@starts("etcd")
 def small_quota(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     c = _start(request, tmp_path / "quota", 3, extra=("--quota-backend-bytes", str(QUOTA)))
     yield c

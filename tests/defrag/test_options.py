@@ -13,6 +13,8 @@ from etcdwarden.defrag.rules import AUTO_RULE
 from etcdwarden.errors import UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 
+pytestmark = pytest.mark.unit
+
 
 def opts(*argv: str, env: dict[str, str] | None = None) -> DefragOptions:
     args = ["defrag", *argv]

@@ -19,6 +19,8 @@ from etcdwarden.defrag.quota import (
 from etcdwarden.errors import UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 
+pytestmark = pytest.mark.unit
+
 MiB = 1024 * 1024
 URL = "http://10.0.0.1:2379"
 

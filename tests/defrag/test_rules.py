@@ -19,6 +19,8 @@ from etcdwarden.defrag.rules import (
 )
 from etcdwarden.errors import EXIT_USAGE, UsageError
 
+pytestmark = pytest.mark.unit
+
 MiB = 1024 * 1024
 
 

@@ -28,6 +28,8 @@ from etcdwarden.defrag.rules import (
 from etcdwarden.errors import EXIT_USAGE, UsageError
 from tests.cli_helpers import cli
 
+pytestmark = pytest.mark.unit
+
 HOSTILE = {
     "a 351-digit integer": "dbSize > " + "9" * 351,
     "a 30-digit integer": "dbSize > " + "9" * 30,

@@ -16,6 +16,8 @@ from etcdwarden.encryption.plan import plan_disable, plan_enable, plan_prune, pl
 from etcdwarden.encryption.resources import DEFAULT_SET, parse_extra, resource_of, select
 from etcdwarden.errors import UsageError
 
+pytestmark = pytest.mark.unit
+
 K32 = base64.b64encode(bytes(range(32))).decode()
 K16 = base64.b64encode(bytes(range(16))).decode()
 

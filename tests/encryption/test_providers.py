@@ -21,6 +21,8 @@ from etcdwarden.encryption.providers import (
 from etcdwarden.encryption.providers.kms import EncryptedObject, open_v1, open_v2, seal_v1, seal_v2
 from etcdwarden.encryption.transformer import ResourceTransformer
 
+pytestmark = pytest.mark.unit
+
 # a verbatim copy of shared/reference/encryption-vectors.json (see encryption.md §5)
 VECTORS_PATH = Path(__file__).with_name("encryption-vectors.json")
 

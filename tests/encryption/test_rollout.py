@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from etcdwarden.encryption.config import EncryptionConfiguration, config_hash
 from etcdwarden.encryption.errors import EncryptionConfigError
 from etcdwarden.encryption.rollout import loaded_hashes
@@ -109,6 +111,7 @@ def _first_keys(data: bytes) -> list[str]:
     return [k.name for k in EncryptionConfiguration.parse(data).resources[0].providers[0].keys]
 
 
+@pytest.mark.unit
 def test_loaded_hashes_parses_the_exposition_format() -> None:
     text = (f"# TYPE {METRIC} gauge\n"
             f'{METRIC}{{apiserver_id_hash="sha256:aa",hash="sha256:bb"}} 1\n'

@@ -81,6 +81,7 @@ def _refused_unchanged(etcd: LocalCluster, d: Path, *argv: str) -> str:
     return r.err
 
 
+@pytest.mark.unit
 def test_looks_like_kubernetes_object() -> None:
     assert looks_like_kubernetes_object(b"k8s\x00\n\x0c")
     assert looks_like_kubernetes_object(b'{"kind":"ConfigMap"}\n')

@@ -13,11 +13,13 @@ import pytest
 from etcdwarden.repository.base import Repository, open_repository
 from tests.repository.azurite import Azurite
 from tests.repository.seaweed import SeaweedS3
+from tests.tiers import starts
 
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
+@starts("backend")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
     server.start()
@@ -28,6 +30,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture(scope="session")
+@starts("backend")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     server = Azurite(tmp_path_factory.mktemp("azurite"))
     server.start()
@@ -60,7 +63,8 @@ def local_repo(tmp_path: Path) -> Repository:
     return open_repository(tmp_path / "repo")
 
 
-@pytest.fixture(params=["local", "s3", "az"])
+@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.unit), pytest.param("s3", marks=pytest.mark.backend),
+                        pytest.param("az", marks=pytest.mark.backend)])
 def any_repo(request: pytest.FixtureRequest) -> Repository:
     repo: Repository = request.getfixturevalue(f"{request.param}_repo")
     return repo

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from etcdwarden.backup.naming import BackupNames, timestamp
+from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.repository.base import Repository
 
 

@@ -76,6 +76,7 @@ def test_names_are_plain(any_repo: Repository) -> None:
         w.write(b"late")
 
 
+@pytest.mark.unit
 def test_local_ignores_directories_and_never_deletes_them(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     (tmp_path / "lost+found").mkdir()
@@ -87,6 +88,7 @@ def test_local_ignores_directories_and_never_deletes_them(tmp_path: Path) -> Non
     assert (tmp_path / "lost+found" / "f").exists()
 
 
+@pytest.mark.unit
 def test_local_write_is_0600(tmp_path: Path) -> None:
     repo = open_repository(tmp_path / "new" / "repo")
     repo.write_bytes("f", b"data")
@@ -94,6 +96,7 @@ def test_local_write_is_0600(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "repo").stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.unit
 def test_registry_and_urls(tmp_path: Path) -> None:
     assert set(REGISTRY) == {"file", "s3", "gs", "az"}
     assert scheme_of("/var/backups") == "file" and scheme_of("relative/dir") == "file"

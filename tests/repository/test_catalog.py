@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from etcdwarden.errors import UsageError
 from etcdwarden.repository.base import Repository
-from etcdwarden.repository.catalog import classify, load_catalog
+from etcdwarden.repository.catalog import BackupUnusable, NoBackup, classify, delete_backup, load_catalog
 from etcdwarden.repository.local import LocalRepository
 from tests.cli_helpers import cli
 from tests.repository.fake import put_backup
@@ -19,6 +21,7 @@ from tests.repository.seaweed import SeaweedS3
 IDS = ["2026-01-01_000000", "2026-01-01_010000", "2026-01-01_020000", "2026-01-01_030000"]
 
 
+@pytest.mark.unit
 def test_classify() -> None:
     assert classify("backup_2026-01-01_000000.json") == ("manifest", IDS[0])
     assert classify("snapshot_2026-01-01_000000.db.zst.age") == ("data", IDS[0])
@@ -26,6 +29,10 @@ def test_classify() -> None:
     assert classify("snapshot_2026-01-01_000000.db.part") == ("temp", IDS[0])
     assert classify(".snapshot_2026-01-01_000000.db.verify.part") == ("temp", IDS[0])
     assert classify(".backup_2026-01-01_000000.json.tmp-123") == ("temp", IDS[0])
+    # reserved for continuous backup and restore drills: filed under the backup they belong to
+    assert classify("segment_2026-01-01_000000_0000000000000000042.zst") == ("segment", IDS[0])
+    assert classify("segment_2026-01-01_000000_0000000000000000042.json") == ("segment-manifest", IDS[0])
+    assert classify("drill_2026-01-01_000000.json") == ("drill", IDS[0])
     for other in ("snapshot_2026-01-01_000000.db.orig", "notes.txt", "lost+found", ".etcdwarden.lock",
                   "snapshot_2026-01-01.db", "backup_2026-01-01_000000.json.bak"):
         assert classify(other) is None, other
@@ -51,6 +58,7 @@ def test_states(any_repo: Repository) -> None:
     assert cat.newest_good() is e
 
 
+@pytest.mark.unit
 def test_cli_list_show_delete_prune_local(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path / "r")
     for i in IDS:
@@ -101,6 +109,7 @@ def test_cli_list_show_delete_prune_local(tmp_path: Path) -> None:
     assert cli("backups", "prune", str(tmp_path / "r"), "--keep-within", "soon").code == 2
 
 
+@pytest.mark.unit
 def test_prune_size_cap_reports_alert(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     put_backup(repo, IDS[0], size=2000)
@@ -159,6 +168,7 @@ def test_cli_on_s3_and_copy_both_ways(seaweed: SeaweedS3, tmp_path: Path, monkey
     assert r.code == 1 and "NotTheSecret999" not in r.err and seaweed.access_key not in r.err
 
 
+@pytest.mark.unit
 def test_copy_refuses_corrupted_source(tmp_path: Path) -> None:
     src = LocalRepository(tmp_path / "a")
     put_backup(src, IDS[0], size=5000)
@@ -171,6 +181,7 @@ def test_copy_refuses_corrupted_source(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists() or os.listdir(tmp_path / "b") == []
 
 
+@pytest.mark.unit
 def test_since_and_age_of_incomplete(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     put_backup(repo, IDS[0], manifest=False)
@@ -180,3 +191,86 @@ def test_since_and_age_of_incomplete(tmp_path: Path) -> None:
     r = cli("backups", "prune", str(tmp_path), "-w", "json")  # default: number 15, grace 24h
     doc = json.loads(r.out)
     assert [d["id"] for d in doc["delete"]] == [IDS[0]] and os.listdir(tmp_path) == [".etcdwarden.lock"]
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "format" / "fixtures"
+
+
+@pytest.mark.unit
+def test_version1_backup_written_before_format_2_is_complete(tmp_path: Path) -> None:
+    """A backup written by etcdwarden before the typed format reads as complete, its manifest typed."""
+    for d in sorted(FIXTURES.glob("v1-*")):
+        shutil.copytree(d, tmp_path / "repo", dirs_exist_ok=True)
+    repo = LocalRepository(tmp_path / "repo")
+    cat = load_catalog(repo)
+    assert [e.state for e in cat.entries] == ["complete", "complete"] and cat.unknown == []
+    e = cat.newest_good()
+    assert e is not None and e.manifest is not None and e.manifest.source_format == 1
+    assert e.as_json(repo)["format"] == 1 and e.revision == 23 and e.member == "m1" and e.verified
+    r = cli("backups", "show", str(tmp_path / "repo"), cat.entries[0].id, "-w", "json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["state"] == "complete" and doc["manifest"]["encryption_at_rest"]["key_names"] == ["key1"]
+
+
+@pytest.mark.unit
+def test_unusable_manifests_and_reserved_kinds(tmp_path: Path) -> None:
+    repo = LocalRepository(tmp_path / "r")
+    doc = put_backup(repo, IDS[0])
+    newer = dict(doc, format=99)
+    repo.write_bytes(f"backup_{IDS[0]}.json", json.dumps(newer).encode())
+    put_backup(repo, IDS[1])
+    wrong = dict(put_backup(repo, IDS[2]), revision="42")
+    repo.write_bytes(f"backup_{IDS[2]}.json", json.dumps(wrong).encode())
+    repo.write_bytes(f"drill_{IDS[1]}.json", b"{}")
+    repo.write_bytes(f"segment_{IDS[1]}_0000000000000000043.zst", b"events")
+    cat = load_catalog(repo)
+    states = {e.id: (e.state, e.problem) for e in cat.entries}
+    assert states[IDS[0]][0] == "unreadable" and "newer etcdwarden" in str(states[IDS[0]][1])
+    assert "upgrade" in str(states[IDS[0]][1])
+    assert states[IDS[1]] == ("complete", None)
+    assert states[IDS[2]][0] == "unreadable" and str(states[IDS[2]][1]).startswith("revision:")
+    e = cat.get(IDS[1])
+    assert f"drill_{IDS[1]}.json" in [o.name for o in e.objects] and cat.unknown == []
+    # deleting a backup deletes its segments and drill record with it (manifest first)
+    deleted = delete_backup(repo, e)
+    assert deleted[0] == f"backup_{IDS[1]}.json" and f"segment_{IDS[1]}_0000000000000000043.zst" in deleted
+    assert not [n for n in os.listdir(tmp_path / "r") if IDS[1] in n]
+
+
+@pytest.mark.unit
+def test_select(tmp_path: Path) -> None:
+    """Without an ID: the newest backup with a manifest; failed runs (no manifest) are passed over with a note,
+    a damaged newest backup never silently (its error names the newest complete one)."""
+    repo = LocalRepository(tmp_path / "r")
+    with pytest.raises(NoBackup):
+        load_catalog(repo).select()
+    put_backup(repo, IDS[0], manifest=False)
+    with pytest.raises(NoBackup):
+        load_catalog(repo).select()
+    put_backup(repo, IDS[1])
+    put_backup(repo, IDS[2], manifest=False)
+    cat = load_catalog(repo)
+    e, notes = cat.select()
+    assert e.id == IDS[1] and len(notes) == 1 and IDS[2] in notes[0] and "incomplete" in notes[0]
+    put_backup(repo, IDS[3], verified=False)  # unverified: chosen, with a note (the reader proves it)
+    e, notes = load_catalog(repo).select()
+    assert e.id == IDS[3] and "unverified" in notes[-1]
+    repo.delete(f"static_kuberesources_{IDS[3]}.tar.gz")  # only the bundle missing: chosen (restore may force)
+    e, notes = load_catalog(repo).select()
+    assert e.id == IDS[3] and e.absent == [f"static_kuberesources_{IDS[3]}.tar.gz"]
+    repo.delete(f"snapshot_{IDS[3]}.db")  # the snapshot missing: refused, naming the newest complete one
+    with pytest.raises(BackupUnusable, match=f"the newest backup, {IDS[3]}, is incomplete.*--id {IDS[1]}"):
+        load_catalog(repo).select()
+    repo.write_bytes(f"backup_{IDS[3]}.json", b"{")
+    with pytest.raises(BackupUnusable, match="unreadable"):
+        load_catalog(repo).select()
+    cat = load_catalog(repo)
+    e, notes = cat.select(IDS[1])
+    assert e.id == IDS[1] and notes == []
+    with pytest.raises(BackupUnusable, match="no manifest"):
+        cat.select(IDS[2])
+    with pytest.raises(BackupUnusable, match="unreadable"):
+        cat.select(IDS[3])
+    with pytest.raises(UsageError, match="no backup"):
+        cat.select("2027-01-01_000000")

@@ -24,6 +24,8 @@ from etcdwarden.repository.objectstore import GCSRepository
 from tests.cli_helpers import cli
 from tests.repository.echo import EchoServer
 
+pytestmark = pytest.mark.unit
+
 PRIVATE = ("-----BEGIN PRIVATE KEY-----\nMIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiNotARealKey0123456789\n"
            "-----END PRIVATE KEY-----\n")
 

@@ -19,6 +19,8 @@ from etcdwarden.repository.transfer import copy_backup, copy_backups
 from tests.repository.fake import put_backup
 from tests.repository.seaweed import SeaweedS3
 
+pytestmark = pytest.mark.backend
+
 GOOD, VICTIM = "2026-03-01_000000", "2026-03-01_010000"
 
 

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from etcdwarden.errors import UsageError
+from etcdwarden.format.manifest import Manifest
 from etcdwarden.repository.base import ObjectInfo
 from etcdwarden.repository.catalog import CatalogEntry
 from etcdwarden.repository.retention import (
@@ -24,6 +25,8 @@ from etcdwarden.repository.retention import (
     plan_retention,
 )
 
+pytestmark = pytest.mark.unit
+
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -31,7 +34,9 @@ def entry(t: dt.datetime, size: int = GIB // 4, state: str = "complete", touched
           ) -> CatalogEntry:
     bid = t.strftime("%Y-%m-%d_%H%M%S")
     objs = [ObjectInfo(f"snapshot_{bid}.db", size, touched or t)]
-    manifest = None if state == "incomplete" else {"verified": state == "complete"}
+    manifest = None if state == "incomplete" else Manifest.model_validate(
+        {"timestamp": bid, "snapshot": {"file": f"snapshot_{bid}.db"}, "verified": state == "complete",
+         "files": {f"snapshot_{bid}.db": {"sha256": "0" * 64, "size": size}}})
     if manifest is not None:
         objs.append(ObjectInfo(f"backup_{bid}.json", 0, touched or t))
     return CatalogEntry(bid, t, state, None if state == "complete" else "failed", objs, manifest,

@@ -111,6 +111,7 @@ def test_list_verify_rehashes_and_show_never_says_verified_for_failed(etcd1: Loc
     assert "verified:        False" in cli("backups", "show", str(repo_dir), old).out
 
 
+@pytest.mark.unit
 def test_cache_skips_unchanged_files_within_reverify_after(tmp_path: Path) -> None:
     """The optimisation itself: a file unchanged since it was hashed is not read again within the window,
     is read again after it, and any change of the fingerprint (here: a rewrite) means a new read."""
@@ -142,6 +143,7 @@ def test_cache_skips_unchanged_files_within_reverify_after(tmp_path: Path) -> No
     assert len(v6.check(load_catalog(repo).entries[0]).hashed) == 2 and v6.notes
 
 
+@pytest.mark.unit
 def test_corrupt_keepers_fall_back_to_older_good_ones(tmp_path: Path) -> None:
     """With --max-number 2 and the two newest corrupt, the two newest good ones are kept (and none deleted
     that is needed); the corrupt ones are left alone and reported."""
@@ -163,6 +165,7 @@ def test_corrupt_keepers_fall_back_to_older_good_ones(tmp_path: Path) -> None:
     assert r.code == 3 and "newest verified" in r.err
 
 
+@pytest.mark.unit
 def test_prune_with_nothing_to_delete_reads_nothing(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     put_backup(repo, "2026-01-01_000000")

@@ -16,6 +16,8 @@ from etcdwarden.repository.masking import form_encode as _form_encode
 from tests.cli_helpers import cli
 from tests.repository.echo import EchoServer
 
+pytestmark = pytest.mark.unit
+
 FAST = RepositoryOptions(max_retries=0, retry_timeout=5, connect_timeout=2, request_timeout=10)
 
 

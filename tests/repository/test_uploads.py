@@ -81,6 +81,7 @@ def test_killed_upload_is_listed_then_aborted_by_prune(seaweed: SeaweedS3, monke
     assert [u["name"] for u in other["incomplete_uploads"]] == [f"snapshot_{TS}.db"]  # another prefix: untouched
 
 
+@pytest.mark.unit
 def test_uploads_of_stores_that_cannot_list_them_are_a_note(tmp_path: Path) -> None:
     from etcdwarden.repository.uploads import pending_uploads
 
@@ -91,6 +92,7 @@ def test_uploads_of_stores_that_cannot_list_them_are_a_note(tmp_path: Path) -> N
     assert pending_uploads(local) == ([], None)
 
 
+@pytest.mark.unit
 def test_sigv4_matches_the_aws_documentation() -> None:
     """The two signed requests of the S3 documentation's SigV4 examples, signature for signature."""
     c = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -111,6 +113,7 @@ def private_seaweed(base: Path) -> Iterator[SeaweedS3]:
         server.stop()
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("when", ["before-close", "part-in-flight"])
 def test_failed_upload_is_reported_first_with_what_may_remain(tmp_path: Path, when: str) -> None:
     """The store dies mid-upload. The error says the upload failed (not merely that an abort failed: obstore's

@@ -16,6 +16,7 @@ from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
 from tests.backup.conftest import dump, load
+from tests.tiers import starts
 
 
 @dataclass
@@ -56,6 +57,7 @@ def backup_of(cluster: LocalCluster, directory: Path, **kw: object) -> SavedBack
 
 
 @pytest.fixture(scope="session")
+@starts("etcd")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SavedBackup]]:
     """A plain backup with a resources bundle and a zstd one of a 1-member cluster holding k8s-like data."""
     base = tmp_path_factory.mktemp("saved")

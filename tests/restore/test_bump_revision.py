@@ -158,6 +158,7 @@ def test_bump_with_an_etcdutl_without_the_flags(saved: dict[str, SavedBackup], e
     assert cli(*args, "--bump-revision", "-5", "--mark-compacted").code == 2
 
 
+@pytest.mark.unit
 def test_remote_etcdutl_bump_support_is_checked(etcd35: Path) -> None:
     async def go() -> tuple[list[str], list[str]]:
         host = LocalHost()  # the same probe runs over SSH for a remote member

@@ -76,6 +76,7 @@ def _mixed_cluster(tmp_path: Path, state: Path) -> tuple[LocalCluster, Path, Pat
     return c, spec, manifests
 
 
+@pytest.mark.etcd
 def test_restore_cluster_with_systemd_static_pod_and_process(tmp_path: Path, fake_env: Path) -> None:
     c, spec, manifests = _mixed_cluster(tmp_path, fake_env)
     try:

@@ -12,10 +12,13 @@ import os
 from pathlib import Path
 
 import asyncssh
+import pytest
 
 from etcdwarden.local.ports import free_port
 from etcdwarden.restore.runtimes.ssh import SSHHost, parse_target
 from etcdwarden.restore.spec import SSHSpec
+
+pytestmark = pytest.mark.unit
 
 
 class _NoAuth(asyncssh.SSHServer):

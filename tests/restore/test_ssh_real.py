@@ -32,6 +32,7 @@ from tests.cli_helpers import cli
 from tests.restore.conftest import SavedBackup, backup_of
 from tests.restore.helpers import member_dumps, put
 from tests.restore.sshd import RealSSHD
+from tests.tiers import starts
 
 FAKES = Path(__file__).parent / "fakes"
 UNIT = "etcd-m1.service"
@@ -49,6 +50,7 @@ def fake_state(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+@starts("backend")
 def sshd(tmp_path: Path, fake_state: Path) -> Iterator[RealSSHD]:
     d = RealSSHD(tmp_path / "sshd", session_env={"PATH": f"{FAKES}:/usr/local/bin:/usr/bin:/bin",
                                                  "FAKE_STATE": str(fake_state)})
@@ -129,6 +131,7 @@ def _wait_healthy(c: LocalCluster, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.etcd  # and its sshd
 def test_restore_cluster_with_a_member_behind_real_sshd(tmp_path: Path, sshd: RealSSHD, fake_state: Path) -> None:
     c = LocalCluster(tmp_path / "etcd", size=3)
     c.base_dir.mkdir(parents=True)

@@ -17,6 +17,7 @@ from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.snapshot.status import db_status
 from etcdwarden.snapshot.verify import verify_path
 from tests.snapshot import etcdutl_status
+from tests.tiers import starts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,6 +32,7 @@ def _fetch() -> Path:
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def snap34(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     bindir = _fetch()
     assert _fetch() == bindir  # idempotent

@@ -18,6 +18,7 @@ from etcdwarden.snapshot.get import describe
 from tests.cli_helpers import cli
 from tests.conftest import etcdctl
 from tests.snapshot import save, start_cluster
+from tests.tiers import starts
 
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "default"},
              "data": {"greeting": "hello"}}
@@ -63,6 +64,7 @@ def _rev(cluster: object) -> int:
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snap]:
     base = tmp_path_factory.mktemp("get")
     cluster = start_cluster(base / "cluster")
@@ -151,6 +153,7 @@ def test_missing_deleted_and_compacted(snap: Snap) -> None:
     assert cli("snapshot", "get", str(snap.path), "/filler", "--rev", "0").code == 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("value", "kind"), [
     (b"", "text"), (b"{", "text"), (b"[1, 2]", "json"), (b"k8s\x00\xff\xff", "kubernetes-protobuf"),
     (b"\xd9\xd9\xf7\xa1", "kubernetes-cbor"), (b"k8s:enc:kms:v2:1_secrets:\x00\x01", "encrypted"),

@@ -16,6 +16,7 @@ from etcdwarden.snapshot.inspect import read_keys
 from tests.cli_helpers import cli
 from tests.conftest import etcdctl
 from tests.snapshot import fill_mixed, save, start_cluster
+from tests.tiers import starts
 
 
 @dataclass
@@ -34,6 +35,7 @@ def _get(cluster: object, *args: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def sc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     base = tmp_path_factory.mktemp("inspect")
     cluster = start_cluster(base / "cluster")

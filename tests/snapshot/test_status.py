@@ -17,11 +17,13 @@ from etcdwarden.snapshot.bbolt import BoltFile
 from etcdwarden.snapshot.status import db_status, scan, snapshot_status
 from tests.cli_helpers import cli
 from tests.snapshot import etcdutl_status, make_snapshots, start_cluster
+from tests.tiers import starts
 
 NAMES = ["empty", "mixed", "many", "auth"]
 
 
 @pytest.fixture(scope="module")
+@starts("etcd")
 def snaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     base = tmp_path_factory.mktemp("status")
     cluster = start_cluster(base / "cluster")
@@ -120,6 +122,7 @@ def test_status_of_compressed_and_encrypted(snaps: dict[str, Path], tmp_path: Pa
     assert not list(Path(tempfile.gettempdir()).glob("etcdwarden-snapshot-*"))
 
 
+@pytest.mark.unit
 def test_missing_and_not_a_db(tmp_path: Path) -> None:
     r = cli("snapshot", "status", str(tmp_path / "nope.db"))
     assert r.code == 2 and "no such file" in r.err

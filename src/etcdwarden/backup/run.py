@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from typing import Any
 import zstandard
 
 from etcdwarden import __version__
-from etcdwarden.backup.naming import BackupNames, timestamp
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
@@ -35,12 +33,13 @@ from etcdwarden.errors import (
     UsageError,
 )
 from etcdwarden.etcd.client import EtcdClient
+from etcdwarden.format.manifest import FORMAT, Manifest, dump
+from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.fsutil import DiskFull, LockInfo, dir_lock, fsync_dir, private_dir
 from etcdwarden.snapshot.status import SnapshotStatus
 from etcdwarden.snapshot.verify import verify_db
 
 log = logging.getLogger(__name__)
-MANIFEST_FORMAT = 1
 
 Progress = Callable[[str, int, int], None]  # (member, bytes received, bytes expected)
 
@@ -290,8 +289,8 @@ class _Run:
                                          + ", ".join(bundle["skipped"]))
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
                                  self.res_dir)
-            self.target.write_manifest(n.manifest, (json.dumps(manifest, indent=2) + "\n").encode())
-            return manifest
+            self.target.write_manifest(n.manifest, dump(manifest))
+            return manifest.as_json()
         except BaseException:
             for name in committed:  # no manifest → these files are not a backup; remove them
                 self.target.remove(name)
@@ -357,12 +356,13 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
 def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
               status: SnapshotStatus | None, verification: dict[str, Any], files: dict[str, dict[str, Any]],
               bundle: dict[str, Any] | None, notes: list[CertificateNote], opts: BackupOptions,
-              res_dir: Path) -> dict[str, Any]:
+              res_dir: Path) -> Manifest:
+    """The manifest of this backup (:mod:`etcdwarden.format.manifest`), validated when written."""
     st = chosen.status.status
     assert st is not None
     versions = sorted({s.status.version for s in pre.statuses if s.status})
-    return {
-        "format": MANIFEST_FORMAT,
+    return Manifest.model_validate({
+        "format": FORMAT,
         "tool": {"name": "etcdwarden", "version": __version__},
         "timestamp": names.ts,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -390,7 +390,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "files": files,
         "verified": True,
         "verification": verification,
-    }
+    })
 
 
 __all__ = ["BackupOptions", "BackupResult", "DiskFull", "take_backup"]

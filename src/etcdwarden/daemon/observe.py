@@ -129,7 +129,10 @@ class Observer:
             except EtcdwardenError as e:
                 log.debug("catalog of %s: %s", name, e)
                 continue
-            counts[name] = (len(entries), sum(int(e.get("size") or 0) for e in entries))
+            # the metrics count complete backups (failed, unverified, unreadable and corrupt ones are not backups
+            # one can restore: counting them would hide a repository that holds none)
+            complete = [e for e in entries if e.get("state") == "complete"]
+            counts[name] = (len(complete), sum(int(e.get("size") or 0) for e in complete))
         self.agent.metrics.view.repositories = counts
 
     # -- HTTP --------------------------------------------------------------------------------------

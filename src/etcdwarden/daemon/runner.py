@@ -1,8 +1,9 @@
 """What the daemon calls to do the work: the :class:`JobRunner` protocol and its default implementation.
 
 The daemon only schedules, elects and records; a runner performs. :class:`DefaultRunner` backs up with
-:func:`etcdwarden.backup.run.take_backup` into a local directory (``file://`` URLs or plain paths),
-lists that directory's manifests as the catalog, and calls the optional libraries lazily:
+:func:`etcdwarden.backup.run.take_backup` into a repository (a directory, ``file://``, ``s3://``, ``gs://``,
+``az://``), lists it through the one catalog reader (:func:`etcdwarden.repository.reverify.read_catalog`),
+and calls the optional libraries lazily:
 
 * retention: :mod:`etcdwarden.repository` (``DefaultRunner.prune``);
 * defragmentation: :func:`etcdwarden.defrag.rolling_defrag` (``DefaultRunner.defrag``);
@@ -103,7 +104,7 @@ class BackupProbe(Protocol):
 
 
 class DefaultRunner:
-    """Backs up into local directories; retention and defrag through the libraries, loaded lazily."""
+    """Backs up into repositories; retention and defrag through the libraries, loaded lazily."""
 
     def __init__(self, client: EtcdClient, config: DaemonConfig) -> None:
         self.client = client
@@ -201,21 +202,16 @@ class DefaultRunner:
             cat = await asyncio.to_thread(load_catalog, store)
         finally:
             store.close()
-        return sum(1 for e in cat.good if (e.manifest or {}).get("cluster_id") == cluster)
+        return sum(1 for e in cat.good if e.cluster_id == cluster)
 
     async def catalog(self, repository: str) -> list[dict[str, Any]]:
         """The backups of a repository, newest first (complete, unverified and incomplete ones)."""
-        from etcdwarden.repository.catalog import load_catalog
-        from etcdwarden.repository.reverify import mark_known_corrupt
-
-        def read(store: Any) -> Any:
-            cat = load_catalog(store)
-            mark_known_corrupt(store, cat.entries)  # found by an earlier re-hash, file unchanged since
-            return cat
+        from etcdwarden.repository.reverify import read_catalog
 
         store = self._store(repository)
         try:
-            cat = await asyncio.to_thread(read, store)
+            # corrupt: found by an earlier re-hash, file unchanged since
+            cat = await asyncio.to_thread(read_catalog, store)
             out: list[dict[str, Any]] = []
             for e in reversed(cat.entries):
                 d = e.as_json(store)

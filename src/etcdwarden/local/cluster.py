@@ -2,7 +2,9 @@
 
 Every member is an ``etcd`` process bound to 127.0.0.1 on free ports, with its data dir under a base
 directory. Processes are tracked and stopped by PID (SIGTERM, then SIGKILL after a grace period).
-This is the embedded cluster behind ``etcdwarden demo`` and the test suite.
+This is the embedded cluster behind ``etcdwarden demo`` and the test suite; nothing else in
+etcdwarden imports it (an etcd of our own for checks is
+:class:`etcdwarden.restore.scratch_member.ScratchMember`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 
 from etcdwarden.binaries import find_binary
 from etcdwarden.errors import EtcdwardenError
-from etcdwarden.local.ports import free_ports
+from etcdwarden.processes import free_ports, pid_alive, spawn, stop_pid
+
+__all__ = ["LocalCluster", "LocalMember", "TLSFiles", "pid_alive", "stop_pid"]  # pid_alive, stop_pid: for the tests
 
 
 @dataclass(frozen=True)
@@ -145,17 +149,7 @@ class LocalCluster:
             return m
         self.base_dir.mkdir(parents=True, exist_ok=True)
         m.log_path = self.base_dir / f"{m.name}.log"
-        log = open(m.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-        try:
-            m.process = subprocess.Popen(
-                self.command(m, state, initial_cluster),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        m.process = spawn(self.command(m, state, initial_cluster), m.log_path)
         return m
 
     def start(self, timeout: float = 30.0) -> None:
@@ -230,47 +224,3 @@ class LocalCluster:
                 text = m.log_path.read_text(errors="replace")
                 out.append(f"--- {m.name} ({m.log_path}) ---\n{text[-4000:]}")
         return "\n".join(out)
-
-
-# -- processes by PID (shared with the ``process`` member runtime of ``restore``) -----------------
-def spawn_etcd(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``args`` (an etcd command line) in its own session, output appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-    try:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    finally:
-        log.close()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as dead; our own zombie children are reaped)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def stop_pid(pid: int, grace: float = 10.0) -> bool:
-    """SIGTERM ``pid``, wait up to ``grace`` seconds, then SIGKILL; False if it was not running."""
-    if not pid_alive(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    killed = False
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            if killed:
-                raise EtcdwardenError(f"process {pid} survived SIGKILL for {grace:.0f}s")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            killed, deadline = True, time.monotonic() + grace
-        time.sleep(0.05)
-    return True

@@ -32,13 +32,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from etcdwarden.errors import EtcdwardenError, UsageError
-
-if TYPE_CHECKING:
-    from etcdwarden.repository.uploads import PendingUpload
 
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+:-]*$")
@@ -50,6 +47,24 @@ class RepositoryError(EtcdwardenError):
 
 class ObjectNotFound(RepositoryError):
     """The named object does not exist in the repository."""
+
+
+class UploadsUnavailable(EtcdwardenError):
+    """Incomplete uploads cannot be listed or aborted for this repository (the message says why and what
+    to do instead)."""
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """One incomplete multipart upload under a repository's prefix (see :mod:`.uploads`)."""
+
+    name: str  # the object name relative to the repository's prefix
+    key: str  # the full key in the bucket
+    upload_id: str
+    initiated: dt.datetime  # timezone-aware (UTC)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "upload_id": self.upload_id, "initiated": self.initiated.isoformat()}
 
 
 def check_name(name: str) -> str:
@@ -230,13 +245,11 @@ class Repository(ABC):
         """Uploads started and never completed nor aborted (a killed writer's), under this location.
 
         Local directories have none (a killed write leaves a ``.part`` file, which the catalog shows).
-        Raises :class:`~etcdwarden.repository.uploads.UploadsUnavailable` when the store cannot say."""
+        Raises :class:`UploadsUnavailable` when the store cannot say."""
         return []
 
     def abort_upload(self, upload: PendingUpload) -> None:
         """Abort one incomplete upload (its parts are freed; no object appears)."""
-        from etcdwarden.repository.uploads import UploadsUnavailable
-
         raise UploadsUnavailable(f"{self.url}: uploads cannot be aborted here")
 
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends

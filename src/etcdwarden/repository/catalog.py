@@ -1,9 +1,14 @@
 """The catalog of a repository: its objects grouped into backups by timestamp ID, read from the manifests.
 
-A backup's ID is its timestamp (``2026-11-22_033053``). Its objects are the files of
-:mod:`etcdwarden.backup.naming` carrying that timestamp, plus temporary names a writer may leave
-behind after a crash (``<name>.part``, ``.<name>.tmp-<pid>``, ``.<snapshot>.verify.part``). Every
-other object is *unknown*: listed as such, never deleted.
+This is the one reader of a repository's backups: ``backups``, ``snapshot verify|status|inspect``,
+``restore`` and the daemon all list backups through :func:`load_catalog`, and every manifest is read
+by :func:`etcdwarden.format.manifest.load` (typed, migrated from version 1, validated).
+
+A backup's ID is its timestamp (``2026-11-22_033053``). Its objects are the artifacts of
+:mod:`etcdwarden.format.names` carrying that timestamp (snapshot, resources bundle, manifest, and the
+reserved segment and drill-record names), plus temporary names a writer may leave behind after a
+crash (``<name>.part``, ``.<name>.tmp-<pid>``, ``.<snapshot>.verify.part``). Every other object is
+*unknown*: listed as such, never deleted.
 
 States:
 
@@ -16,7 +21,8 @@ States:
     no manifest (a failed, crashed, in-progress or half-deleted backup: the manifest is the last
     object written and the first deleted), or a listed file is missing or has another size.
 ``unreadable``
-    the manifest exists but is not valid JSON / not a manifest. Never deleted automatically.
+    the manifest exists but cannot be used: not valid JSON, not a manifest, inconsistent, or written
+    by a newer etcdwarden (a format this one does not know). Never deleted automatically.
 ``corrupt``
     set only by re-hashing (:mod:`.reverify`): a file's sha256 or size is not what the manifest
     records. Never counted, never deleted automatically.
@@ -31,26 +37,31 @@ bookkeeping (the lock, the hash cache: names starting with ``.etcdwarden``) are 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.format.manifest import Manifest, ManifestError, load
+from etcdwarden.format.names import TEMP_RE, Kind, parse, parse_id
 from etcdwarden.repository.base import ObjectInfo, Repository, RepositoryError
 
-TS = r"\d{4}-\d{2}-\d{2}_\d{6}"
-TS_RE = re.compile(rf"^{TS}$")
-_BASES = (rf"snapshot_(?P<s>{TS})\.db(?:\.zst)?(?:\.age)?",
-          rf"static_kuberesources_(?P<r>{TS})\.tar\.gz(?:\.age)?",
-          rf"backup_(?P<m>{TS})\.json")
-DATA_RE = re.compile(rf"^(?:{_BASES[0]}|{_BASES[1]})$")
-MANIFEST_RE = re.compile(rf"^{_BASES[2]}$")
-TEMP_RE = re.compile(rf"^\.?(?:{_BASES[0]}(?:\.verify)?|{_BASES[1]}|{_BASES[2]})(?:\.part|\.tmp-\d+)$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 GOOD = "complete"
 CORRUPT = "corrupt"
+UNVERIFIED = "unverified"
+INCOMPLETE = "incomplete"
+UNREADABLE = "unreadable"
 _INTERNAL = (".etcdwarden", "..etcdwarden")  # the lock, the hash cache and their temporary names
+
+__all__ = ["CORRUPT", "GOOD", "TEMP_RE", "BackupUnusable", "Catalog", "CatalogEntry", "NoBackup", "classify",
+           "delete_backup", "internal", "load_catalog", "parse_id"]
+
+
+class NoBackup(UsageError):
+    """The repository holds no backup that can be used (none at all, or none complete)."""
+
+
+class BackupUnusable(EtcdwardenError):
+    """The backup asked for cannot be used: its manifest is unreadable, or a re-hash found it corrupt."""
 
 
 def internal(name: str) -> bool:
@@ -58,23 +69,17 @@ def internal(name: str) -> bool:
     return name.startswith(_INTERNAL)
 
 
-def parse_id(backup_id: str) -> dt.datetime:
-    if not TS_RE.match(backup_id):
-        raise UsageError(f"{backup_id!r} is not a backup ID (YYYY-MM-DD_HHMMSS)")
-    try:
-        return dt.datetime.strptime(backup_id, "%Y-%m-%d_%H%M%S").replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise UsageError(f"{backup_id!r} is not a valid timestamp") from None
-
-
 def classify(name: str) -> tuple[str, str] | None:
-    """``(kind, id)`` with kind ``manifest``/``data``/``temp``, or ``None`` for an unknown object."""
-    for kind, regex in (("manifest", MANIFEST_RE), ("data", DATA_RE), ("temp", TEMP_RE)):
-        m = regex.match(name)
-        if m:
-            ts = next(v for v in m.groupdict().values() if v)
-            return kind, ts
-    return None
+    """``(kind, id)``: kind ``manifest``, ``data`` (snapshot, bundle), ``temp``, or the reserved ``segment``,
+    ``segment-manifest``, ``drill``; ``None`` for an unknown object."""
+    n = parse(name)
+    if n is None:
+        return None
+    if n.temp:
+        return "temp", n.id
+    if n.kind is Kind.MANIFEST:
+        return "manifest", n.id
+    return ("data" if n.is_data else str(n.kind)), n.id
 
 
 @dataclass
@@ -86,8 +91,9 @@ class CatalogEntry:
     state: str
     problem: str | None = None
     objects: list[ObjectInfo] = field(default_factory=list)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None  # set when the manifest reads and validates
     manifest_name: str | None = None
+    absent: list[str] = field(default_factory=list)  # files the manifest lists that are not there
 
     @property
     def good(self) -> bool:
@@ -102,47 +108,42 @@ class CatalogEntry:
     def last_modified(self) -> dt.datetime:
         return max([self.time, *(o.mtime for o in self.objects)])
 
-    def _m(self, *path: str) -> Any:
-        cur: Any = self.manifest
-        for p in path:
-            if not isinstance(cur, dict):
-                return None
-            cur = cur.get(p)
-        return cur
-
     @property
     def revision(self) -> int | None:
-        v = self._m("revision")
-        return v if isinstance(v, int) else None
+        return self.manifest.revision if self.manifest is not None else None
 
     @property
     def member(self) -> str | None:
-        v = self._m("member", "name")
-        return str(v) if v is not None else None
+        m = self.manifest
+        return m.member.name if m is not None and m.member is not None else None
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self.manifest.cluster_id if self.manifest is not None else None
 
     @property
     def verified(self) -> bool:
         """The manifest says verified *and* the backup is complete (never for incomplete or corrupt ones)."""
-        return self.good and self._m("verified") is True
+        return self.good and self.manifest is not None and self.manifest.verified
 
     @property
     def key_names(self) -> list[str]:
-        v = self._m("encryption_at_rest", "key_names")
-        return [str(k) for k in v] if isinstance(v, list) else []
+        return self.manifest.key_names if self.manifest is not None else []
 
     def data_files(self) -> list[str]:
         """Names the manifest lists (data first, in a stable order)."""
-        files = self._m("files")
-        return sorted(files) if isinstance(files, dict) else []
+        return self.manifest.data_files() if self.manifest is not None else []
 
     def as_json(self, repo: Repository) -> dict[str, Any]:
+        m = self.manifest
         return {
             "id": self.id, "time": self.time.isoformat(), "state": self.state, "problem": self.problem,
-            "verified": self.verified, "manifest_verified": self._m("verified") is True,
+            "verified": self.verified, "manifest_verified": m is not None and m.verified,
             "revision": self.revision, "member": self.member,
-            "cluster_id": self._m("cluster_id"), "db_size": self._m("db_size"), "size": self.size,
-            "encryption_keys": self.key_names, "compression": self._m("snapshot", "compression"),
-            "encryption": self._m("snapshot", "encryption"),
+            "cluster_id": self.cluster_id, "db_size": m.db_size if m is not None else None, "size": self.size,
+            "encryption_keys": self.key_names, "compression": m.snapshot.compression if m is not None else None,
+            "encryption": m.snapshot.encryption if m is not None else None,
+            "format": m.source_format if m is not None else None,
             "where": repo.where(self.manifest_name) if self.manifest_name else repo.url,
             "objects": [o.name for o in self.objects],
         }
@@ -169,50 +170,60 @@ class Catalog:
                 return e
         raise UsageError(f"{self.url}: no backup {backup_id} (see `etcdwarden backups list`)")
 
+    def select(self, backup_id: str | None = None) -> tuple[CatalogEntry, list[str]]:
+        """The backup to read: ``backup_id``'s, or the newest one; with notes on what was passed over.
 
-def check_manifest(doc: Any, backup_id: str) -> str | None:
-    """The first problem with a manifest document, or ``None`` when its shape is right."""
-    if not isinstance(doc, dict):
-        return "the manifest is not a JSON object"
-    if doc.get("timestamp", backup_id) != backup_id:
-        return f"the manifest's timestamp {doc.get('timestamp')!r} is not its name's {backup_id}"
-    files = doc.get("files")
-    if not isinstance(files, dict) or not files:
-        return 'the manifest has no "files" map'
-    for name, entry in files.items():
-        if not isinstance(name, str) or classify(name) != ("data", backup_id):
-            return f"the manifest lists {name!r}, not a file of backup {backup_id}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
-                or not _SHA_RE.match(entry["sha256"]) or not isinstance(entry.get("size"), int) \
-                or isinstance(entry.get("size"), bool) or entry["size"] < 0:
-            return f"the manifest's entry for {name} has no valid sha256/size"
-    if not any(n.startswith("snapshot_") for n in files):
-        return "the manifest lists no snapshot file"
-    return None
+        Without an ID: the newest backup with a manifest (newer failed or interrupted runs, which have none,
+        are named in the notes). It is returned when it is complete, unverified, or complete but for a missing
+        resources bundle (the reader's own checks then prove it, or refuse with a ``--force`` to override). A
+        newest backup that is damaged otherwise (unreadable, corrupt, its snapshot missing or of another size)
+        is never passed over silently for an older one: :class:`BackupUnusable` names it and the newest
+        complete backup to ask for by ID instead.
+
+        With an ID: that backup, unless its manifest is unusable or a re-hash found it corrupt.
+        Raises :class:`NoBackup` (exit 2) or :class:`BackupUnusable` (exit 1).
+        """
+        if backup_id is not None:
+            e = self.get(backup_id)
+            if e.state in (UNREADABLE, CORRUPT) or e.manifest is None:
+                raise BackupUnusable(f"backup {e.id} in {self.url} is {e.state}: {e.problem}")
+            return e, ([] if e.good else [f"backup {e.id} is {e.state}: {e.problem}"])
+        with_manifest = [e for e in self.entries if e.manifest_name is not None]
+        if not with_manifest:
+            raise NoBackup(f"{self.url}: no backup here (no backup_<YYYY-MM-DD_HHMMSS>.json)")
+        newest = with_manifest[-1]
+        notes = [f"skipped {e.id}: {e.state} ({e.problem})" for e in self.entries if e.id > newest.id]
+        if newest.good:
+            return newest, notes
+        if newest.manifest is not None and (newest.state == UNVERIFIED or (
+                newest.state == INCOMPLETE and newest.absent == [newest.manifest.resources_file])):
+            return newest, [*notes, f"backup {newest.id} is {newest.state}: {newest.problem}"]
+        good = self.newest_good()
+        other = f"pass --id {good.id} for the newest complete backup" if good is not None else \
+            "there is no complete backup"
+        raise BackupUnusable(f"{self.url}: the newest backup, {newest.id}, is {newest.state}: {newest.problem}; "
+                             f"{other}")
 
 
 def _judge(entry: CatalogEntry, raw: bytes) -> None:
     try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        entry.state, entry.problem = "unreadable", f"the manifest is not valid JSON: {e}"
+        m = load(raw, entry.id)
+    except ManifestError as e:
+        entry.state, entry.problem = UNREADABLE, e.problem
         return
-    problem = check_manifest(doc, entry.id)
-    if problem is not None:
-        entry.state, entry.problem = "unreadable", problem
-        return
-    entry.manifest = doc
+    entry.manifest = m
     present = {o.name: o.size for o in entry.objects}
-    for name, f in doc["files"].items():
+    entry.absent = sorted(name for name in m.files if name not in present)
+    for name, f in m.files.items():
         if name not in present:
-            entry.state, entry.problem = "incomplete", f"{name} is listed in the manifest but missing"
+            entry.state, entry.problem = INCOMPLETE, f"{name} is listed in the manifest but missing"
             return
-        if present[name] != f["size"]:
-            entry.state, entry.problem = "incomplete", \
-                f"{name} is {present[name]} bytes but the manifest records {f['size']}"
+        if present[name] != f.size:
+            entry.state, entry.problem = INCOMPLETE, \
+                f"{name} is {present[name]} bytes but the manifest records {f.size}"
             return
-    if doc.get("verified") is not True:
-        entry.state, entry.problem = "unverified", "the manifest says the backup was not verified"
+    if not m.verified:
+        entry.state, entry.problem = UNVERIFIED, "the manifest says the backup was not verified"
         return
     entry.state, entry.problem = GOOD, None
 
@@ -237,14 +248,14 @@ def load_catalog(repo: Repository) -> Catalog:
     entries: list[CatalogEntry] = []
     for ts in sorted(groups):
         objs = sorted(groups[ts], key=lambda o: o.name)
-        e = CatalogEntry(ts, parse_id(ts), "incomplete", "no manifest (failed, interrupted or in progress)", objs)
-        manifest = next((o.name for o in objs if MANIFEST_RE.match(o.name)), None)
+        e = CatalogEntry(ts, parse_id(ts), INCOMPLETE, "no manifest (failed, interrupted or in progress)", objs)
+        manifest = next((o.name for o in objs if classify(o.name) == ("manifest", ts)), None)
         if manifest is not None:
             e.manifest_name = manifest
             try:
                 raw = repo.read_bytes(manifest)
             except RepositoryError as err:
-                e.state, e.problem = "unreadable", str(err)
+                e.state, e.problem = UNREADABLE, str(err)
             else:
                 _judge(e, raw)
         entries.append(e)
@@ -255,12 +266,12 @@ def delete_backup(repo: Repository, entry: CatalogEntry) -> list[str]:
     """Delete one backup: its manifest first (so it stops being a backup at once), then its other
     objects. Only objects of this backup's ID are touched. Returns the names deleted."""
     names = [o.name for o in entry.objects]
-    order = sorted(names, key=lambda n: (0 if MANIFEST_RE.match(n) else 1, n))
+    order = sorted(names, key=lambda n: (0 if classify(n) == ("manifest", entry.id) else 1, n))
     done: list[str] = []
     for name in order:
         repo.delete(name)
         done.append(name)
-        if MANIFEST_RE.match(name):
+        if classify(name) == ("manifest", entry.id):
             repo.sync()
     repo.sync()
     return done

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.format.manifest import FileEntry
 from etcdwarden.repository.base import CHUNK, ObjectNotFound, Repository, RepositoryError
-from etcdwarden.repository.catalog import CORRUPT, CatalogEntry
+from etcdwarden.repository.catalog import CORRUPT, Catalog, CatalogEntry, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +199,14 @@ class Verifier:
         except RepositoryError:
             return None
 
-    def _plan(self, entry: CatalogEntry) -> list[tuple[str, dict[str, Any], str | None, dt.datetime | None]]:
+    def _plan(self, entry: CatalogEntry) -> list[tuple[str, FileEntry, str | None, dt.datetime | None]]:
         """Per file of the manifest: (name, manifest record, fingerprint now, when last hashed if fresh)."""
-        files: dict[str, Any] = (entry.manifest or {}).get("files") or {}
+        files = entry.manifest.files if entry.manifest is not None else {}
         out = []
         for name in sorted(files):
             want = files[name]
             fp = self.fingerprint(name)
-            at = self.cache.fresh(name, fp, want["sha256"], want["size"], self.now, self.policy.reverify_after) \
+            at = self.cache.fresh(name, fp, want.sha256, want.size, self.now, self.policy.reverify_after) \
                 if self.use_cache else None
             out.append((name, want, fp, at))
         return out
@@ -217,7 +218,7 @@ class Verifier:
         if entry.id in self.checks:
             return self.checks[entry.id]
         plan = self._plan(entry)
-        need = sum(int(want["size"]) for _, want, _, at in plan if at is None)
+        need = sum(want.size for _, want, _, at in plan if at is None)
         if self.budget is not None and self.bytes_read + need > self.budget:
             raise VerifyBudgetExceeded(
                 f"re-proving backup {entry.id} needs {need} more bytes read from {self.repo.url}, over the "
@@ -236,7 +237,7 @@ class Verifier:
         self.checks[entry.id] = result
         return result
 
-    def _hash(self, name: str, want: dict[str, Any], before: str | None, result: EntryCheck) -> str | None:
+    def _hash(self, name: str, want: FileEntry, before: str | None, result: EntryCheck) -> str | None:
         sha = hashlib.sha256()
         size = 0
         try:
@@ -251,9 +252,9 @@ class Verifier:
         result.hashed.append(name)
         digest = sha.hexdigest()
         after = self.fingerprint(name)
-        if size != want["size"] or digest != want["sha256"]:
-            problem = (f"{name}: read {size} bytes with sha256 {digest}, but the manifest records {want['size']} "
-                       f"bytes with sha256 {want['sha256']}")
+        if size != want.size or digest != want.sha256:
+            problem = (f"{name}: read {size} bytes with sha256 {digest}, but the manifest records {want.size} "
+                       f"bytes with sha256 {want.sha256}")
             self.cache.mark_corrupt(name, after if after == before else None, problem, self.now)
             return problem
         self.cache.clear_corrupt(name)
@@ -265,6 +266,15 @@ class Verifier:
         note = self.cache.save(self.repo, present)
         if note is not None:
             self.notes.append(note)
+
+
+def read_catalog(repo: Repository) -> Catalog:
+    """The catalog as a reader sees it (``backups list``, restore, ``snapshot verify``, the daemon): every
+    backup's state from its manifest, and ``corrupt`` where an earlier re-hash found a file that has not
+    changed since (:func:`mark_known_corrupt`)."""
+    catalog = load_catalog(repo)
+    mark_known_corrupt(repo, catalog.entries)
+    return catalog
 
 
 def mark_known_corrupt(repo: Repository, entries: Iterable[CatalogEntry]) -> HashCache:

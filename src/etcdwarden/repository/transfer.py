@@ -38,7 +38,7 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
     """Copy one complete backup; returns the bytes copied."""
     if not entry.good or entry.manifest is None or entry.manifest_name is None:
         raise UsageError(f"backup {entry.id} is {entry.state} ({entry.problem}); only complete backups are copied")
-    files: dict[str, Any] = entry.manifest["files"]
+    files = entry.manifest.files
     raw_manifest = src.read_bytes(entry.manifest_name)
     committed: list[str] = []
     total = 0
@@ -50,10 +50,10 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
                     w.write(chunk)
                     if progress is not None:
                         progress(name, w.size)
-                if w.size != want["size"] or w.sha.hexdigest() != want["sha256"]:
+                if w.size != want.size or w.sha.hexdigest() != want.sha256:
                     raise RepositoryError(
                         f"{src.where(name)}: read {w.size} bytes with sha256 {w.sha.hexdigest()}, but the manifest "
-                        f"records {want['size']} bytes with sha256 {want['sha256']}; not copied")
+                        f"records {want.size} bytes with sha256 {want.sha256}; not copied")
                 w.commit()
             committed.append(name)
             total += w.size
@@ -97,7 +97,8 @@ def _copy_backups(src: Repository, dst: Repository, ids: Sequence[str], dry_run:
     for e in wanted:
         existing = have.get(e.id)
         if existing is not None and existing.good:
-            same = existing.manifest is not None and existing.manifest.get("files") == (e.manifest or {}).get("files")
+            same = existing.manifest is not None and e.manifest is not None \
+                and existing.manifest.files == e.manifest.files
             report.skipped[e.id] = "already in the destination" if same else \
                 "the destination holds a different backup with this ID; not overwritten"
             continue

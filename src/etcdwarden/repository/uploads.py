@@ -24,38 +24,18 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 from xml.etree import ElementTree
 
-from etcdwarden.errors import EtcdwardenError
-from etcdwarden.repository.base import RepositoryError
+from etcdwarden.repository.base import PendingUpload, RepositoryError, RepositoryOptions, UploadsUnavailable
 
-if TYPE_CHECKING:
-    from etcdwarden.repository.objectstore import ObjectStoreRepository
+__all__ = ["LIFECYCLE_HINT", "PendingUpload", "S3Uploads", "UploadsUnavailable", "pending_uploads", "sign"]
 
 LIFECYCLE_HINT = ("set a lifecycle rule on the bucket that aborts incomplete multipart uploads after a day "
                   "(S3: AbortIncompleteMultipartUpload with DaysAfterInitiation: 1; GCS: the "
                   "AbortIncompleteMultipartUpload lifecycle action with age: 1)")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-class UploadsUnavailable(EtcdwardenError):
-    """Incomplete uploads cannot be listed or aborted for this repository (the message says why and what
-    to do instead)."""
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    """One incomplete multipart upload under a repository's prefix."""
-
-    name: str  # the object name relative to the repository's prefix
-    key: str  # the full key in the bucket
-    upload_id: str
-    initiated: dt.datetime  # timezone-aware (UTC)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "upload_id": self.upload_id, "initiated": self.initiated.isoformat()}
 
 
 @dataclass(frozen=True)
@@ -101,10 +81,22 @@ def sign(method: str, url: str, creds: Credentials, region: str, now: dt.datetim
     return out
 
 
+class S3Repo(Protocol):
+    """What :class:`S3Uploads` needs of an ``s3://`` repository (the object store one, without importing it)."""
+
+    url: str
+    container: str
+    options: RepositoryOptions
+
+    def mask(self, text: str) -> str: ...
+
+    def where(self, name: str) -> str: ...
+
+
 class S3Uploads:
     """ListMultipartUploads / AbortMultipartUpload for one ``s3://`` repository."""
 
-    def __init__(self, repo: ObjectStoreRepository) -> None:
+    def __init__(self, repo: S3Repo) -> None:
         self.repo = repo
         opts = repo.options
         key_id = opts.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")

@@ -1,6 +1,7 @@
 """Restore a member's data directory or a whole cluster from a backup, replace a failed member, diagnose.
 
-* :mod:`.backup` finds and verifies the backup (manifest, snapshot, resources bundle);
+* :mod:`.source` finds the backup in a directory, a file or any repository URL (fetched, sha256 checked);
+* :mod:`.backup` verifies it (manifest, snapshot, resources bundle) and counts what a restore must serve;
 * :mod:`.checks` are the safety checks shared by every restore (versions, release, ownership);
 * :mod:`.etcdutl` runs ``etcdutl snapshot restore`` (feature detection, version);
 * :mod:`.member` restores one data directory (``restore member``): never deletes, moves aside;

@@ -1,153 +1,28 @@
-"""Find the backup a restore starts from, and prove it intact before anything is changed.
+"""Prove the backup a restore starts from intact before anything is changed, and read its facts.
 
-``BACKUP`` may be a backup directory (its latest backup, or the one of ``--id TS``), a manifest
-(``backup_<ts>.json``) or a snapshot file (``.db``, ``.db.zst``, ``.db.age``). A snapshot file named
-``snapshot_<ts>...`` next to its ``backup_<ts>.json`` is treated as that backup (manifest checks
-included); any other snapshot file is restored on its own sha256 trailer and structure.
+Where the backup comes from (a directory, a manifest, a snapshot file or any repository URL) is
+:mod:`.source`: this module checks what was found (the sha256 trailer, the resources bundle, every file
+against the manifest, the bbolt structure) and counts what a restored member must serve.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from etcdwarden.errors import SafetyRefusal
 from etcdwarden.etcd.api.mvccpb import kv_pb2
+from etcdwarden.restore.source import Backup, find_backup
 from etcdwarden.snapshot.bbolt import BoltFile, has_trailer
-from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
-from etcdwarden.snapshot.manifest import MANIFEST_RE, SNAPSHOT_RE, TS
+from etcdwarden.snapshot.errors import SnapshotCorrupt
 from etcdwarden.snapshot.source import detect_format
 from etcdwarden.snapshot.status import KEY_BUCKET, iter_bucket
 from etcdwarden.snapshot.verify import SnapshotReport, file_sha256, missing_trailer, verify_backup, verify_snapshot
 
 KUBERNETES_PREFIXES = (b"/registry/", b"/kubernetes.io/")
 
-
-@dataclass
-class Backup:
-    """One backup as found on disk (the manifest is ``None`` for a bare snapshot file)."""
-
-    snapshot: Path
-    manifest_path: Path | None = None
-    manifest: dict[str, Any] | None = None
-    resources: Path | None = None
-    identity: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def timestamp(self) -> str | None:
-        return str(self.manifest["timestamp"]) if self.manifest and self.manifest.get("timestamp") else None
-
-    @property
-    def server_version(self) -> str | None:
-        etcd = (self.manifest or {}).get("etcd") or {}
-        v = etcd.get("server_version")
-        return str(v) if v else None
-
-    @property
-    def release(self) -> str | None:
-        v = (self.manifest or {}).get("release")
-        return str(v) if v else None
-
-    @property
-    def cluster_id(self) -> str | None:
-        v = (self.manifest or {}).get("cluster_id")
-        return str(v) if v else None
-
-    @property
-    def revision(self) -> int | None:
-        m = self.manifest or {}
-        st = m.get("status") or {}
-        v = st.get("revision", m.get("revision"))
-        return int(v) if v is not None else None
-
-    @property
-    def total_key(self) -> int | None:
-        v = ((self.manifest or {}).get("status") or {}).get("totalKey")
-        return int(v) if v is not None else None
-
-    @property
-    def label(self) -> str:
-        return str(self.manifest_path or self.snapshot)
-
-    def describe(self) -> dict[str, Any]:
-        return {"snapshot": str(self.snapshot), "manifest": str(self.manifest_path) if self.manifest_path else None,
-                "resources": str(self.resources) if self.resources else None, "timestamp": self.timestamp,
-                "etcd_version": self.server_version, "release": self.release, "cluster_id": self.cluster_id,
-                "revision": self.revision}
-
-
-def _manifests(directory: Path) -> list[Path]:
-    return sorted((p for p in directory.iterdir() if MANIFEST_RE.match(p.name)), key=lambda p: p.name)
-
-
-def find_backup(path: Path, backup_id: str | None = None, identity: Path | None = None) -> Backup:
-    """Resolve ``BACKUP`` (directory, manifest or snapshot file) to one :class:`Backup`."""
-    if backup_id is not None and not re.fullmatch(TS, backup_id):
-        raise SnapshotInputError(f"--id {backup_id!r}: expected a backup timestamp YYYY-MM-DD_HHMMSS")
-    if not path.exists():
-        raise SnapshotInputError(f"{path}: no such file or directory")
-    if path.is_dir():
-        found = _manifests(path)
-        if backup_id is not None:
-            found = [p for p in found if p.name == f"backup_{backup_id}.json"]
-            if not found:
-                raise SnapshotInputError(f"{path}: no backup {backup_id} (no backup_{backup_id}.json)")
-        if not found:
-            raise SnapshotInputError(f"{path}: no backup manifest (backup_<YYYY-MM-DD_HHMMSS>.json) in this "
-                                     "directory; give a snapshot file to restore it without a manifest")
-        return _from_manifest(found[-1], identity)
-    if MANIFEST_RE.match(path.name):
-        return _from_manifest(path, identity)
-    m = SNAPSHOT_RE.match(path.name)
-    if m:
-        sibling = path.parent / f"backup_{m.group(1)}.json"
-        if sibling.is_file():
-            b = _from_manifest(sibling, identity)
-            if b.snapshot.resolve() != path.resolve():
-                raise SnapshotCorrupt(f"{sibling} lists {b.snapshot.name}, not {path.name}")
-            return b
-    if backup_id is not None:
-        raise SnapshotInputError("--id selects a backup in a backup directory; BACKUP is a file")
-    return Backup(snapshot=path, identity=identity,
-                  notes=[f"{path.name} has no manifest: only its sha256 trailer and structure can be checked, "
-                         "and its etcd version is unknown"])
-
-
-def _from_manifest(path: Path, identity: Path | None) -> Backup:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SnapshotCorrupt(f"{path}: cannot read the manifest: {e}") from e
-    if not isinstance(doc, dict):
-        raise SnapshotCorrupt(f"{path}: the manifest is not a JSON object")
-    snap = (doc.get("snapshot") or {}).get("file")
-    if not snap:
-        snap = next((n for n in (doc.get("files") or {}) if SNAPSHOT_RE.match(str(n))), None)
-    if not snap or "/" in str(snap):
-        raise SnapshotCorrupt(f"{path}: the manifest names no snapshot file")
-    b = Backup(snapshot=path.parent / str(snap), manifest_path=path, manifest=doc, identity=identity)
-    b.resources = _resources(b, path, doc)
-    return b
-
-
-def _resources(b: Backup, path: Path, doc: dict[str, Any]) -> Path | None:
-    res = doc.get("resources")
-    if not res:
-        return None
-    name = str(res.get("file") or "")
-    candidates = [path.parent / name]
-    if res.get("directory") and name not in (doc.get("files") or {}):  # stored in a separate directory
-        candidates.append(Path(str(res["directory"])) / name)
-    for c in candidates:
-        if name and c.is_file():
-            return c
-    b.notes.append(f"resources bundle {name} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
-    return None
+__all__ = ["Backup", "SnapshotFacts", "check_resources", "check_trailer", "find_backup", "snapshot_facts", "verify"]
 
 
 def check_trailer(b: Backup, skip_hash_check: bool) -> list[str]:
@@ -164,49 +39,41 @@ def check_trailer(b: Backup, skip_hash_check: bool) -> list[str]:
 
 def check_resources(b: Backup, forced: bool) -> list[str]:
     """Refuse a backup whose manifest lists a resources bundle that is missing or altered."""
-    res = (b.manifest or {}).get("resources")
-    if not res:
+    m = b.manifest
+    res = m.resources if m is not None else None
+    if m is None or res is None:
         return []
-    name = str(res.get("file"))
     if b.resources is None:
         if forced:
-            return [f"the resources bundle {name} is missing; restoring without it (--force=resources)"]
+            return [f"the resources bundle {res.file} is missing; restoring without it (--force=resources)"]
+        kept = f" nor in its recorded directory {res.directory}" if res.directory else ""
         raise SafetyRefusal(
-            f"the backup lists the resources bundle {name} (static pod resources, certificates, encryption "
-            "keys) but it is not next to the manifest nor in its recorded directory "
-            f"{res.get('directory')}: a restore without it may leave encrypted data unreadable",
-            "--force=resources")
-    sha = res.get("sha256")
-    if sha and b.resources.parent != (b.manifest_path or b.snapshot).parent:
+            f"the backup lists the resources bundle {res.file} (static pod resources, certificates, encryption "
+            f"keys) but it is not next to the manifest{kept}: a restore without it may leave encrypted data "
+            "unreadable", "--force=resources")
+    if res.file not in m.files and res.sha256:  # a bundle kept outside the repository: check it here
         size = b.resources.stat().st_size
-        if res.get("size") is not None and size != int(res["size"]):
-            raise SnapshotCorrupt(f"{b.resources}: size {size} but the manifest records {res['size']}")
+        if res.size is not None and size != res.size:
+            raise SnapshotCorrupt(f"{b.resources}: size {size} but the manifest records {res.size}")
         digest = file_sha256(b.resources)
-        if digest != sha:
-            raise SnapshotCorrupt(f"{b.resources}: sha256 {digest} but the manifest records {sha}")
+        if digest != res.sha256:
+            raise SnapshotCorrupt(f"{b.resources}: sha256 {digest} but the manifest records {res.sha256}")
     return []
 
 
 def verify(b: Backup, skip_hash_check: bool = False, work_dir: Path | None = None) -> SnapshotReport | None:
-    """Every check ``snapshot verify`` makes (sha256 of each file, trailer, structure); raise on damage.
+    """Every check ``snapshot verify`` makes (size and sha256 of each file, trailer, structure); raise on damage.
 
     A resources bundle already accepted as missing (``--force=resources``) is the one file not required;
     a snapshot without its sha256 trailer is accepted only with ``skip_hash_check``. A decoded copy of an
-    encoded snapshot is made in a private directory in ``work_dir`` (default: beside the snapshot).
+    encoded snapshot is made in a private directory in ``work_dir`` (default: beside the snapshot). Files
+    proven on the way down from an object store (:attr:`Backup.proven`) are not hashed again.
     """
-    if b.manifest_path is not None and b.manifest is not None and b.resources is None and b.manifest.get("resources"):
-        for name, entry in (b.manifest.get("files") or {}).items():
-            p = b.manifest_path.parent / str(name)
-            if not p.is_file() and name == b.manifest["resources"].get("file"):
-                continue
-            digest = file_sha256(p) if p.is_file() else "missing"
-            if digest != entry.get("sha256"):
-                raise SnapshotCorrupt(f"{p}: sha256 {digest} but the manifest records {entry.get('sha256')}")
-        one = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)
-        b.notes.extend(one.notes)
-        return one
-    if b.manifest_path is not None:
-        _summary, report, notes = verify_backup(b.manifest_path, b.identity, skip_hash_check, work_dir)
+    m = b.manifest
+    if m is not None and b.directory is not None:
+        missing_ok = {m.resources.file} if m.resources is not None and b.resources is None else set()
+        _summary, report, notes = verify_backup(m, b.directory, b.label, b.identity, skip_hash_check, work_dir,
+                                                proven=b.proven, missing_ok=missing_ok)
         b.notes.extend(notes)
         return report
     single = verify_snapshot(b.snapshot, b.identity, skip_hash_check, work_dir)

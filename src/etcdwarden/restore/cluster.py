@@ -16,24 +16,26 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
-from etcdwarden.restore.checks import Forces, check_bump, check_release, check_versions
-from etcdwarden.restore.cluster_steps import Context, run_step, step_commands
+from etcdwarden.restore.checks import check_bump, check_release, check_versions
+from etcdwarden.restore.cluster_context import ClusterReport, ClusterRestoreOptions, Context
+from etcdwarden.restore.cluster_steps import run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
-from etcdwarden.restore.health import ClusterCheck
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.runtimes.process import ProcessRuntime
 from etcdwarden.restore.spec import ClusterSpec
 from etcdwarden.restore.state import RestoreState
-from etcdwarden.snapshot.scratch import sweep
+from etcdwarden.snapshot.scratch import existing_dir, sweep
+
+__all__ = ["MODES", "STEPS", "ClusterPlan", "ClusterReport", "ClusterRestoreOptions", "InjectedCrash",
+           "plan_cluster_restore", "restore_cluster"]
 
 MODES = ("all-members", "single-then-join")
 STEPS = {
@@ -45,47 +47,6 @@ STEPS = {
 
 class InjectedCrash(EtcdwardenError):
     """Raised after a step on purpose (``ETCDWARDEN_RESTORE_CRASH_AFTER``), to test resuming."""
-
-
-@dataclass
-class ClusterRestoreOptions:
-    backup: Path
-    spec_path: Path
-    mode: str = "all-members"
-    backup_id: str | None = None
-    identity: Path | None = None
-    etcdutl: Path | None = None
-    etcd_version: str | None = None
-    release: str | None = None
-    bump_revision: int = 0
-    mark_compacted: bool = False
-    token: str | None = None
-    state_path: Path | None = None
-    forces: Forces = field(default_factory=Forces)
-    client: ClientConfig | None = None
-    crash_after: str | None = None
-    kill_in: str | None = None  # test hook: SIGKILL ourselves inside this step ("start": after the first spawn)
-    timeout: float = 120.0
-    skip_hash_check: bool = False
-
-
-@dataclass
-class ClusterReport:
-    state_path: Path
-    mode: str
-    token: str
-    tag: str
-    members: list[dict[str, Any]]
-    check: ClusterCheck | None
-    seconds_stop_to_healthy: float | None
-    resumed_at: str | None
-    warnings: list[str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"state": str(self.state_path), "mode": self.mode, "token": self.token, "tag": self.tag,
-                "members": self.members, "verify": self.check.as_json() if self.check else None,
-                "seconds_stop_to_healthy": self.seconds_stop_to_healthy, "resumed_at": self.resumed_at,
-                "warnings": self.warnings}
 
 
 @dataclass
@@ -125,7 +86,25 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     spec = ClusterSpec.load(opts.spec_path)
     state_path = opts.state_path or default_state_path(opts.spec_path)
     state = RestoreState.load(state_path)
-    backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
+                         stage_near=_staging_near(opts, spec, state_path))
+    try:
+        return _prepare_with(opts, dry_run, spec, state_path, state, backup)
+    except BaseException:
+        backup.close()  # a fetched backup's staging directory
+        raise
+
+
+def _staging_near(opts: ClusterRestoreOptions, spec: ClusterSpec, state_path: Path) -> Path:
+    """Where a backup fetched from an object store is staged: beside the first local data dir (as decoded copies
+    are, see ``Context.work_dir``), else beside the state file."""
+    targets = spec.members if opts.mode == "all-members" else spec.members[:1]
+    local = [m for m in targets if m.is_local]
+    return existing_dir(local[0].data_path.parent if local else state_path.parent)
+
+
+def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec, state_path: Path,
+                  state: RestoreState | None, backup: Backup) -> Context:
     hosts: dict[str, Host] = {}
     runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
     first = runtimes[spec.members[0].name]
@@ -143,7 +122,7 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
             state.archive()
         state = None
     if state is not None:
-        if state.doc.get("snapshot") != str(backup.snapshot.resolve()) or state.doc.get("mode") != opts.mode:
+        if state.doc.get("snapshot") != backup.source or state.doc.get("mode") != opts.mode:
             raise SafetyRefusal(f"a restore from {state.doc.get('snapshot')} (mode {state.doc.get('mode')}) is in "
                          f"progress (state {state_path}): rerun it with the same backup and --mode to continue, or "
                          "move the state file away to start over", None)
@@ -157,7 +136,7 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
         resumed = STEPS[opts.mode][len(done)] if len(done) < len(STEPS[opts.mode]) else None
     else:
         tag = new_tag()
-        state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=str(backup.snapshot.resolve()),
+        state = RestoreState.new(state_path, tag=tag, mode=opts.mode, snapshot=backup.source,
                                  backup=backup.describe(), spec=str(opts.spec_path.resolve()),
                                  token=opts.token or spec.token or f"etcdwarden-{tag}",
                                  bump_revision=opts.bump_revision,
@@ -194,6 +173,7 @@ async def plan_cluster_restore(opts: ClusterRestoreOptions) -> ClusterPlan:
         steps = [(s, step_commands(ctx, s)) for s in STEPS[opts.mode]]
         return ClusterPlan(steps, warnings, ctx.resumed_at)
     finally:
+        ctx.backup.close()
         await ctx.close()
 
 
@@ -225,4 +205,5 @@ async def restore_cluster(opts: ClusterRestoreOptions, progress: Progress | None
             ctx.state.path.unlink(missing_ok=True)  # nothing was changed: nothing to continue
         raise
     finally:
+        ctx.backup.close()
         await ctx.close()

@@ -7,127 +7,25 @@ restored, started or joined is never handled twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from etcdwarden.binaries import binary_version, find_binary
-from etcdwarden.errors import BinaryNotFound, EtcdError, EtcdwardenError
+from etcdwarden.errors import EtcdError, EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.etcd.config import ClientConfig
-from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import Backup, SnapshotFacts, snapshot_facts, verify
 from etcdwarden.restore.checks import check_versions, refuse
+from etcdwarden.restore.cluster_context import Context
 from etcdwarden.restore.datadir import PRE_RESTORE, RESTORING
-from etcdwarden.restore.health import ClusterCheck, verify_cluster, wait_healthy
+from etcdwarden.restore.health import verify_cluster, wait_healthy
 from etcdwarden.restore.inuse import local_users, refusal, users
 from etcdwarden.restore.membership import add_learner, initial_cluster, promote, wait_caught_up
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
 from etcdwarden.restore.serving import identity_problems, process_problems
-from etcdwarden.restore.spec import ClusterSpec, MemberSpec
-from etcdwarden.restore.state import RestoreState
-from etcdwarden.snapshot.scratch import existing_dir
+from etcdwarden.restore.spec import MemberSpec
 from etcdwarden.snapshot.source import open_snapshot
-
-if TYPE_CHECKING:
-    from etcdwarden.restore.cluster import ClusterReport, ClusterRestoreOptions
-
-
-@dataclass
-class Context:
-    opts: ClusterRestoreOptions
-    spec: ClusterSpec
-    state: RestoreState
-    backup: Backup
-    etcdutl: eu.Etcdutl
-    hosts: dict[str, Host]
-    runtimes: dict[str, Runtime]
-    client: ClientConfig
-    resumed_at: str | None
-    dry_run: bool
-    progress: Callable[[str], None] | None = None
-    warnings: list[str] = field(default_factory=list)
-    _target: list[str | None] = field(default_factory=list)
-
-    # -- facts -------------------------------------------------------------------------------
-    @property
-    def tag(self) -> str:
-        return str(self.state.doc["tag"])
-
-    @property
-    def token(self) -> str:
-        return str(self.state.doc["token"])
-
-    @property
-    def bump(self) -> int:
-        """The bump every member is restored with: fixed when the restore began (a rerun must not change it)."""
-        applied = self.state.doc.get("bump_applied")
-        if applied is not None:
-            return int(applied)
-        return self.opts.bump_revision if self.etcdutl.supports_bump else 0
-
-    def say(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress(text)
-
-    def target_version(self) -> str | None:
-        if not self._target:
-            v = self.opts.etcd_version
-            for m in self.spec.members:
-                if v is None and m.runtime == "process":
-                    with contextlib.suppress(BinaryNotFound):
-                        v = binary_version(find_binary("etcd", m.etcd))
-            self._target.append(v)
-        return self._target[0]
-
-    @property
-    def work_dir(self) -> Path:
-        """Where decoded copies of the snapshot go (a private directory beside the first local data dir)."""
-        local = [m for m in self.restore_targets() if m.is_local]
-        return existing_dir(local[0].data_path.parent if local else self.state.path.parent)
-
-    def restore_targets(self) -> list[MemberSpec]:
-        ms = self.spec.members
-        return ms if self.opts.mode == "all-members" else ms[:1]
-
-    def restore_initial_cluster(self) -> str:
-        if self.opts.mode == "all-members":
-            return self.spec.initial_cluster
-        first = self.spec.members[0]
-        return ",".join(f"{first.name}={u}" for u in first.peer_urls)
-
-    def endpoints(self, members: list[MemberSpec]) -> list[Endpoint]:
-        return [parse_endpoint(m.client_urls[0]) for m in members]
-
-    def etcd_client(self, members: list[MemberSpec]) -> EtcdClient:
-        return EtcdClient(self.client.with_endpoints(self.endpoints(members)))
-
-    async def close(self) -> None:
-        for h in self.hosts.values():
-            await h.close()
-
-    def report(self) -> ClusterReport:
-        from etcdwarden.restore.cluster import ClusterReport
-        from etcdwarden.restore.health import MemberCheck
-
-        d = self.state.doc
-        v = d["steps"].get("verify", {}).get("check")
-        check = None
-        if v:
-            check = ClusterCheck([MemberCheck(m["endpoint"], int(m["member_id"], 16), m["revision"], m["hash"],
-                                              m["keys"], 0, int(m.get("hash_revision") or 0)) for m in v["members"]],
-                                 v["expected_revision"], v["expected_keys"], v["problems"], v["notes"])
-        members = [{"name": m.name, "runtime": m.runtime, "host": m.host, "data_dir": m.data_dir,
-                    "moved_aside": self.state.member(m.name).get("aside"),
-                    "member_id": self.state.member(m.name).get("member_id"),
-                    "pid": self.state.member(m.name).get("pid")} for m in self.spec.members]
-        return ClusterReport(self.state.path, self.opts.mode, self.token, self.tag, members, check,
-                             d.get("seconds_stop_to_healthy"), self.resumed_at, self.warnings)
 
 
 def _aside(m: MemberSpec, tag: str) -> str:

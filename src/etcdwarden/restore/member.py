@@ -1,6 +1,8 @@
 """``restore member``: restore one member's data directory from a backup, safely.
 
-Order: remove what a killed run left (decoded copies, its ``.restoring-`` directory); find the backup;
+Order: remove what a killed run left (decoded copies, its ``.restoring-`` directory); find the backup (in a
+directory or any repository URL, :mod:`.source`: a backup in an object store is fetched into a private
+staging directory beside ``D``, its sha256 checked on the way down, and removed when the plan is closed);
 check the resources bundle, the etcd versions (backup / etcdutl / target etcd), the release, the sha256
 trailer, and that ``D`` is not in use (:mod:`.inuse`: a restore under a running etcd is lost); then run
 ``etcdutl snapshot restore`` into ``D.restoring-<tag>`` *while* the backup is verified (sha256 of every
@@ -20,7 +22,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from etcdwarden.binaries import binary_version, find_binary
 from etcdwarden.errors import BinaryNotFound, EtcdwardenError, UsageError
@@ -62,6 +65,7 @@ from etcdwarden.snapshot.scratch import existing_dir, sweep
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 
 if TYPE_CHECKING:
+    from etcdwarden.repository.base import RepositoryOptions
     from etcdwarden.restore.startcheck import StartCheck
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,7 @@ KUBE_RESTART = ("the snapshot holds Kubernetes keys (/registry/, /kubernetes.io/
 
 @dataclass
 class MemberRestoreOptions:
-    backup: Path
+    backup: Path | str  # a directory, manifest or snapshot file, or a repository URL (s3://, gs://, az://, file://)
     data_dir: Path
     name: str
     initial_cluster: str
@@ -93,10 +97,13 @@ class MemberRestoreOptions:
     tag: str | None = None
     skip_hash_check: bool = False
     client: ClientConfig | None = None  # TLS for asking the member recorded in the data dir whether it runs
+    repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
 
 
 @dataclass
 class MemberPlan:
+    """What a restore will do; close it (or use ``with``) to remove a fetched backup's staging directory."""
+
     options: MemberRestoreOptions
     backup: Backup
     etcdutl: eu.Etcdutl
@@ -139,11 +146,24 @@ class MemberPlan:
         return (f"versions: backup etcd {self.backup.server_version or '?'}, etcdutl {self.etcdutl.version}, "
                 f"target etcd {self.target_version or '?'}: {verdict}")
 
+    def close(self) -> None:
+        self.backup.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
     def steps(self) -> list[str]:
         fmt = detect_format(self.backup.snapshot)
-        out = [self.versions_line(),
-               f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
-               "(in parallel with the next step)"]
+        out = [self.versions_line()]
+        if self.backup.url is not None:
+            out.append(f"fetch {self.backup.url} (and the files its manifest lists) into a private (0700) staging "
+                       f"directory in {self.work_dir}, size and sha256 checked against the manifest on the way "
+                       "down; removed at the end")
+        out.append(f"verify {self.backup.label}: sha256 of every file, sha256 trailer, bbolt structure "
+                   "(in parallel with the next step)")
         if fmt != "db":
             out.append(f"decode the {fmt} snapshot into a private (0700) directory in {self.work_dir}, removed after")
         out.append(" ".join(self.command("<decoded snapshot>" if fmt != "db" else None)))
@@ -215,7 +235,7 @@ def target_etcd_version(version: str | None, binary: Path | None) -> str | None:
 
 
 def plan_member_restore(opts: MemberRestoreOptions) -> MemberPlan:
-    """Every check that needs no full read of the snapshot; raise on refusal, return the plan.
+    """Every check that needs no full read of the snapshot; raise on refusal, return the plan (close it when done).
 
     First of all, decoded (plaintext) snapshot copies a killed run left beside the data directory are removed.
     """
@@ -240,7 +260,16 @@ def _plan(opts: MemberRestoreOptions) -> MemberPlan:
     owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
     if opts.data_dir.exists() and not opts.data_dir.is_dir():
         raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
-    backup = find_backup(opts.backup, opts.backup_id, opts.identity)
+    backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
+                         stage_near=existing_dir(opts.data_dir.parent))
+    try:
+        return _plan_with(opts, backup, peer_urls, owner)
+    except BaseException:
+        backup.close()
+        raise
+
+
+def _plan_with(opts: MemberRestoreOptions, backup: Backup, peer_urls: str, owner: Owner) -> MemberPlan:
     warnings = list(backup.notes)
     warnings += check_resources(backup, "resources" in opts.forces)
     tool = eu.find_etcdutl(opts.etcdutl)

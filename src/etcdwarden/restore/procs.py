@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from etcdwarden.local.cluster import pid_alive
+from etcdwarden.processes import pid_alive
 
 _LISTEN = "0A"
 

@@ -17,7 +17,7 @@ from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import parse_endpoint
-from etcdwarden.local.cluster import pid_alive
+from etcdwarden.processes import pid_alive
 from etcdwarden.restore import procs
 from etcdwarden.restore.spec import MemberSpec
 

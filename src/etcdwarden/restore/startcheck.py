@@ -19,7 +19,7 @@ from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
-from etcdwarden.local.cluster import LocalCluster
+from etcdwarden.restore.scratch_member import ScratchMember
 
 
 @dataclass
@@ -60,19 +60,15 @@ def start_check(data_dir: Path, name: str, work: Path, etcd: Path | None, expect
     try:
         scratch = work / "data"
         shutil.copytree(data_dir, scratch, symlinks=True)
-        cluster = LocalCluster(work, size=1, etcd_binary=etcd, extra_args=("--force-new-cluster",))
-        m = cluster.members[0]
-        m.name = name
-        m.data_dir = scratch
+        member = ScratchMember(scratch, work / f"{name}.log", name=name, etcd=etcd)
         try:
             try:
-                cluster.start(timeout=timeout)
+                url = member.start(timeout=timeout)
             except EtcdwardenError as e:
-                log = cluster.logs()[-1500:]
-                raise EtcdwardenError(f"the restored data directory does not start: {e}\n{log}") from None
-            revision, keys = asyncio.run(_measure(m.client_url))
+                raise EtcdwardenError(f"the restored data directory does not start: {e}") from None
+            revision, keys = asyncio.run(_measure(url))
         finally:
-            cluster.stop()
+            member.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     check = StartCheck(revision, keys, expected_revision, expected_keys, time.monotonic() - begin)

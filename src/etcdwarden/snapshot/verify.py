@@ -16,10 +16,11 @@ For a snapshot file, in this order (the first problem raises :class:`SnapshotCor
    values that parse as ``mvccpb.KeyValue`` whose ``mod_revision`` matches the key's revision;
    the ``key`` and ``meta`` buckets exist, ``meta/consistent_index`` is 8 bytes.
 
-For a backup directory (layout in :mod:`.manifest`): every manifest's files exist with the recorded
-size and sha256, the snapshot and the resources bundle carry the manifest's timestamp, no snapshot
-lies there without a manifest, and each snapshot passes the checks above (encrypted snapshots need
-the age identity; without it only their sha256 is checked, and the result says so).
+For a backup (its manifest read by :mod:`etcdwarden.format.manifest`, which already checked that
+every file it lists carries its timestamp): every file exists with the recorded size and sha256, and
+the snapshot passes the checks above (encrypted snapshots need the age identity; without it only their
+sha256 is checked, and the result says so). Finding the backups of a directory or repository is the
+catalog's job (:mod:`etcdwarden.restore.source`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,9 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from etcdwarden.etcd.api.mvccpb import kv_pb2
+from etcdwarden.format.manifest import Manifest
 from etcdwarden.snapshot.bbolt import TRAILER_SIZE, BoltFile, BucketRef, Leaf
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
-from etcdwarden.snapshot.manifest import MANIFEST_RE, RESOURCES_RE, SNAPSHOT_RE, BackupManifest
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
 
@@ -209,72 +211,46 @@ def verify_snapshot(path: str | os.PathLike[str], identity: str | os.PathLike[st
 
 
 def verify_backup(
-    manifest_path: Path, identity: str | os.PathLike[str] | None = None, skip_hash_check: bool = False,
-    work_dir: Path | None = None,
+    m: Manifest, directory: Path, label: str, identity: str | os.PathLike[str] | None = None,
+    skip_hash_check: bool = False, work_dir: Path | None = None, *, proven: Collection[str] = (),
+    missing_ok: Collection[str] = (),
 ) -> tuple[dict[str, Any], SnapshotReport | None, list[str]]:
-    """Verify the backup described by one manifest; return its summary, snapshot report and notes."""
-    m = BackupManifest.load(manifest_path)
-    d = manifest_path.parent
-    snap = m.snapshot
-    if snap is None:
-        raise SnapshotCorrupt(f"{manifest_path}: the manifest lists no snapshot_{m.timestamp}.db file")
-    for f in m.files.values():
-        for regex in (SNAPSHOT_RE, RESOURCES_RE):
-            mt = regex.match(f.name)
-            if mt and mt.group(1) != m.timestamp:
-                raise SnapshotCorrupt(f"{manifest_path}: {f.name} is not from the backup's timestamp {m.timestamp}")
-    for f in m.files.values():
-        p = d / f.name
+    """Verify the backup of manifest ``m`` whose files are in ``directory``; return its summary, snapshot report
+    and notes. ``label`` names the manifest in messages; ``proven``: files already hashed against the manifest
+    (on their way down from a repository); ``missing_ok``: files that may be absent (a bundle accepted as missing).
+    """
+    for name, f in sorted(m.files.items()):
+        p = directory / name
         if not p.is_file():
-            raise SnapshotCorrupt(f"{manifest_path}: {f.name} is listed but missing")
+            if name in missing_ok:
+                continue
+            raise SnapshotCorrupt(f"{label}: {name} is listed but missing")
         size = p.stat().st_size
         if size != f.size:
             raise SnapshotCorrupt(f"{p}: size {size} but the manifest records {f.size}")
+        if name in proven:
+            continue
         digest = file_sha256(p)
         if digest != f.sha256:
             raise SnapshotCorrupt(f"{p}: sha256 {digest} but the manifest records {f.sha256}")
     notes: list[str] = []
     report: SnapshotReport | None = None
-    snap_path = d / snap.name
+    snap_path = directory / m.snapshot_file
     if detect_format(snap_path) == "age" and identity is None:
-        notes.append(f"{snap.name} is encrypted: sha256 checked, contents not (give --identity)")
+        notes.append(f"{m.snapshot_file} is encrypted: sha256 checked, contents not (give --identity)")
     else:
         report = verify_snapshot(snap_path, identity, skip_hash_check, work_dir)
-    summary = {"manifest": manifest_path.name, "timestamp": m.timestamp, "files": sorted(m.files)}
+    summary = {"manifest": f"backup_{m.timestamp}.json", "timestamp": m.timestamp, "files": sorted(m.files),
+               "format": m.source_format}
     return summary, report, notes
 
 
-def verify_dir(path: Path, identity: str | os.PathLike[str] | None = None,
-               skip_hash_check: bool = False) -> BackupReport:
-    """Verify every backup (manifest) in a backup directory."""
-    names = sorted(p.name for p in path.iterdir())
-    manifests = [n for n in names if MANIFEST_RE.match(n)]
-    if not manifests:
-        raise SnapshotCorrupt(f"{path}: no backup manifest (backup_<YYYY-MM-DD_HHMMSS>.json): not a backup")
-    out = BackupReport(str(path))
-    listed: set[str] = set()
-    for n in manifests:
-        summary, report, notes = verify_backup(path / n, identity, skip_hash_check)
-        listed.update(summary["files"])
-        out.backups.append(summary)
-        if report is not None:
-            out.snapshots.append(report)
-        out.notes.extend(notes)
-    orphans = [n for n in names if SNAPSHOT_RE.match(n) and n not in listed]
-    if orphans:
-        raise SnapshotCorrupt(f"{path / orphans[0]}: snapshot without a manifest (an incomplete backup)")
-    return out
-
-
 def verify_path(path: str | os.PathLike[str], identity: str | os.PathLike[str] | None = None,
-                skip_hash_check: bool = False) -> SnapshotReport | BackupReport:
-    """A directory is a backup directory; ``backup_<ts>.json`` one backup; anything else a snapshot."""
+                skip_hash_check: bool = False) -> SnapshotReport:
+    """Verify one snapshot file (backups and repositories: :func:`etcdwarden.restore.source.verify_location`)."""
     p = Path(path)
     if p.is_dir():
-        return verify_dir(p, identity, skip_hash_check)
+        raise SnapshotInputError(f"{p} is a directory, not a snapshot file")
     if not p.exists():
         raise SnapshotInputError(f"{p}: no such file or directory")
-    if MANIFEST_RE.match(p.name):
-        summary, report, notes = verify_backup(p, identity, skip_hash_check)
-        return BackupReport(str(p), [summary], [report] if report else [], notes)
     return verify_snapshot(p, identity, skip_hash_check)

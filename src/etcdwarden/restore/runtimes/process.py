@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from etcdwarden.binaries import find_binary
 from etcdwarden.errors import BinaryNotFound, EtcdwardenError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.fsutil import atomic_write
-from etcdwarden.local.cluster import pid_alive, stop_pid
+from etcdwarden.processes import pid_alive, spawn, stop_pid
 from etcdwarden.restore import procs
 from etcdwarden.restore.runtimes.base import Host, Launch, Runtime
 from etcdwarden.restore.serving import answering_id, port_problems
@@ -120,11 +119,7 @@ class ProcessRuntime(Runtime):
         env = dict(os.environ)
         if launch.marker is not None:
             env[MARKER_ENV] = launch.marker
-        log_path = self.member.log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            p = subprocess.Popen(self.argv(launch), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=env)
+        p = spawn(self.argv(launch), self.member.log_path, env)
         if self.after_spawn is not None:
             self.after_spawn(p.pid)
         self._record(p.pid)

@@ -1,0 +1,171 @@
+"""The names of everything etcdwarden stores in a repository, and the one timestamp they share.
+
+A backup's ID is its timestamp ``YYYY-MM-DD_HHMMSS`` (UTC, one-second resolution). Every artifact of
+that backup carries it in its name, so a flat listing of a repository groups into backups by ID::
+
+    snapshot_<ts>.db[.zst][.age]              the etcd snapshot (sha256 trailer kept)      Kind.SNAPSHOT
+    static_kuberesources_<ts>.tar.gz[.age]    the resources bundle (optional)             Kind.RESOURCES
+    backup_<ts>.json                          the manifest, written last                  Kind.MANIFEST
+    segment_<ts>_<first-revision>.zst         continuous capture after backup <ts>        Kind.SEGMENT
+    segment_<ts>_<first-revision>.json        that segment's own manifest, written last   Kind.SEGMENT_MANIFEST
+    drill_<ts>.json                           the record of the last restore drill of <ts> Kind.DRILL
+
+Segments and drill records are reserved here (their names, so that the catalog files them under the
+backup they belong to and nobody else takes these names) for the continuous-backup and restore-drill
+work; nothing writes them yet. ``<first-revision>`` is the segment's first revision in 19 decimal
+digits (an int64 fits), so names sort in revision order.
+
+A writer may leave temporary names behind after a crash (:data:`TEMP_RE`): ``<name>.part`` (local
+writes in progress), ``.<name>.tmp-<pid>`` (atomic rewrites), and ``.<snapshot>.verify.part`` (the
+plain copy a verifying backup keeps while it checks an encoded one). They are never backups; the
+catalog lists them with their backup's ID so that retention can clean them up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from dataclasses import dataclass
+
+from etcdwarden.errors import UsageError
+
+#: the one timestamp pattern (a backup ID); every other pattern here is built from it
+TS = r"\d{4}-\d{2}-\d{2}_\d{6}"
+TS_FORMAT = "%Y-%m-%d_%H%M%S"
+TS_RE = re.compile(rf"^{TS}$")
+REVISION_DIGITS = 19
+
+
+class Kind(enum.StrEnum):
+    SNAPSHOT = "snapshot"
+    RESOURCES = "resources"
+    MANIFEST = "manifest"
+    SEGMENT = "segment"
+    SEGMENT_MANIFEST = "segment-manifest"
+    DRILL = "drill"
+
+
+#: kinds whose bytes a backup manifest lists in its ``files`` map
+DATA_KINDS = frozenset({Kind.SNAPSHOT, Kind.RESOURCES})
+
+# each kind's final name; the groups name what a name carries (see :class:`Name`)
+_PATTERNS = {
+    Kind.SNAPSHOT: r"snapshot_(?P<id>{ts})\.db(?P<zst>\.zst)?(?P<age>\.age)?",
+    Kind.RESOURCES: r"static_kuberesources_(?P<id>{ts})\.tar\.gz(?P<age>\.age)?",
+    Kind.MANIFEST: r"backup_(?P<id>{ts})\.json",
+    Kind.SEGMENT: r"segment_(?P<id>{ts})_(?P<rev>\d{{{digits}}})\.zst",
+    Kind.SEGMENT_MANIFEST: r"segment_(?P<id>{ts})_(?P<rev>\d{{{digits}}})\.json",
+    Kind.DRILL: r"drill_(?P<id>{ts})\.json",
+}
+_FINAL = {kind: p.format(ts=TS, digits=REVISION_DIGITS) for kind, p in _PATTERNS.items()}
+_FINAL_RE = {kind: re.compile(rf"^{pattern}$") for kind, pattern in _FINAL.items()}
+
+
+def _unnamed(pattern: str) -> str:
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
+#: temporary names a writer may leave behind (never a backup; see the module docstring)
+TEMP_RE = re.compile(r"^\.?(?:{}|(?:{})\.verify)(?:\.part|\.tmp-\d+)$".format(
+    "|".join(f"(?:{_unnamed(p)})" for p in _FINAL.values()), _unnamed(_FINAL[Kind.SNAPSHOT])))
+_TEMP_SUFFIX_RE = re.compile(r"(?:\.verify)?(?:\.part|\.tmp-\d+)$")
+
+
+def timestamp(now: dt.datetime | None = None) -> str:
+    """The backup ID for ``now`` (default: the current time), in UTC."""
+    t = now or dt.datetime.now(dt.UTC)
+    return t.astimezone(dt.UTC).strftime(TS_FORMAT)
+
+
+def parse_id(backup_id: str) -> dt.datetime:
+    """The time a backup ID stands for; :class:`UsageError` if it is not one (``2026-13-01_000000`` is not)."""
+    if not TS_RE.match(backup_id):
+        raise UsageError(f"{backup_id!r} is not a backup ID (YYYY-MM-DD_HHMMSS)")
+    try:
+        return dt.datetime.strptime(backup_id, TS_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise UsageError(f"{backup_id!r} is not a valid timestamp") from None
+
+
+def is_id(text: str) -> bool:
+    try:
+        parse_id(text)
+    except UsageError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Name:
+    """What an object name says: its kind, the backup ID it belongs to, and whether it is temporary."""
+
+    name: str
+    kind: Kind
+    id: str
+    temp: bool = False
+    compression: str | None = None  # snapshots: "zstd" or None
+    encrypted: bool = False  # snapshots and bundles: age
+    revision: int | None = None  # segments: the first revision
+
+    @property
+    def is_data(self) -> bool:
+        return self.kind in DATA_KINDS and not self.temp
+
+
+def parse(name: str) -> Name | None:
+    """The :class:`Name` of an object, or ``None`` for a name that is not etcdwarden's."""
+    for kind, regex in _FINAL_RE.items():
+        m = regex.match(name)
+        if m is None:
+            continue
+        g = m.groupdict()
+        return Name(name, kind, g["id"], compression="zstd" if g.get("zst") else None, encrypted=bool(g.get("age")),
+                    revision=int(g["rev"]) if g.get("rev") else None)
+    if TEMP_RE.match(name):
+        core = _TEMP_SUFFIX_RE.sub("", name[1:] if name.startswith(".") else name)
+        final = parse(core)
+        if final is not None:  # always, for a TEMP_RE match
+            return Name(name, final.kind, final.id, temp=True, compression=final.compression,
+                        encrypted=final.encrypted, revision=final.revision)
+    return None
+
+
+@dataclass(frozen=True)
+class BackupNames:
+    """The names of one backup's files (all sharing the timestamp ``ts``)."""
+
+    ts: str
+    compression: str | None = None
+    encrypted: bool = False
+
+    @property
+    def snapshot(self) -> str:
+        name = f"snapshot_{self.ts}.db"
+        if self.compression == "zstd":
+            name += ".zst"
+        if self.encrypted:
+            name += ".age"
+        return name
+
+    @property
+    def resources(self) -> str:
+        return f"static_kuberesources_{self.ts}.tar.gz" + (".age" if self.encrypted else "")
+
+    @property
+    def manifest(self) -> str:
+        return f"backup_{self.ts}.json"
+
+    @property
+    def drill(self) -> str:
+        return f"drill_{self.ts}.json"
+
+    def segment(self, first_revision: int) -> str:
+        return f"segment_{self.ts}_{first_revision:0{REVISION_DIGITS}d}.zst"
+
+    def segment_manifest(self, first_revision: int) -> str:
+        return f"segment_{self.ts}_{first_revision:0{REVISION_DIGITS}d}.json"
+
+
+def manifest_name(backup_id: str) -> str:
+    return BackupNames(backup_id).manifest
