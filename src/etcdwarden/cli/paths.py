@@ -6,7 +6,8 @@ input. A directory argument (created if missing) must not be a file, nor lie bel
 loop, a symlink to nothing and a name too long for the file system are named as such. All of these
 are bad input (exit 2), reported before anything is read or created.
 
-Arguments are found by their ``argparse`` destination, so every command gets the same checks.
+Arguments are found by their option string (``--spec``) or positional name, in the parser of the command
+being run, so every command gets the same checks.
 """
 
 from __future__ import annotations
