@@ -37,6 +37,14 @@ def test_config_not_utf8(tmp_path: Path, command: list[str]) -> None:
 
 
 @pytest.mark.parametrize("command", [["config", "validate"], ["daemon", "--config"]])
+def test_config_with_control_characters(tmp_path: Path, command: list[str]) -> None:
+    bad = tmp_path / "nul.yaml"
+    bad.write_bytes(b"\x00")  # found by tests/test_fuzz_cli.py: YAML's reader refused it before the parse began
+    r = cli(*command, str(bad))
+    _one_clear_line(r, 2, str(bad), "not valid YAML")
+
+
+@pytest.mark.parametrize("command", [["config", "validate"], ["daemon", "--config"]])
 @pytest.mark.timeout(20)
 def test_config_not_a_regular_file(tmp_path: Path, command: list[str]) -> None:
     fifo = tmp_path / "fifo.yaml"

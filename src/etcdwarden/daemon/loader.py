@@ -126,7 +126,11 @@ class _Loader:
         text = self.read_text(path)
         if text is None:
             return
-        loader = yaml.SafeLoader(text)
+        try:
+            loader = yaml.SafeLoader(text)  # refuses control characters at once
+        except yaml.YAMLError as e:
+            self.problems.append(Problem(name, None, "", "", f"not valid YAML: {getattr(e, 'problem', None) or e}"))
+            return
         index = 0
         try:
             while loader.check_node():

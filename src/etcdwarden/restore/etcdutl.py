@@ -75,7 +75,8 @@ def run(cmd: list[str], timeout: float = 3600.0) -> None:
                              "etcdutl") from None
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-        raise EtcdwardenError(f"etcdutl snapshot restore failed ({cmd[0]}, exit {res.returncode}): {tail}")
+        raise EtcdwardenError(f"etcdutl snapshot restore failed ({cmd[0]}, exit {res.returncode}): {tail} (if this "
+                              "etcdutl is the problem, pass another with --etcdutl PATH)")
 
 
 def parse_initial_cluster(text: str) -> list[tuple[str, str]]:
