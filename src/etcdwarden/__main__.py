@@ -1,5 +1,5 @@
 """``python -m etcdwarden``."""
 
-from etcdwarden.cli.main import main
+from etcdwarden.cli.entry import main
 
 main()

@@ -3,14 +3,15 @@
 Refusals (exit 3, overridden by ``--force``): no member answers, the cluster has no quorum, or a
 CORRUPT alarm is active. A NOSPACE alarm only warns (a backup is still exactly what you want then).
 The member: ``--member`` if given; otherwise a healthy voting member, preferring a follower that is
-fully applied (highest raft applied index), the leader last.
+fully applied (highest raft applied index), the leader last. A cluster with authentication enabled
+and no (or too few) credentials fails here, once (exit 1), before any member is asked for a snapshot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etcdwarden.errors import SafetyRefusal, UsageError
+from etcdwarden.errors import NoLeader, PermissionDenied, SafetyRefusal, Timeout, Unreachable, UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, member_endpoint
 from etcdwarden.etcd.endpoints import Endpoint
@@ -50,8 +51,31 @@ def _answering(h: Health) -> bool:
     return h.reachable
 
 
+async def check_access(client: EtcdClient) -> None:
+    """Fail once, before any snapshot, when the cluster needs credentials we lack (or a user it refuses).
+
+    Member list and status answer without credentials even when authentication is enabled; the snapshot
+    does not, and trying it on every member in turn would print the same refusal once per member. A
+    serializable one-key read needs credentials when auth is on, and is always allowed to the root role
+    (which the snapshot needs), so its refusal settles it. Other failures are left to the health checks.
+    """
+    req = pb.RangeRequest(key=b"\x00", limit=1, serializable=True, keys_only=True, count_only=True)
+    try:
+        await client.range(req)
+    except PermissionDenied as e:
+        if client.config.user:
+            raise PermissionDenied(f"user {client.config.user!r} may not read the keyspace, so it cannot take a "
+                                   "snapshot either: a snapshot needs a user with the root role", e.endpoint) from None
+        raise PermissionDenied("authentication required: the cluster has authentication enabled; pass --user and "
+                               "--password (or ETCDCTL_USER / ETCDCTL_PASSWORD) of a user with the root role, which "
+                               "the snapshot needs") from None
+    except (Unreachable, Timeout, NoLeader):
+        pass  # judged below, member by member
+
+
 async def preflight(client: EtcdClient, force: bool = False, member: str | None = None) -> Preflight:
     members = await client.member_list(linearizable=False)
+    await check_access(client)
     eps: list[tuple[pb.Member, Endpoint]] = []
     for m in members:
         ep = member_endpoint(m)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,37 @@ class CertificateNote:
                 "not_after": self.not_after, "problem": self.problem}
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file or directory"
+
+
 def check_paths(paths: list[Path]) -> list[Path]:
-    missing = [str(p) for p in paths if not p.exists()]
+    """Every path exists and is a regular file or a directory (or a symlink to one); resolved.
+
+    Devices, FIFOs and sockets are refused (exit 2): they hold no content a restore could use, and
+    reading a FIFO or a device would hang or never end.
+    """
+    missing: list[str] = []
+    special: list[str] = []
+    for p in paths:
+        try:
+            st = os.stat(p)  # follows symlinks: a link is judged by what it points to
+        except OSError:
+            missing.append(str(p))
+            continue
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            special.append(f"{p} is {_kind(st.st_mode)}")
     if missing:
         raise UsageError(f"resource path(s) not found: {', '.join(missing)}; fix --resources (nothing was written)")
+    if special:
+        raise UsageError(f"--resources takes regular files and directories: {'; '.join(special)} "
+                         "(nothing was written)")
     return [p.resolve() for p in paths]
 
 
@@ -100,14 +128,49 @@ class _Writer(io.RawIOBase):
         return len(data)
 
 
-def write_bundle(paths: list[Path], sink: Any) -> int:
-    """Write a tar.gz of ``paths`` into ``sink`` (an object with ``write``); returns the file count."""
+def write_bundle(paths: list[Path], sink: Any, skipped: list[str] | None = None) -> int:
+    """Write a tar.gz of ``paths`` into ``sink`` (an object with ``write``); returns the file count.
+
+    Special files found inside directories are left out and listed in ``skipped``.
+    """
+    left_out: list[str] = [] if skipped is None else skipped
     count = 0
     with tarfile.open(fileobj=_Writer(sink), mode="w|gz") as tar:
         for p in paths:
-            try:
-                tar.add(str(p), arcname=str(p).lstrip("/"), recursive=True)
-            except OSError as e:
-                raise UsageError(f"cannot read resource {p}: {e.strerror or e}") from None
+            for entry in _ordered(p, left_out):
+                try:
+                    tar.add(str(entry), arcname=str(entry).lstrip("/"), recursive=False)
+                except OSError as e:
+                    raise UsageError(f"cannot read resource {entry}: {e.strerror or e}") from None
         count = len(tar.getmembers())
     return count
+
+
+def _unreadable(e: OSError) -> None:
+    raise UsageError(f"cannot read resource {e.filename}: {e.strerror or e}") from None
+
+
+def _ordered(path: Path, skipped: list[str]) -> Iterator[Path]:
+    """``path`` and, for a directory, everything below it, each directory before what it holds.
+
+    A device, FIFO or socket inside a bundled directory is skipped and named in ``skipped``: it has no
+    content a restore could use, and a backup is not refused because a directory holds one (the
+    top-level paths were checked by :func:`check_paths`). Symlinks are kept as links, never followed.
+    """
+    yield path
+    if path.is_symlink() or not path.is_dir():
+        return
+    for root, dirs, files in os.walk(path, onerror=_unreadable):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            entry = Path(root) / name
+            try:
+                mode = entry.lstat().st_mode
+            except FileNotFoundError:
+                continue  # removed while we walk
+            except OSError as e:
+                raise UsageError(f"cannot read resource {entry}: {e.strerror or e}") from None
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+                yield entry
+            else:
+                skipped.append(f"{entry} ({_kind(mode).removeprefix('a ')})")

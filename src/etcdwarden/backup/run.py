@@ -25,7 +25,14 @@ from etcdwarden.backup.hashkv import record_hash_kv
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
 from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
-from etcdwarden.errors import EtcdError, EtcdwardenError, SafetyRefusal, UsageError
+from etcdwarden.errors import (
+    AuthenticationFailed,
+    EtcdError,
+    EtcdwardenError,
+    PermissionDenied,
+    SafetyRefusal,
+    UsageError,
+)
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.format.manifest import FORMAT, HashKV, Manifest, dump
 from etcdwarden.format.names import BackupNames, timestamp
@@ -230,6 +237,9 @@ class _Run:
                     await asyncio.to_thread(self.plain.finish)
                 if self.encoded is not None:
                     await asyncio.to_thread(self.encoded.finish)
+            except (PermissionDenied, AuthenticationFailed):
+                self.discard()  # the same answer from every member: asking the next one would only repeat it
+                raise
             except (EtcdError, SnapshotStreamError) as e:
                 attempts.append(f"{cand.name}: {e}")
                 log.warning("snapshot from %s failed: %s", cand.name, e)
@@ -279,6 +289,9 @@ class _Run:
                     local_bundle = self.res_dir / n.resources
                 for note in notes:
                     self.warnings.append(f"certificate {note.subject} in {note.path}: {note.problem}")
+                if bundle["skipped"]:
+                    self.warnings.append("left out of the resources bundle (no content to restore): "
+                                         + ", ".join(bundle["skipped"]))
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
                                  self.res_dir, hash_kv)
             self.target.write_manifest(n.manifest, dump(manifest))
@@ -333,7 +346,8 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
     out = file if file is not None else FileSink(target)
     sink: Any = EncodedSink(target, False, recipients, file=out) if recipients else out
     try:
-        count = write_bundle(paths, sink)
+        skipped: list[str] = []
+        count = write_bundle(paths, sink, skipped)
         sink.finish()
         f = sink.file if recipients else sink
         f.commit()
@@ -341,7 +355,7 @@ def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recip
     except BaseException:
         sink.discard()
         raise
-    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count}, notes
+    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count, "skipped": skipped}, notes
 
 
 def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
@@ -375,6 +389,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "resources": None if bundle is None else {
             "file": names.resources, "directory": str(res_dir), "paths": [str(p) for p in opts.resources],
             "files": bundle["files"], "sha256": bundle["sha256"], "size": bundle["size"],
+            "skipped": bundle["skipped"],
             "certificates": [n.as_json() for n in notes], "static_pods": opts.static_pods},
         "encryption_at_rest": {"key_names": list(opts.key_names)},
         "alarms": [int(a.alarm) for a in pre.alarms],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,12 @@ def _resources(args: argparse.Namespace) -> list[Resource]:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    if args.page_size < 1 or args.concurrency < 1:
-        raise UsageError("--page-size and --concurrency must be positive")
+    for flag, value, top in (("--page-size", args.page_size, 100_000), ("--batch-size", args.batch_size, 128),
+                             ("--concurrency", args.concurrency, 64)):
+        if not 1 <= value <= top:
+            raise UsageError(f"{flag} must be from 1 to {top} (got {value})")
+    if args.rate_limit is not None and not (math.isfinite(args.rate_limit) and args.rate_limit > 0):
+        raise UsageError(f"--rate-limit must be a number of values per second above 0 (got {args.rate_limit})")
     return Options(dry_run=args.dry_run, state_path=args.state_file, page_size=args.page_size,
                    batch_ops=args.batch_size, concurrency=args.concurrency, skip_unreadable=args.skip_unreadable,
                    allow_non_kubernetes=FORCE_NON_KUBERNETES in args.force, rate_limit=args.rate_limit,

@@ -2,7 +2,8 @@
 
 Each command module has ``register(subparsers, parents)``; the handler it sets as ``func`` takes
 ``(args, out)`` and returns an exit code. Library errors become one line on stderr and their exit code
-(see :mod:`etcdwarden.errors`); tracebacks only with ``ETCDWARDEN_DEBUG=1``.
+(see :mod:`etcdwarden.errors`); tracebacks only with ``ETCDWARDEN_DEBUG=1``. SIGINT, SIGTERM and SIGHUP end
+a command with its cleanup done, one line and exit 128 + the signal (:mod:`etcdwarden.cli.signals`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from etcdwarden import __version__
 from etcdwarden.cli.common import GLOBAL_FLAGS, add_global_options, resolve
 from etcdwarden.cli.output import Output
-from etcdwarden.errors import EXIT_FAILED, EXIT_USAGE, EtcdwardenError
+from etcdwarden.cli.paths import check_path_args, path_arguments, unforeseen
+from etcdwarden.cli.signals import SIGNALS, outcome, quiet_once_interrupted, signals_as_exceptions
+from etcdwarden.errors import EXIT_USAGE, EtcdwardenError
 
 Handler = Callable[[argparse.Namespace, Output], int]
 
@@ -80,15 +84,26 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
+def run(argv: Sequence[str] | None = None, out: Output | None = None, *, signals: list[int] | None = None) -> int:
+    """Run one command; ``signals`` collects the signals received meanwhile."""
     arglist = list(sys.argv[1:] if argv is None else argv)
+    output = out or Output()
+    with signals_as_exceptions(signals) as received:
+        try:
+            return _run(arglist, output)
+        except KeyboardInterrupt as e:
+            line, code = outcome(e, received)
+            output.error(line)
+            return code
+
+
+def _run(arglist: list[str], output: Output) -> int:
     parser = build_parser(arglist)
     args = parser.parse_args(arglist)
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    output = out or Output()
     output.write_out = str(resolve(args, os.environ, "write_out"))
     if output.write_out not in ("table", "json"):
         output.error(f"unsupported output format {output.write_out!r}; use table or json")
@@ -99,18 +114,31 @@ def run(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        check_path_args(parser, args)
         return func(args, output)
     except EtcdwardenError as e:
         if os.environ.get("ETCDWARDEN_DEBUG"):
             logging.exception("command failed")
         output.error(str(e))
         return e.exit_code
-    except KeyboardInterrupt:
-        output.error("interrupted")
-        return EXIT_FAILED
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        # the last line of defence against input the command did not foresee: one line, never a traceback
+        if os.environ.get("ETCDWARDEN_DEBUG"):
+            logging.exception("command failed")
+        line, code = unforeseen(e, [(label, text) for _kind, label, text in path_arguments(parser, args)])
+        output.error(line)
+        return code
 
 
 def main() -> None:
     # gRPC's C core logs handshake failures on stderr; our own message already says what failed.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    sys.exit(run())
+    received: list[int] = []
+    quiet_once_interrupted(received)
+    try:
+        code = run(signals=received)
+    except KeyboardInterrupt:  # Ctrl-C again while the first one's line was being written
+        code = SIGNALS[signal.SIGINT][1]
+    for s in SIGNALS:  # the command is over: a signal now ends the process as it would any other
+        signal.signal(s, signal.SIG_DFL)
+    sys.exit(code)

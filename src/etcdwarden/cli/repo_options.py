@@ -27,14 +27,17 @@ def repository_options(args: argparse.Namespace) -> RepositoryOptions:
     if args.repository_config:
         path = Path(args.repository_config)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise UsageError(f"--repository-config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--repository-config {path}: not UTF-8 text (offset {e.start}); save it as UTF-8") \
+                from None
         import yaml
 
         try:
             doc = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise UsageError(f"--repository-config {path}: not valid YAML/JSON") from None
         if isinstance(doc, dict) and isinstance(doc.get("repository"), dict):
             doc = doc["repository"]

@@ -18,6 +18,8 @@ import contextlib
 import datetime as dt
 import difflib
 import glob
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,12 +123,14 @@ class _Loader:
         if str(path.resolve()) in self.docs.files:
             return
         self.docs.files.append(str(path.resolve()))
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            self.problem(None, (), f"cannot read: {e.strerror or e}", name)
+        text = self.read_text(path)
+        if text is None:
             return
-        loader = yaml.SafeLoader(text)
+        try:
+            loader = yaml.SafeLoader(text)  # refuses control characters at once
+        except yaml.YAMLError as e:
+            self.problems.append(Problem(name, None, "", "", f"not valid YAML: {getattr(e, 'problem', None) or e}"))
+            return
         index = 0
         try:
             while loader.check_node():
@@ -145,8 +149,36 @@ class _Loader:
             mark = getattr(e, "problem_mark", None)
             err_line = mark.line + 1 if mark is not None else None
             self.problems.append(Problem(name, err_line, "", "", f"not valid YAML: {getattr(e, 'problem', e)}"))
+        except RecursionError:
+            self.problems.append(Problem(name, None, "", "", "nested too deeply to be a configuration"))
         finally:
             loader.dispose()
+
+    def read_text(self, path: Path) -> str | None:
+        """The file's text, or ``None`` with a problem recorded (not a regular file, unreadable, not UTF-8)."""
+        name = str(path)
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            self.problem(None, (), f"cannot read: {e.strerror or e}", name)
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.problem(None, (), "not a regular file (a FIFO, socket or device?): name a YAML file", name)
+                return None
+            try:
+                data = f.read()
+            except OSError as e:
+                self.problem(None, (), f"cannot read: {e.strerror or e}", name)
+                return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            self.problems.append(Problem(name, line, "", "", f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                                         f"{e.start}): save the file as UTF-8"))
+            return None
 
     # -- documents -------------------------------------------------------------------------------
     def dispatch(self, data: object, doc: Document, loc: Loc, base: Path) -> None:

@@ -27,6 +27,7 @@ from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.etcd.endpoints import Endpoint, parse_endpoint
 from etcdwarden.etcd.errors_map import map_rpc_error
 from etcdwarden.etcd.proxy import channel_proxy_options
+from etcdwarden.etcd.tlsfiles import check_tls_files
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,10 @@ class EtcdClient:
     """Async client. Use ``async with EtcdClient(config) as c:``."""
 
     def __init__(self, config: ClientConfig) -> None:
+        if (config.cacert or config.cert) and any(ep.uses_tls(config.tls_configured) for ep in config.endpoints):
+            # before any dial: gRPC would only say "Failed to create security handshaker"
+            check_tls_files(config.cacert, config.cert, config.key,
+                            verify_server=not config.insecure_skip_tls_verify)
         self.config = config
         self._members: dict[str, _Member] = {}
         self._token: str | None = None

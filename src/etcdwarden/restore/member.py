@@ -255,23 +255,28 @@ def _plan(opts: MemberRestoreOptions) -> MemberPlan:
         raise UsageError("--bump-revision must not be negative")
     if (opts.bump_revision > 0) != opts.mark_compacted:
         raise UsageError("--bump-revision N and --mark-compacted go together (etcdutl requires both)")
+    # every input is checked before any binary is run (a broken etcdutl must not hide a mistyped flag)
+    peer_urls = opts.peer_urls or peer_urls_of(opts.initial_cluster, opts.name)
+    owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
+    if opts.data_dir.exists() and not opts.data_dir.is_dir():
+        raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
     backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
                          stage_near=existing_dir(opts.data_dir.parent))
     try:
-        return _plan_with(opts, backup)
+        return _plan_with(opts, backup, peer_urls, owner)
     except BaseException:
         backup.close()
         raise
 
 
-def _plan_with(opts: MemberRestoreOptions, backup: Backup) -> MemberPlan:
+def _plan_with(opts: MemberRestoreOptions, backup: Backup, peer_urls: str, owner: Owner) -> MemberPlan:
     warnings = list(backup.notes)
     warnings += check_resources(backup, "resources" in opts.forces)
     tool = eu.find_etcdutl(opts.etcdutl)
+    warnings += tool.notes
     target = target_etcd_version(opts.etcd_version, opts.etcd_binary)
     warnings += check_versions(backup.server_version, tool.version, target, opts.forces)
     warnings += check_release(backup.release, opts.release, opts.forces)
-    peer_urls = opts.peer_urls or peer_urls_of(opts.initial_cluster, opts.name)
     bump = opts.bump_revision
     unsupported = False
     if bump and not tool.supports_bump:
@@ -280,13 +285,10 @@ def _plan_with(opts: MemberRestoreOptions, backup: Backup) -> MemberPlan:
     warnings += check_trailer(backup, opts.skip_hash_check)
     args = eu.RestoreArgs(opts.name, opts.initial_cluster, peer_urls, opts.token or default_token(backup), bump,
                           opts.skip_hash_check)
-    owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
     tag = opts.tag or new_tag()
     plan = MemberPlan(opts, backup, tool, target, args, owner, tag, warnings, unsupported)
     if plan.restoring.exists():
         raise EtcdwardenError(f"{plan.restoring} exists (another restore running?); remove it if it is a leftover")
-    if opts.data_dir.exists() and not opts.data_dir.is_dir():
-        raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
     plan.warnings += check_in_use(opts)
     return plan
 
