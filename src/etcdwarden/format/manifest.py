@@ -232,12 +232,15 @@ class Manifest(_Part):
         return total
 
     def as_json(self) -> dict[str, Any]:
-        """The manifest as written (``hash_kv`` and ``resources.static_pods`` only when set)."""
+        """The manifest as written (``hash_kv``, ``resources.static_pods`` and ``resources.skipped`` only when set)."""
         exclude: dict[str, Any] = {}
         if self.hash_kv is None:
             exclude["hash_kv"] = True
-        if self.resources is not None and self.resources.static_pods is None:
-            exclude["resources"] = {"static_pods"}
+        r = self.resources
+        if r is not None:
+            left_out = {k for k, empty in (("static_pods", r.static_pods is None), ("skipped", not r.skipped)) if empty}
+            if left_out:
+                exclude["resources"] = left_out
         doc: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
         return doc
 
