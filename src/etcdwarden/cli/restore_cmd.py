@@ -48,7 +48,18 @@ def _add_backup_args(p: argparse.ArgumentParser) -> None:
                    help="accept a snapshot without the sha256 trailer (a raw member/snap/db copy): only its structure "
                         "is verified, and etcdutl runs with --skip-hash-check (a trailer that is present is still "
                         "checked)")
-    p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--to-revision", type=int, metavar="R",
+                      help="point-in-time restore: the newest full backup at or before revision R, and the captured "
+                           "revisions after it replayed up to R exactly (default: the latest recoverable point when "
+                           "the repository holds segments)")
+    when.add_argument("--to-time", metavar="T",
+                      help="point-in-time restore to every revision the receiver saw at or before T (RFC 3339: "
+                           "2026-12-02T10:15:05Z, fractional seconds and offsets allowed)")
+    when.add_argument("--no-segments", action="store_true",
+                      help="restore the full backup alone, even when segments follow it")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing "
+                   "(a point-in-time restore still replays, into a private staging directory, to prove it)")
     p.add_argument("--force", nargs="?", const="all", action="append", metavar="CHECK", help=FORCE_HELP)
     repo_opts(p)
 
@@ -102,6 +113,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_quorum(s, parents, FORCE_HELP)
 
 
+def _point(args: argparse.Namespace, out: Output) -> Any:
+    """The point-in-time target of ``--to-revision``/``--to-time`` (progress lines go to stderr)."""
+    from etcdwarden.restore.pitr import PointInTime
+    from etcdwarden.restore.pitr_target import Target, parse_time
+
+    if args.to_revision is not None and args.to_revision < 1:
+        raise UsageError(f"--to-revision {args.to_revision}: a revision is 1 or more")
+    target = Target(revision=args.to_revision, time=parse_time(args.to_time) if args.to_time else None)
+    return PointInTime(target, Path(args.etcd_binary) if args.etcd_binary else None, progress=out.info)
+
+
 def _probe_client(args: argparse.Namespace) -> ClientConfig | None:
     """TLS and credentials for asking whether the member recorded in the data dir runs (endpoints unused)."""
     try:
@@ -121,6 +143,7 @@ def cmd_member(args: argparse.Namespace, out: Output) -> int:
         bump_revision=int(args.bump_revision), mark_compacted=bool(args.mark_compacted),
         verify_start=bool(args.verify_start), forces=Forces.parse(args.force),
         skip_hash_check=bool(args.skip_hash_check), client=_probe_client(args), repository_options=repository,
+        point=_point(args, out), no_segments=bool(args.no_segments),
     )
     with plan_member_restore(opts) as plan:  # closing it removes a fetched backup's staging directory
         return _member(args, out, plan)

@@ -35,7 +35,6 @@ from etcdwarden.restore.backup import (
     SnapshotFacts,
     check_resources,
     check_trailer,
-    find_backup,
     snapshot_facts,
     verify,
 )
@@ -66,6 +65,7 @@ from etcdwarden.snapshot.source import detect_format, open_snapshot
 
 if TYPE_CHECKING:
     from etcdwarden.repository.base import RepositoryOptions
+    from etcdwarden.restore.pitr import PointInTime
     from etcdwarden.restore.startcheck import StartCheck
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class MemberRestoreOptions:
     skip_hash_check: bool = False
     client: ClientConfig | None = None  # TLS for asking the member recorded in the data dir whether it runs
     repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
+    point: PointInTime | None = None  # --to-revision / --to-time (and the scratch member's etcd, progress)
+    no_segments: bool = False  # --no-segments: the full backup alone, even when segments follow it
 
 
 @dataclass
@@ -158,7 +160,13 @@ class MemberPlan:
     def steps(self) -> list[str]:
         fmt = detect_format(self.backup.snapshot)
         out = [self.versions_line()]
-        if self.backup.url is not None:
+        if self.backup.replayed is not None:
+            r = self.backup.replayed
+            out.append(f"done while planning: replayed full backup {r['base']} (revision {r['base_revision']}) and "
+                       f"{r['revisions_to_replay']} revisions from {r['segments']} segment(s) up to revision "
+                       f"{r['revision']} on a scratch member on 127.0.0.1, snapshotted into a private staging "
+                       f"directory in {self.work_dir}")
+        elif self.backup.url is not None:
             out.append(f"fetch {self.backup.url} (and the files its manifest lists) into a private (0700) staging "
                        f"directory in {self.work_dir}, size and sha256 checked against the manifest on the way "
                        "down; removed at the end")
@@ -260,8 +268,11 @@ def _plan(opts: MemberRestoreOptions) -> MemberPlan:
     owner = parse_owner(opts.owner) if opts.owner else default_owner(opts.data_dir)
     if opts.data_dir.exists() and not opts.data_dir.is_dir():
         raise UsageError(f"--data-dir {opts.data_dir} exists and is not a directory")
-    backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
-                         stage_near=existing_dir(opts.data_dir.parent))
+    from etcdwarden.restore.pitr import find_restore_backup
+
+    backup = find_restore_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
+                                 stage_near=existing_dir(opts.data_dir.parent), point=opts.point,
+                                 no_segments=opts.no_segments, etcdutl=opts.etcdutl)
     try:
         return _plan_with(opts, backup, peer_urls, owner)
     except BaseException:

@@ -54,6 +54,8 @@ class Backup:
     notes: list[str] = field(default_factory=list)
     url: str | None = None  # the snapshot's URL when it was fetched from an object store
     proven: frozenset[str] = frozenset()  # files whose size and sha256 were checked on the way down
+    point: str | None = None  # a point-in-time restore: what identifies the point (base and revision)
+    replayed: dict[str, Any] | None = None  # a point-in-time restore: the base, revision, time, segments replayed
     _stack: contextlib.ExitStack | None = field(default=None, repr=False)
 
     @property
@@ -87,13 +89,13 @@ class Backup:
     @property
     def source(self) -> str:
         """What identifies the snapshot across runs (a resumed restore must use the same): its URL or real path."""
-        return self.url or str(self.snapshot.resolve())
+        return self.point or self.url or str(self.snapshot.resolve())
 
     def describe(self) -> dict[str, Any]:
         return {"snapshot": self.url or str(self.snapshot), "manifest": self.where,
                 "resources": str(self.resources) if self.resources else None, "timestamp": self.timestamp,
                 "etcd_version": self.server_version, "release": self.release, "cluster_id": self.cluster_id,
-                "revision": self.revision}
+                "revision": self.revision, **({"point_in_time": self.replayed} if self.replayed else {})}
 
     def close(self) -> None:
         """Remove the staging directory of a fetched backup (nothing to do for local files)."""
