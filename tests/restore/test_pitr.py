@@ -202,3 +202,38 @@ def test_no_segments_restores_the_full_backup(source: Source, tmp_path: Path) ->
     assert res.code == 0, res.err
     served, kvs, _ = restored_state(tmp_path / "full", source.base_revision, tmp_path / "f")
     assert served == source.base_revision and kvs == source.expected[source.base_revision]
+
+
+def _broken_copy(src: Source, tmp_path: Path, how: str) -> tuple[Path, int]:
+    """A copy of the repository with its second segment (of three) damaged; the last good revision."""
+    repo = tmp_path / f"repo-{how}"
+    shutil.copytree(src.repo, repo)
+    assert len(src.recorder.segments) >= 3
+    seg = src.recorder.segments[1]  # not the last: a chain that merely ends early is not broken
+    data = repo / seg.file
+    if how == "tampered":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        data.write_bytes(bytes(raw))
+    elif how == "missing-data":
+        data.unlink()
+    else:  # the whole segment gone: a gap in the chain
+        data.unlink()
+        (repo / seg.name).unlink()
+    return repo, seg.first_revision - 1
+
+
+@pytest.mark.parametrize("how", ["tampered", "missing-data", "gap"])
+def test_a_broken_chain_is_refused_past_the_break(source: Source, tmp_path: Path, how: str) -> None:
+    repo, good = _broken_copy(source, tmp_path, how)
+    d = tmp_path / "d"
+    for extra in ((), ("--to-revision", str(source.marks["end"]))):
+        res = restore(source, d, *extra, repo=repo)
+        assert res.code == 3, res.err
+        assert f"the last good point is revision {good}" in res.err and f"--to-revision {good}" in res.err
+        assert not d.exists()
+    if how == "tampered":  # before the break: restored exactly
+        res = restore(source, d, "--to-revision", str(good), repo=repo)
+        assert res.code == 0, res.err
+        served, kvs, _ = restored_state(d, good, tmp_path / "w")
+        assert served == good and kvs == source.expected.get(good, kvs)
