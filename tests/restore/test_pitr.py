@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from etcdwarden.restore.backup import snapshot_facts
 from etcdwarden.restore.scratch_member import ScratchMember
 from tests.cli_helpers import Result, cli
 from tests.restore.conftest import backup_of
+from tests.restore.helpers import statuses, stop_all, write_spec
 from tests.restore.recorder import Recorder
 from tests.tiers import starts
 
@@ -237,3 +239,36 @@ def test_a_broken_chain_is_refused_past_the_break(source: Source, tmp_path: Path
         assert res.code == 0, res.err
         served, kvs, _ = restored_state(d, good, tmp_path / "w")
         assert served == good and kvs == source.expected.get(good, kvs)
+
+
+@pytest.fixture
+def c3(etcd3: LocalCluster) -> Iterator[LocalCluster]:
+    yield etcd3
+    stop_all(etcd3)
+
+
+def test_restore_cluster_to_a_revision(c3: LocalCluster, tmp_path: Path) -> None:
+    """Three members captured and restored as a cluster (resumable path unchanged) at a revision mid-window."""
+    url = c3.endpoints[0]
+    w = Workload(url)
+    lid = w.grant(60)
+    w.put("/registry/leases/a", "0", lid)
+    saved = backup_of(c3, tmp_path / "repo")
+    rec = Recorder(url, saved.directory, saved.manifest, per_segment=5)
+    rec.start()
+    w.rec = rec
+    for i in range(8):
+        w.put(f"/registry/pods/p{i % 3}", f"v{i}")
+    target = w.txn(_put("/registry/a", "1"), _put("/registry/b", "2"), _delete("/registry/pods/p0"))
+    for i in range(6):
+        end = w.put(f"/later/{i}", "x")
+    rec.stop(end)
+    expected = kvs_at(url, target)
+    spec = write_spec(c3, tmp_path / "cluster.yaml")
+    r = cli("restore", "cluster", str(saved.directory), "--spec", str(spec), "--to-revision", str(target),
+            "-w", "json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["verify"]["expected_revision"] == target
+    assert {int(s.header.revision) for s in statuses(c3)} == {target}
+    assert all(kvs_at(ep, target) == expected for ep in c3.endpoints)
+    assert "to revision" in r.err

@@ -193,6 +193,7 @@ def cmd_cluster(args: argparse.Namespace, out: Output) -> int:
         kill_in=os.environ.get(KILL_ENV) or None, timeout=float(args.timeout),
         skip_hash_check=bool(args.skip_hash_check), repository_options=repository,
         restore_resources=bool(args.restore_resources), restart_kubelet=bool(args.restart_kubelet),
+        point=_point(args, out), no_segments=bool(args.no_segments),
     )
     if args.dry_run:
         plan = asyncio.run(plan_cluster_restore(opts))

@@ -28,11 +28,13 @@ from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore import static_pods
-from etcdwarden.restore.backup import Backup, check_resources, check_trailer, find_backup
+from etcdwarden.restore.backup import Backup, check_resources, check_trailer
 from etcdwarden.restore.checks import check_bump, check_release, check_versions
 from etcdwarden.restore.cluster_context import ClusterReport, ClusterRestoreOptions, Context
 from etcdwarden.restore.cluster_steps import run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
+from etcdwarden.restore.pitr import PointInTime, find_restore_backup
+from etcdwarden.restore.pitr_target import Target
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.runtimes.process import ProcessRuntime
@@ -107,13 +109,27 @@ def _prepare(opts: ClusterRestoreOptions, dry_run: bool) -> Context:
     spec = ClusterSpec.load(opts.spec_path)
     state_path = opts.state_path or default_state_path(opts.spec_path)
     state = RestoreState.load(state_path)
-    backup = find_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
-                         stage_near=_staging_near(opts, spec, state_path))
+    backup = find_restore_backup(opts.backup, opts.backup_id, opts.identity, options=opts.repository_options,
+                                 stage_near=_staging_near(opts, spec, state_path), point=_resumed_point(opts, state),
+                                 no_segments=opts.no_segments, etcdutl=opts.etcdutl)
     try:
         return _prepare_with(opts, dry_run, spec, state_path, state, backup)
     except BaseException:
         backup.close()  # a fetched backup's staging directory
         raise
+
+
+def _resumed_point(opts: ClusterRestoreOptions, state: RestoreState | None) -> PointInTime | None:
+    """A resumed point-in-time restore goes to the revision it started with (not to a later latest point: the
+    receiver may have written segments since), unless another target is given (then the state refuses)."""
+    point: PointInTime | None = opts.point
+    recorded = (state.doc.get("backup") or {}).get("point_in_time") if state is not None and \
+        not state.doc.get("finished") else None
+    if isinstance(recorded, dict) and isinstance(recorded.get("revision"), int) and \
+            (point is None or point.target.latest) and not opts.no_segments:
+        base = point or PointInTime()
+        return PointInTime(Target(revision=recorded["revision"]), base.etcd, base.progress)
+    return point
 
 
 def _staging_near(opts: ClusterRestoreOptions, spec: ClusterSpec, state_path: Path) -> Path:

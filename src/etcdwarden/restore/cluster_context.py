@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etcdwarden.binaries import binary_version, find_binary
 from etcdwarden.errors import BinaryNotFound
@@ -26,6 +26,9 @@ from etcdwarden.restore.runtimes.base import Host, Runtime
 from etcdwarden.restore.spec import ClusterSpec, MemberSpec
 from etcdwarden.restore.state import RestoreState
 from etcdwarden.snapshot.scratch import existing_dir
+
+if TYPE_CHECKING:
+    from etcdwarden.restore.pitr import PointInTime
 
 
 @dataclass
@@ -51,6 +54,8 @@ class ClusterRestoreOptions:
     repository_options: RepositoryOptions | None = None  # how to reach an object store (endpoint, credentials)
     restore_resources: bool = False  # OpenShift: the bundled static pod resources and manifests back on each host
     restart_kubelet: bool = False  # then systemctl restart the kubelet on each host
+    point: PointInTime | None = None  # --to-revision / --to-time (and the scratch member's etcd, progress)
+    no_segments: bool = False  # --no-segments: the full backup alone, even when segments follow it
 
 
 @dataclass
