@@ -115,8 +115,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def _point(args: argparse.Namespace, out: Output) -> Any:
     """The point-in-time target of ``--to-revision``/``--to-time`` (progress lines go to stderr)."""
+    from etcdwarden.repository.window import Target
     from etcdwarden.restore.pitr import PointInTime
-    from etcdwarden.restore.pitr_target import Target, parse_time
+    from etcdwarden.restore.pitr_target import parse_time
 
     if args.to_revision is not None and args.to_revision < 1:
         raise UsageError(f"--to-revision {args.to_revision}: a revision is 1 or more")

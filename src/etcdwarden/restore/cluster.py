@@ -26,6 +26,7 @@ from pathlib import Path
 
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal, UsageError
 from etcdwarden.etcd.config import ClientConfig
+from etcdwarden.repository.window import Target
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore import static_pods
 from etcdwarden.restore.backup import Backup, check_resources, check_trailer
@@ -34,7 +35,6 @@ from etcdwarden.restore.cluster_context import ClusterReport, ClusterRestoreOpti
 from etcdwarden.restore.cluster_steps import run_step, step_commands
 from etcdwarden.restore.datadir import new_tag
 from etcdwarden.restore.pitr import PointInTime, find_restore_backup
-from etcdwarden.restore.pitr_target import Target
 from etcdwarden.restore.runtimes import LocalHost, Runtime, make_runtime
 from etcdwarden.restore.runtimes.base import Host
 from etcdwarden.restore.runtimes.process import ProcessRuntime
@@ -126,7 +126,7 @@ def _resumed_point(opts: ClusterRestoreOptions, state: RestoreState | None) -> P
     recorded = (state.doc.get("backup") or {}).get("point_in_time") if state is not None and \
         not state.doc.get("finished") else None
     if isinstance(recorded, dict) and isinstance(recorded.get("revision"), int) and \
-            (point is None or point.target.latest) and not opts.no_segments:
+            (point is None or (point.target.revision is None and point.target.time is None)) and not opts.no_segments:
         base = point or PointInTime()
         return PointInTime(Target(revision=recorded["revision"]), base.etcd, base.progress)
     return point

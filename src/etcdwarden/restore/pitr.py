@@ -19,6 +19,7 @@ Order (nothing outside a private staging directory beside the data directory is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -42,9 +43,10 @@ from etcdwarden.format.segment import (
 )
 from etcdwarden.repository.base import Repository, RepositoryError, RepositoryOptions, normalize, open_repository
 from etcdwarden.repository.reverify import read_catalog
+from etcdwarden.repository.window import ReplayPlan, Window, read_window
 from etcdwarden.restore import etcdutl as eu
 from etcdwarden.restore.backup import verify
-from etcdwarden.restore.pitr_target import ChainView, Resolved, Target, fmt_time, read_chains, refuse_break, resolve
+from etcdwarden.restore.pitr_target import Target, fmt_time, refuse_break, resolve_target
 from etcdwarden.restore.replay import REPLAY_ETCD_ARGS, Replayer, ReplayStats
 from etcdwarden.restore.scratch_member import ScratchMember
 from etcdwarden.restore.source import Backup, is_remote, local_path, open_entry
@@ -76,28 +78,36 @@ class ProvenSegment:
 
 @dataclass
 class Plan:
-    """The resolved chain, its proven segments and the exact stop (revision and the time it was seen)."""
+    """The resolved point (:class:`~etcdwarden.repository.window.ReplayPlan`), its proven segments, the exact stop
+    (revision and the time the receiver saw it) and the lease TTLs the segments record."""
 
-    view: ChainView
+    resolved: ReplayPlan
     segments: list[ProvenSegment]
-    stop_revision: int
     stop_time: dt.datetime | None
     lease_ttls: dict[int, int]
     notes: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
-        return self.view.base
+        return self.resolved.base.id
+
+    @property
+    def base_revision(self) -> int:
+        return self.resolved.base_revision
+
+    @property
+    def stop_revision(self) -> int:
+        return self.resolved.stop_revision
 
     def describe(self) -> dict[str, Any]:
-        return {"base": self.base, "base_revision": self.view.base_revision, "revision": self.stop_revision,
+        return {"base": self.base, "base_revision": self.base_revision, "revision": self.stop_revision,
                 "time": fmt_time(self.stop_time) if self.stop_time else None, "segments": len(self.segments),
-                "revisions_to_replay": self.stop_revision - self.view.base_revision}
+                "revisions_to_replay": self.stop_revision - self.base_revision}
 
     def line(self) -> str:
         seen = f", seen at {fmt_time(self.stop_time)}" if self.stop_time else ""
         return (f"point-in-time restore to revision {self.stop_revision}{seen}: full backup {self.base} (revision "
-                f"{self.view.base_revision}) + {self.stop_revision - self.view.base_revision} revisions from "
+                f"{self.base_revision}) + {self.stop_revision - self.base_revision} revisions from "
                 f"{len(self.segments)} segment(s)")
 
 
@@ -106,7 +116,8 @@ def has_segments(location: str | Path, options: RepositoryOptions | None, backup
     if not _is_repository(location):
         return False
     with _open(location, options) as repo:
-        return any(v.chain.segments for v in read_chains(repo, read_catalog(repo), backup_id))
+        window = read_window(repo, read_catalog(repo))
+        return any((c.segments or c.broken) and (backup_id is None or c.base == backup_id) for c in window.chains)
 
 
 def _is_repository(location: str | Path) -> bool:
@@ -169,9 +180,8 @@ def _lines(path: Path, name: str) -> Iterator[bytes]:
         raise SegmentError(f"{name}: not a valid zstd stream: {e}") from None
 
 
-def _scan(path: Path, m: SegmentManifest, until: dt.datetime | None, ttls: dict[int, int]) -> int | None:
-    """Collect lease grants; with ``until``: the last revision seen at or before it (``None``: all of them)."""
-    last_in_time: int | None = m.first_revision - 1
+def _scan(path: Path, m: SegmentManifest, ttls: dict[int, int]) -> None:
+    """Collect the lease grants of a segment (their TTLs, for a put whose grant record comes after it)."""
     for line in _lines(path, m.file):
         if line.startswith(b'{"lease"'):
             try:
@@ -180,61 +190,38 @@ def _scan(path: Path, m: SegmentManifest, until: dt.datetime | None, ttls: dict[
                 raise SegmentError(f"{m.file}: {e}") from None
             if isinstance(rec, LeaseRecord) and rec.op == "grant":
                 ttls.setdefault(rec.id, rec.ttl)
-            continue
-        if until is None or last_in_time is None:
-            continue
-        match = _REV_PREFIX.match(line)
-        if match is None:
-            raise SegmentError(f"{m.file}: a record that is neither a revision nor a lease record")
-        seen = dt.datetime.fromisoformat(match.group(2).decode())
-        if seen > until:
-            return last_in_time
-        last_in_time = int(match.group(1))
-    return None
 
 
-def prepare(repo: Repository, resolved: Resolved, staging: Path) -> Plan:
-    """Prove (and fetch) the segments up to the stop and find the exact stop (see the module docstring)."""
-    view = resolved.view
-    stop, until = resolved.stop_revision, resolved.stop_time
+def prepare(repo: Repository, window: Window, resolved: ReplayPlan, staging: Path) -> Plan:
+    """Prove (and fetch) the segments up to the stop (see the module docstring); refuse past a bad one."""
     ttls: dict[int, int] = {}
     proven: list[ProvenSegment] = []
-    if until is not None and until < (view.chain.segments[0].first_time if view.chain.segments else until):
-        stop = view.base_revision
     for m in resolved.segments:
-        if m.first_revision > stop:
-            break
         try:
             path = _fetch(repo, m, staging)
             _sha_file(path, m)
-            found = _scan(path, m, until, ttls)
+            _scan(path, m, ttls)
         except SegmentError as e:
-            view.chain = type(view.chain)(view.chain.base, view.chain.base_revision,
-                                          tuple(s for s in view.chain.segments if s.first_revision < m.first_revision),
-                                          ChainBreak(m.name, str(e), m.first_revision - 1))
-            if stop >= m.first_revision:
-                raise refuse_break(view, Target(revision=resolved.stop_revision) if until is None else
-                                   Target(time=until)) from None
-            break
+            c = window.chain(resolved.base.id)
+            kept = tuple(s for s in c.chain.segments if s.first_revision < m.first_revision)
+            chain = dataclasses.replace(c.chain, segments=kept, broken=ChainBreak(m.name, str(e), m.first_revision - 1))
+            raise refuse_break(dataclasses.replace(c, chain=chain), resolved.target) from None
         proven.append(ProvenSegment(m, path))
-        if found is not None:
-            stop = found
-            break
-    return Plan(view, [p for p in proven if p.manifest.first_revision <= stop], stop,
-                _stop_time(proven, stop, view), ttls)
+    stop_time = resolved.stop_time
+    if stop_time is None:
+        stop_time = _stop_time(proven, resolved.stop_revision)
+    return Plan(resolved, proven, stop_time, ttls)
 
 
-def _stop_time(proven: list[ProvenSegment], stop: int, view: ChainView) -> dt.datetime | None:
+def _stop_time(proven: list[ProvenSegment], stop: int) -> dt.datetime | None:
     for p in proven:
         m = p.manifest
         if m.first_revision <= stop <= m.last_revision:
-            if stop == m.last_revision:
-                return m.last_time
             for line in _lines(p.path, m.file):
                 match = _REV_PREFIX.match(line)
                 if match is not None and int(match.group(1)) == stop:
                     return dt.datetime.fromisoformat(match.group(2).decode())
-    return view.base_time if stop == view.base_revision else None
+    return None
 
 
 def _varints(data: bytes) -> dict[int, int]:
@@ -286,7 +273,7 @@ def replay_into(plan: Plan, base: Backup, work: Path, etcd: Path | None, etcdutl
     member = ScratchMember(data, work / "replay.log", name="replay", etcd=etcd, extra_args=REPLAY_ETCD_ARGS)
     member.start()
     try:
-        with Replayer(member.client_url, plan.view.base_revision, plan.lease_ttls, existing) as rp:
+        with Replayer(member.client_url, plan.base_revision, plan.lease_ttls, existing) as rp:
             for seg in plan.segments:
                 m = seg.manifest
                 done = rp.apply(decode_segment(read_chunks(seg.path), m.file), plan.stop_revision)
@@ -344,15 +331,15 @@ def point_in_time_backup(location: str | Path, pit: PointInTime, *, backup_id: s
     try:
         staging = stack.enter_context(scratch_dir(existing_dir(stage_near)))
         with _open(location, options) as repo:
-            views = read_chains(repo, read_catalog(repo), backup_id)
-            if backup_id is not None and not views:
-                raise UsageError(f"backup {backup_id} is not a complete backup in {location}")
-            plan = prepare(repo, resolve(views, pit.target), staging)
+            window = read_window(repo, read_catalog(repo))
+            if backup_id is not None:  # --id: that full backup's chain only
+                window = dataclasses.replace(window, chains=(window.chain(backup_id),))
+            plan = prepare(repo, window, resolve_target(repo, window, pit.target), staging)
             if pit.progress is not None:
                 pit.progress(plan.line())
-            base = stack.enter_context(open_entry(repo, plan.view.entry, [], identity, staging, True))
+            base = stack.enter_context(open_entry(repo, plan.resolved.base, [], identity, staging, True))
         verify(base, False, staging)
-        if plan.stop_revision == plan.view.base_revision:
+        if plan.stop_revision == plan.base_revision:
             plan.notes.append(f"the point asked for is the full backup {plan.base} itself: nothing replayed")
         snapshot, stats = replay_into(plan, base, staging, pit.etcd, etcdutl, pit.progress)
         plan.notes += stats.warnings
@@ -376,7 +363,7 @@ def find_restore_backup(location: str | Path, backup_id: str | None, identity: P
     point of a repository with segments), or the full backup alone (``--no-segments``, or no segments)."""
     from etcdwarden.restore.source import find_backup
 
-    asked = point is not None and not point.target.latest
+    asked = point is not None and (point.target.revision is not None or point.target.time is not None)
     if no_segments and asked:
         raise UsageError("--no-segments restores a full backup as it is: it does not go with --to-revision/--to-time")
     if asked or (not no_segments and has_segments(location, options, backup_id)):
