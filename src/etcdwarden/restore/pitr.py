@@ -58,6 +58,9 @@ from etcdwarden.snapshot.status import iter_bucket
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 CHUNK = 1 << 20
+# compressed bytes decoded at a time: a segment compresses up to ~100x (repeated values), so a bigger read
+# would decompress tens of MiB at once; 64 KiB keeps the replay's memory flat whatever the segment
+DECODE_CHUNK = 64 << 10
 _REV_PREFIX = re.compile(rb'^\{"rev":(\d+),"time":"([^"]+)"')
 
 
@@ -160,9 +163,9 @@ def _fetch(repo: Repository, m: SegmentManifest, staging: Path) -> Path:
     return dest
 
 
-def read_chunks(path: Path) -> Iterator[bytes]:
+def read_chunks(path: Path, size: int = CHUNK) -> Iterator[bytes]:
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        while chunk := f.read(size):
             yield chunk
 
 
@@ -172,7 +175,7 @@ def _lines(path: Path, name: str) -> Iterator[bytes]:
     dctx = zstandard.ZstdDecompressor().decompressobj()
     pending = b""
     try:
-        for chunk in read_chunks(path):
+        for chunk in read_chunks(path, DECODE_CHUNK):
             pending += dctx.decompress(chunk)
             *lines, pending = pending.split(b"\n")
             yield from lines
@@ -276,7 +279,7 @@ def replay_into(plan: Plan, base: Backup, work: Path, etcd: Path | None, etcdutl
         with Replayer(member.client_url, plan.base_revision, plan.lease_ttls, existing) as rp:
             for seg in plan.segments:
                 m = seg.manifest
-                done = rp.apply(decode_segment(read_chunks(seg.path), m.file), plan.stop_revision)
+                done = rp.apply(decode_segment(read_chunks(seg.path, DECODE_CHUNK), m.file), plan.stop_revision)
                 rp.settle_revokes()
                 rp.check()
                 if progress is not None:
