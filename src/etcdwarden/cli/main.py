@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "member": ("etcdwarden.cli.member_cmd", "list, add, remove and promote members"),
     "alarm": ("etcdwarden.cli.alarm_cmd", "list or disarm alarms (NOSPACE, CORRUPT)"),
     "backup": ("etcdwarden.cli.backup_cmd", "back up the cluster (snapshot + resources + manifest)"),
+    "receive": ("etcdwarden.cli.receive_cmd", "capture every revision into segments (continuous backup)"),
     "snapshot": ("etcdwarden.cli.snapshot_cmd", "offline status, verify, inspect and diff of snapshots"),
     "backups": ("etcdwarden.cli.backups_cmd", "the backups in a repository: list, show, delete, prune, copy"),
     "encryption": ("etcdwarden.cli.encryption_cmd", "encryption at rest: enable, rotate, disable, migrate, status"),

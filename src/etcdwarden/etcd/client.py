@@ -11,16 +11,17 @@ awareness, typed errors).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
-from etcdwarden.errors import AuthenticationFailed, EtcdError, NoLeader, Timeout, TLSError, Unreachable
+from etcdwarden.errors import AuthenticationFailed, Compacted, EtcdError, NoLeader, Timeout, TLSError, Unreachable
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.etcd.config import ClientConfig
@@ -46,6 +47,7 @@ class _Member:
         self.cluster = rpc.ClusterStub(channel)
         self.maintenance = rpc.MaintenanceStub(channel)
         self.lease = rpc.LeaseStub(channel)
+        self.watch = rpc.WatchStub(channel)
         self.auth = rpc.AuthStub(channel)
         self.connected = False
 
@@ -289,6 +291,33 @@ class EtcdClient:
         req = pb.LeaseTimeToLiveRequest(ID=lease_id)
         return await self.call_any(lambda m, md, t: m.lease.LeaseTimeToLive(req, metadata=md, timeout=t))
 
+    async def lease_leases(self) -> list[int]:
+        """The IDs of every lease the cluster holds (``LeaseLeases``)."""
+        req = pb.LeaseLeasesRequest()
+        resp = await self.call_any(lambda m, md, t: m.lease.LeaseLeases(req, metadata=md, timeout=t))
+        return [int(s.ID) for s in resp.leases]
+
+    # -- watch -----------------------------------------------------------------------------
+    async def watch(self, create: pb.WatchCreateRequest, endpoints: Sequence[Endpoint] | None = None) -> Watch:
+        """Open one watch (a ``Watch`` bidi stream) on the first endpoint that answers, starting at the last one
+        that did. Returns once etcd confirmed it (``created``); :class:`Compacted` when ``start_revision`` is
+        already compacted (``compact_revision`` set on the error)."""
+        eps = list(endpoints or self.config.endpoints)
+        order = eps[self._preferred % len(eps):] + eps[: self._preferred % len(eps)]
+        last: EtcdError | None = None
+        for ep in order:
+            try:
+                w = await self.call(ep, functools.partial(_open_watch, ep=ep, create=create))
+            except _RETRYABLE as e:
+                last = e
+                continue
+            if ep in self.config.endpoints:
+                self._preferred = list(self.config.endpoints).index(ep)
+            w.errors = functools.partial(self._error, ep=ep, timeout=None)
+            return w
+        assert last is not None
+        raise last
+
     # -- cluster ---------------------------------------------------------------------------
     async def member_list(self, linearizable: bool = True) -> list[pb.Member]:
         req = pb.MemberListRequest(linearizable=linearizable)
@@ -365,6 +394,89 @@ class EtcdClient:
             raise self._error(e, ep, None) from None
         finally:
             stream.cancel()
+
+
+class Watch:
+    """One open watch (see :meth:`EtcdClient.watch`): read its responses, ask for progress, close it.
+
+    A task reads the stream into a small queue (cancelling a read of a ``grpc.aio`` stream would cancel the
+    whole call, so :meth:`next` waits on the queue instead; a full queue holds the stream back)."""
+
+    def __init__(self, ep: Endpoint, call: Any, watch_id: int, revision: int) -> None:
+        self.ep = ep
+        self.call = call
+        self.watch_id = watch_id
+        self.revision = revision  # the header revision of the created response
+        self.errors: Callable[[grpc.aio.AioRpcError], EtcdError] = \
+            lambda e: EtcdError(e.details() or str(e.code()), ep.raw)
+        self._queue: asyncio.Queue[pb.WatchResponse | EtcdError] = asyncio.Queue(64)
+        self._reader = asyncio.create_task(self._read(), name="etcdwarden-watch-reader")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self.call.read()
+                if resp is grpc.aio.EOF:
+                    await self._queue.put(Unreachable("the watch stream was closed by the member", self.ep.raw))
+                    return
+                await self._queue.put(resp)
+        except grpc.aio.AioRpcError as e:
+            await self._queue.put(self.errors(e))
+
+    async def next(self, timeout: float | None = None) -> pb.WatchResponse | None:
+        """The next response (events, or progress: no event, ``header.revision`` = every revision up to it
+        sent), or ``None`` after ``timeout`` seconds without one.
+
+        Raises :class:`Compacted` (``compact_revision`` set) when the watch fell behind a compaction,
+        :class:`Unreachable` when the stream ended or the member went away."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if isinstance(item, EtcdError):
+            raise item
+        return _checked(item, self.ep)
+
+    async def request_progress(self) -> None:
+        """Ask for a progress response (etcd 3.4+: sent once the watch has delivered every revision)."""
+        try:
+            await self.call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+            raise Unreachable(f"the watch stream is gone: {e}", self.ep.raw) from None
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self.call.cancel()
+
+
+def _checked(resp: pb.WatchResponse, ep: Endpoint) -> pb.WatchResponse:
+    if resp.compact_revision:
+        err = Compacted(f"the watch's next revision was compacted (compacted up to {resp.compact_revision})", ep.raw)
+        err.compact_revision = int(resp.compact_revision)  # type: ignore[attr-defined]
+        raise err
+    if resp.canceled:
+        raise EtcdError(f"the watch was cancelled: {resp.cancel_reason or 'no reason given'}", ep.raw)
+    return resp
+
+
+async def _open_watch(m: _Member, md: list[tuple[str, str]] | None, timeout: float, *, ep: Endpoint,
+                      create: pb.WatchCreateRequest) -> Watch:
+    call = m.watch.Watch(metadata=md)
+    try:
+        await asyncio.wait_for(call.write(pb.WatchRequest(create_request=create)), timeout)
+        while True:
+            resp = await asyncio.wait_for(call.read(), timeout)
+            if resp is grpc.aio.EOF:
+                raise Unreachable("the watch stream was closed before the watch was created", ep.raw)
+            checked = _checked(cast(pb.WatchResponse, resp), ep)
+            if checked.created:
+                return Watch(ep, call, int(checked.watch_id), int(checked.header.revision))
+    except TimeoutError:
+        call.cancel()
+        raise Timeout(f"the watch was not created within {timeout:g}s", ep.raw) from None
+    except BaseException:
+        call.cancel()
+        raise
 
 
 def fetch_server_certificate(ep: Endpoint, cert: Path | None, key: Path | None,

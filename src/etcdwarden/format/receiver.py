@@ -54,9 +54,11 @@ class ReceiverState(_Part):
     format: Literal[1] = 1
     kind: Literal["receiver"] = "receiver"
     cluster_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,16}$")]
-    base: Annotated[str, StringConstraints(pattern=rf"^{TS}$")]  # the chain being written
-    revision: Annotated[int, Field(ge=0)]  # every revision of the chain up to this one is durable
-    confirmed_at: Annotated[AwareDatetime, Field(strict=False)]  # the cluster was still at `revision` then
+    # the chain being written (None: the receiver has not chosen or taken its base backup yet)
+    base: Annotated[str, StringConstraints(pattern=rf"^{TS}$")] | None = None
+    revision: Annotated[int, Field(ge=0)] = 0  # every revision of the chain up to this one is durable
+    # the cluster was still at `revision` then (None: not confirmed yet)
+    confirmed_at: Annotated[AwareDatetime | None, Field(strict=False)] = None
     holder: StateHolder
     heartbeat_at: Annotated[AwareDatetime, Field(strict=False)]
     stopped: bool = False  # the receiver exited cleanly (its lease is free)
