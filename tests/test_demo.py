@@ -21,7 +21,9 @@ def test_demo_runs_and_stops_everything() -> None:
     assert '"totalKey":' in res.stdout and "TOTAL KEYS" in res.stdout
     # the backup is drilled: restored into a throwaway member and proven against its manifest
     assert "$ etcdwarden backups drill" in res.stdout and "drill PASSED" in res.stdout and "hash_kv" in res.stdout
-    # backup -> damage -> restore -> verify
+    # backup -> receive -> damage at a known time -> restore to one second before it -> verify
+    assert "$ etcdwarden receive" in res.stdout and "--to-time" in res.stdout
+    assert "point-in-time restore to revision" in res.stdout and "restored with its ID and TTL" in res.stdout
     assert "secrets deleted" in res.stdout
     assert res.stdout.count(": identical (") == 3 and "DIFFERENT" not in res.stdout
     assert res.stdout.count(".pre-restore-") == 3

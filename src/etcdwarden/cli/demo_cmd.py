@@ -3,15 +3,19 @@
 Starts three etcd processes on free loopback ports in a temporary directory, writes sample
 Kubernetes-like data, shows ``endpoint status`` and ``endpoint health``, takes a verified backup and
 shows its ``snapshot status``, drills it (restores it into a throwaway member and proves it against its
-manifest: ``backups drill``), damages the data, restores the whole cluster from the backup with the
-``process`` runtime, verifies that every member serves exactly the backed-up keys, and stops every
-process it started, by PID.
+manifest: ``backups drill``), starts continuous backup (``receive``: segments every second), writes more
+data, damages the data at a known time, restores the whole cluster to one second before the damage
+(``restore cluster --to-time``: the full backup plus the captured revisions replayed) with the ``process``
+runtime, verifies that every member serves exactly the keys of that moment (the ones written after the
+full backup included), and stops every process it started, by PID.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import tempfile
 from pathlib import Path
@@ -69,7 +73,9 @@ async def _cycle(cluster: LocalCluster, keys: int, out: Output, base: Path) -> b
     from etcdwarden.etcd.config import ClientConfig
     from etcdwarden.inspect import health_all, quorum, status_all
     from etcdwarden.local.sample import fill
+    from etcdwarden.repository.window import Target
     from etcdwarden.restore.cluster import ClusterRestoreOptions, restore_cluster
+    from etcdwarden.restore.pitr import PointInTime
     from etcdwarden.snapshot.status import db_status
 
     cfg = ClientConfig.from_strings(cluster.endpoints)
@@ -103,32 +109,83 @@ async def _cycle(cluster: LocalCluster, keys: int, out: Output, base: Path) -> b
                   [[f"{st.hash:x}", st.revision, st.total_key, humanize_bytes(st.total_size)]])
         if not await _drill(backups, m["timestamp"], base, out):
             return False
+        backed_up = await _dump(cluster.endpoints[0])
+        receiving, stats = await _start_receiver(c, backups, out)
+        await fill(c, keys // 10, prefix="/registry/configmaps-after-backup", seed=7)
+        lease = await c.lease_grant(600)
+        await c.put(b"/registry/leases/kube-system/demo", b"holder", lease)
+        await asyncio.sleep(1.5)  # nothing written in the second before the damage
         before = await _dump(cluster.endpoints[0])
-
-        out.line("\ndamage: deleting every secret and overwriting the configmaps")
+        later = len(before) - len(backed_up)
+        damage_at = dt.datetime.now(dt.UTC)
+        out.line(f"\n{later} keys written since the backup (one attached to lease {lease:x}), then at "
+                 f"{_rfc3339(damage_at)} damage: deleting every secret and overwriting the configmaps")
         deleted = (await c.delete(b"/registry/secrets/", prefix_end(b"/registry/secrets/"))).deleted
-        await fill(c, keys // 5, prefix="/registry/configmaps-damaged", seed=99)
+        damaged_rev = await fill(c, keys // 5, prefix="/registry/configmaps-damaged", seed=99)
         after = await _dump(cluster.endpoints[0])
         added = len(after.keys() - before.keys())
-        out.line(f"{deleted} secrets deleted and {added} unwanted keys written since the backup")
+        out.line(f"{deleted} secrets deleted and {added} unwanted keys written (up to revision {damaged_rev})")
+        await _stop_receiver(receiving, stats, damaged_rev, out)
 
     spec = _write_spec(cluster, base / "cluster.yaml")
-    out.line(f"\n$ etcdwarden restore cluster {backups} --spec {spec}")
-    report = await restore_cluster(ClusterRestoreOptions(backup=backups, spec_path=spec), progress=out.line)
+    target = damage_at - dt.timedelta(seconds=1)
+    out.line(f"\n$ etcdwarden restore cluster {backups} --spec {spec} --to-time {_rfc3339(target)}")
+    point = PointInTime(Target(time=target), progress=out.line)
+    report = await restore_cluster(ClusterRestoreOptions(backup=backups, spec_path=spec, point=point),
+                                   progress=out.line)
     took = report.seconds_stop_to_healthy
     out.line(f"restored {len(report.members)} members" + (f" (stop to healthy: {took:.1f}s)" if took else ""))
     for w in report.warnings:
         out.warn(w)
 
-    out.line("\nverify: every member serves exactly the backed-up keys and values")
+    out.line("\nverify: every member serves exactly the keys and values of one second before the damage "
+             f"({later} more than the full backup holds)")
     ok = True
     for mem in cluster.members:
         same = await _dump(mem.client_url) == before
         ok = ok and same
         out.line(f"  {mem.name} {mem.client_url}: {'identical' if same else 'DIFFERENT'} ({len(before)} keys)")
+    async with EtcdClient(cfg) as c:
+        ttl = await c.lease_ttl(lease)
+    kept = int(ttl.grantedTTL) == 600
+    ok = ok and kept
+    out.line(f"  lease {lease:x}: {'restored with its ID and TTL (600s)' if kept else 'MISSING'}")
     moved = sorted(p.name for p in base.iterdir() if ".pre-restore-" in p.name)
     out.line(f"old data directories kept, moved aside: {', '.join(moved)}")
     return ok
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _start_receiver(c: Any, backups: Path, out: Output) -> tuple[asyncio.Task[Any], Any]:
+    """Continuous backup into the backup directory (segments every second), as ``etcdwarden receive`` does."""
+    from etcdwarden.backup.receive import ReceiveOptions, ReceiveStats, receive
+
+    out.line(f"\n$ etcdwarden receive {backups} --segment-seconds 1   (in the background)")
+    stats = ReceiveStats()
+    task = asyncio.create_task(receive(c, ReceiveOptions(repository=str(backups), segment_seconds=1.0), None, stats))
+    for _ in range(100):
+        if stats.base or task.done():
+            break
+        await asyncio.sleep(0.1)
+    if task.done():
+        task.result()  # its error
+    return task, stats
+
+
+async def _stop_receiver(task: asyncio.Task[Any], stats: Any, revision: int, out: Output) -> None:
+    """Wait until ``revision`` is durable in a segment, then stop the receiver (it writes its open segment)."""
+    for _ in range(300):
+        if stats.durable_revision >= revision or task.done():
+            break
+        await asyncio.sleep(0.1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    out.line(f"receiver stopped: every revision up to {stats.durable_revision} is in {stats.segments} segment(s) "
+             f"after full backup {stats.base}")
 
 
 async def _drill(backups: Path, backup_id: str, base: Path, out: Output) -> bool:

@@ -347,8 +347,8 @@ def point_in_time_backup(location: str | Path, pit: PointInTime, *, backup_id: s
         snapshot, stats = replay_into(plan, base, staging, pit.etcd, etcdutl, pit.progress)
         plan.notes += stats.warnings
         if pit.progress is not None and stats.revisions:
-            pit.progress(f"replayed {stats.revisions} revisions ({stats.events} events) in {stats.seconds:.1f}s "
-                         f"({stats.rate:.0f}/s)")
+            rate = f" ({stats.rate:.0f}/s)" if stats.seconds >= 1 else ""
+            pit.progress(f"replayed {stats.revisions} revisions ({stats.events} events) in {stats.seconds:.1f}s{rate}")
         return derived_backup(plan, base, snapshot, staging, stack)
     except BaseException:
         stack.close()
