@@ -23,7 +23,7 @@ DOCS = [ROOT / "README.md", ROOT / "contrib" / "kubernetes" / "README.md"]
 FOREIGN = {"--advertise-client-urls", "--cert-file", "--key-file", "--trusted-ca-file", "--force-new-cluster",
            "--quota-backend-bytes", "--encryption-provider-config", "--from-literal", "--from-file", "--now",
            "--strict", "--help", "--initial-cluster-state", "--storage-media-type",
-           "--encryption-provider-config-automatic-reload"}
+           "--encryption-provider-config-automatic-reload", "--unsafe-no-fsync"}
 
 
 def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], set[str]]:
