@@ -21,9 +21,12 @@ from etcdwarden.binaries import find_binary
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.local.cluster import LocalCluster
+from etcdwarden.repository.base import open_repository
 from etcdwarden.restore.backup import snapshot_facts
 from etcdwarden.restore.scratch_member import ScratchMember
 from tests.cli_helpers import Result, cli
+from tests.repository.conftest import seaweed  # noqa: F401  (the session's object store)
+from tests.repository.seaweed import SeaweedS3
 from tests.restore.conftest import backup_of
 from tests.restore.helpers import statuses, stop_all, write_spec
 from tests.restore.recorder import Recorder
@@ -272,3 +275,44 @@ def test_restore_cluster_to_a_revision(c3: LocalCluster, tmp_path: Path) -> None
     assert {int(s.header.revision) for s in statuses(c3)} == {target}
     assert all(kvs_at(ep, target) == expected for ep in c3.endpoints)
     assert "to revision" in r.err
+
+
+@pytest.fixture
+def s3_env(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:  # noqa: F811
+    for k, v in seaweed.env().items():
+        monkeypatch.setenv(k, v)
+    return seaweed
+
+
+def test_restore_from_s3_to_a_revision(source: Source, s3_env: SeaweedS3, tmp_path: Path) -> None:
+    """The chain in a SeaweedFS bucket: segments fetched into the staging directory beside the data directory
+    (sha256 proven), replayed, the staging directory removed; a damaged segment object is refused."""
+    url = s3_env.url("pitr")
+    repo = open_repository(url, s3_env.options())
+    try:
+        for f in sorted(source.repo.iterdir()):
+            repo.write_bytes(f.name, f.read_bytes())
+    finally:
+        repo.close()
+    parent = tmp_path / "host"
+    parent.mkdir()
+    r = source.marks["revoke"]
+    res = cli("restore", "member", url, "--s3-endpoint", s3_env.endpoint, "--data-dir", str(parent / "etcd"),
+              "--name", "m0", "--initial-cluster", source.initial_cluster, "--to-revision", str(r))
+    assert res.code == 0, res.err
+    assert sorted(p.name for p in parent.iterdir()) == ["etcd"]  # nothing staged is left
+    served, kvs, _ = restored_state(parent / "etcd", r, tmp_path / "w")
+    assert served == r and kvs == source.expected[r]
+
+    seg = source.recorder.segments[1]
+    repo = open_repository(url, s3_env.options())
+    try:
+        raw = bytearray((source.repo / seg.file).read_bytes())
+        raw[-5] ^= 0xFF
+        repo.write_bytes(seg.file, bytes(raw))
+    finally:
+        repo.close()
+    res = cli("restore", "member", url, "--s3-endpoint", s3_env.endpoint, "--data-dir", str(parent / "etcd2"),
+              "--name", "m0", "--initial-cluster", source.initial_cluster)
+    assert res.code == 3 and "sha256" in res.err and f"--to-revision {seg.first_revision - 1}" in res.err, res.err
+    assert sorted(p.name for p in parent.iterdir()) == ["etcd"]
