@@ -202,6 +202,16 @@ def test_restore_latest_by_default_and_to_time(source: Source, tmp_path: Path) -
     assert served == r and kvs == source.expected[r]
 
 
+def test_dry_run_replays_into_staging_and_changes_nothing(source: Source, tmp_path: Path) -> None:
+    parent = tmp_path / "host"
+    parent.mkdir()
+    r = source.marks["txn"]
+    res = restore(source, parent / "etcd", "--to-revision", str(r), "--dry-run")
+    assert res.code == 0, res.err
+    assert f"up to revision {r}" in res.out and "replayed full backup" in res.out
+    assert list(parent.iterdir()) == []
+
+
 def test_no_segments_restores_the_full_backup(source: Source, tmp_path: Path) -> None:
     res = restore(source, tmp_path / "full", "--no-segments")
     assert res.code == 0, res.err
