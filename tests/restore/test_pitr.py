@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from etcdwarden.binaries import find_binary
+from etcdwarden.cli.restore_cmd import CRASH_ENV
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.local.cluster import LocalCluster
@@ -326,3 +327,34 @@ def test_restore_from_s3_to_a_revision(source: Source, s3_env: SeaweedS3, tmp_pa
               "--name", "m0", "--initial-cluster", source.initial_cluster)
     assert res.code == 3 and "sha256" in res.err and f"--to-revision {seg.first_revision - 1}" in res.err, res.err
     assert sorted(p.name for p in parent.iterdir()) == ["etcd"]
+
+
+@pytest.fixture
+def c1(etcd1: LocalCluster) -> Iterator[LocalCluster]:
+    yield etcd1
+    stop_all(etcd1)
+
+
+def test_a_resumed_cluster_restore_keeps_its_point(source: Source, c1: LocalCluster, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash after the restore step, the receiver writes one more segment, rerun: the same revision, not the
+    new latest point (members restored from two different points would not form one cluster)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(source.repo, repo)
+    last = source.recorder.segments[-1]
+    held = tmp_path / "held"
+    held.mkdir()
+    for name in (last.file, last.name):
+        (repo / name).rename(held / name)
+    point = last.first_revision - 1
+    spec = write_spec(c1, tmp_path / "cluster.yaml")
+    monkeypatch.setenv(CRASH_ENV, "restore")
+    r = cli("restore", "cluster", str(repo), "--spec", str(spec))
+    assert r.code != 0 and f"to revision {point}" in r.err
+    monkeypatch.delenv(CRASH_ENV)
+    for name in (last.file, last.name):
+        (held / name).rename(repo / name)
+    r = cli("restore", "cluster", str(repo), "--spec", str(spec), "-w", "json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["verify"]["expected_revision"] == point
+    assert {int(s.header.revision) for s in statuses(c1)} == {point}
