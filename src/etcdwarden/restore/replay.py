@@ -45,9 +45,10 @@ KEEPALIVE_TICK = 0.25
 CALL_TIMEOUT = 60.0
 
 #: flags for the scratch member a replay runs on (besides ScratchMember's own): no fsync (a throwaway copy),
-#: room for any source revision (a lease revoke or a DeleteRange can delete thousands of keys in one revision)
+#: room for any source revision (a lease revoke or a DeleteRange can delete thousands of keys in one revision),
+#: a raft snapshot every 10,000 entries (etcd keeps the entries since the last one in memory)
 REPLAY_ETCD_ARGS = ("--unsafe-no-fsync", "--max-txn-ops", "1000000", "--max-request-bytes", str(MAX_MESSAGE // 2),
-                    "--quota-backend-bytes", str(8 << 30), "--snapshot-count", "1000000")
+                    "--quota-backend-bytes", str(8 << 30), "--snapshot-count", "10000")
 
 
 class ReplayError(EtcdwardenError):
