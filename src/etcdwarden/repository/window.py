@@ -246,11 +246,13 @@ def _base_point(e: CatalogEntry) -> tuple[int, dt.datetime, str] | None:
     m = e.manifest
     if m is None or not e.good:
         return None
-    rev = m.snapshot_revision
+    # the store's revision (backups since the receiver: ``revision``), else etcdutl's last-key revision
+    rev = max(m.revision or 0, m.snapshot_revision or 0) if m.status is not None else m.revision
     entry = m.files.get(m.snapshot_file)
     if rev is None or entry is None:
         return None
-    return rev, (m.created_at or e.time), entry.sha256
+    # a snapshot whose key bucket is empty says revision 0: it is the store's first revision, 1 (which has no event)
+    return max(rev, 1), (m.created_at or e.time), entry.sha256
 
 
 def _segment_names(e: CatalogEntry) -> list[str]:
