@@ -123,3 +123,25 @@ def test_a_second_receiver_is_refused(etcd1: LocalCluster, tmp_path: Path) -> No
     assert code == 130, err
     assert read_window(repo).state is not None and read_window(repo).state.stopped  # type: ignore[union-attr]
     assert current_revision(etcd1.endpoints) >= 1
+
+
+def test_rotation_and_a_member_lost_keep_the_window_whole(etcd3: LocalCluster, tmp_path: Path) -> None:
+    eps = etcd3.endpoints
+    repo = open_repository(tmp_path / "repo")
+    proc = start_receiver(eps, str(tmp_path / "repo"), "--full-every", "3s")
+    wait_receiving(repo, proc)
+    workload(eps[1:], 40, "one")
+    etcd3.stop_member(etcd3.members[0].name, kill=True)  # the member the watch is on (the first endpoint)
+    end = 0
+    deadline = time.monotonic() + 60
+    while len(read_window(repo).chains) < 3 and time.monotonic() < deadline:
+        end = workload(eps[1:], 20, "two")
+        time.sleep(0.5)
+    wait_receiving(repo, proc, end)
+    code, err = stop(proc)
+    assert code == 143 and "reconnecting" in err and "closed at revision" in err, err
+    w = read_window(repo, rehash=True)
+    assert len(w.chains) >= 3 and all(c.broken is None for c in w.chains)
+    assert all(c.closed == ("rotated" if c.segments else None) for c in w.chains[:-1]) and not w.chains[-1].closed
+    (interval,) = w.intervals  # each chain reaches the next one's base: no gap
+    assert interval.end.revision == end

@@ -306,6 +306,8 @@ class _Receiver:
                     rotation = None
                 if next_base is not None and self.last_seen >= next_base.revision:
                     await self._close_segment("rotated")
+                    await self._drain()
+                    await asyncio.to_thread(self._mark_closed, base.id, "rotated")
                     self.notify(f"chain of {base.id} closed at revision {self.last_seen}; the next chain starts "
                                 f"from full backup {next_base.id}")
                     return self._start(next_base)
@@ -462,7 +464,7 @@ class _Receiver:
         compact = int(getattr(e, "compact_revision", 0))
         await self._close_segment("compacted")
         await self._drain()
-        await asyncio.to_thread(self._mark_closed, base.id)
+        await asyncio.to_thread(self._mark_closed, base.id, "compacted")
         self.stats.breaks += 1
         last = self.last_seen
         new = await self._full_backup()
@@ -481,15 +483,16 @@ class _Receiver:
             joined.cancel()
         self._raise_writer_error()
 
-    def _mark_closed(self, base_id: str) -> None:
-        """Mark the chain's last segment as closing it (unless it already does)."""
+    def _mark_closed(self, base_id: str, why: str) -> None:
+        """Mark the chain's last segment as closing it (unless it already does: its open segment was closed
+        with the mark; a chain with no segment has nothing to mark)."""
         window = read_window(self.repo)
         try:
             c = window.chain(base_id)
         except UsageError:
             return
         if c.segments and c.segments[-1].closes_chain is None:
-            rewrite_manifest(self.repo, c.segments[-1].model_copy(update={"closes_chain": "compacted"}))
+            rewrite_manifest(self.repo, c.segments[-1].model_copy(update={"closes_chain": why}))
 
 
 def _anchor(c: ChainWindow) -> str:
