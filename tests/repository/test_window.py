@@ -215,3 +215,35 @@ def test_gap_between_chains_and_orphan_segments(repo: Repository) -> None:
         resolve(repo, w, Target(revision=130))
     with pytest.raises(NotRecoverable, match="gap"):
         resolve(repo, w, Target(time=_t(T1, 200)))
+
+
+def test_backups_list_show_at_and_prune_keep_the_chain_with_its_backup(repo: Repository, tmp_path: Path) -> None:
+    import json
+
+    from tests.cli_helpers import cli
+
+    where = str(tmp_path / "repo")
+    put_backup(repo, "2026-12-02_090000", revision=90, resources=False)  # no chain
+    a1, a2 = _chain(repo, B1, T1, 100, (101, 110), (111, 120))
+    listed = cli("backups", "list", where)
+    assert listed.code == 0, listed.err
+    assert "Recoverable window" in listed.out and "earliest: revision 90" in listed.out
+    assert "latest:   revision 120" in listed.out
+    doc = json.loads(cli("backups", "list", where, "-w", "json").out)
+    assert doc["window"]["latest"]["revision"] == 120 and doc["window"]["chains"][1]["segments"] == 2
+    at = cli("backups", "show", where, "--at", "115")
+    assert at.code == 0 and "restores to:     revision 115" in at.out and a2.file in at.out, at.err
+    at = json.loads(cli("backups", "show", where, "--at", _t(T1, 105).isoformat(), "-w", "json").out)
+    assert at["stop"]["revision"] == 105 and at["base"] == B1 and at["segments"] == [repo.where(a1.file)]
+    assert "after the latest recoverable point, revision 120" in cli("backups", "show", where, "--at", "121").err
+    assert cli("backups", "show", where).code == 2  # an ID or --at
+    shown = cli("backups", "show", where, B1)
+    assert "chain:           2 segment(s), revision 100" in shown.out
+    # the base is older than an hour, its segments were written just now: --keep-within keeps it, chain and all
+    pruned = cli("backups", "prune", where, "--keep-within", "1h", "-w", "json")
+    assert pruned.code == 0, pruned.err
+    names = {o.name for o in repo.list()}
+    assert a1.name in names and BackupNames(B1).manifest in names
+    assert BackupNames("2026-12-02_090000").manifest not in names
+    cli("backups", "delete", where, B1, "--force")
+    assert not [n for n in (o.name for o in repo.list()) if B1 in n]  # deleted with every segment of its chain

@@ -12,7 +12,8 @@ Like ``pg_receivewal``: a long-running process that extends the repository's rec
    goes away, from the last revision received + 1). Every revision becomes one record, with the wall-clock
    time it was received and every event (lease IDs included), in order; the lease table is polled
    (``LeaseLeases``, ``LeaseTimeToLive``): a new lease becomes a grant record (with its granted TTL), a
-   vanished one a revoke record; a lease first met on an event is looked up before its revision is recorded.
+   vanished one a revoke record; a lease first met on an event is looked up before its revision is recorded
+   (a lease already gone then, granted and revoked while no receiver ran, is recorded with TTL 0: unknown).
    At the start of each chain, every lease of the cluster is recorded as granted (the receiver cannot tell
    which the base backup already holds: a replay keeps a lease it already has).
 4. **Segments** close every ``segment_seconds`` or ``segment_bytes`` and are written in order by one writer
@@ -136,7 +137,7 @@ async def receive(client: EtcdClient, opts: ReceiveOptions, notify: Notify | Non
         try:
             await _Receiver(client, repo, opts, lease, notify or (lambda _m: None), out).run()
         finally:
-            await asyncio.to_thread(lease.release)
+            lease.release()  # (blocking: this may run while the process stops, every task cancelled)
     finally:
         repo.close()
     return out
@@ -172,23 +173,32 @@ class _Receiver:
             await self._shutdown(writer)
 
     async def _shutdown(self, writer: asyncio.Task[None]) -> None:
-        """Close and write the open segment, drain the writer, record the progress (runs on cancellation)."""
+        """Stop the writer once its write in flight is done, then write what is left, in order, and the open
+        segment, and record the progress (blocking calls: this runs while the process stops, when every task,
+        the writer's included, may have been cancelled)."""
+        writer.cancel()
+        with contextlib.suppress(BaseException):
+            await writer
+        rest: list[ClosedSegment] = []
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if item is not None:
+                rest.append(item)
         seg, self.seg = self.seg, None
-        # only the segment that follows the last one handed to the writer: one lost on the way (the signal came
+        # only a segment that follows the last one handed to the writer: one lost on the way (the signal came
         # while the queue was full) would leave a gap; its revisions are captured again by the next run
-        if seg is not None and seg.revisions and self.writer_error is None and \
-                seg.first_revision == self.queued_last + 1:
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(seg.close())
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
-        if not writer.done():
+        if seg is not None and seg.revisions and seg.first_revision == self.queued_last + 1:
+            rest.append(seg.close())
+        for closed in rest:
+            if self.writer_error is not None:
+                break
             try:
-                await asyncio.shield(writer)
-            except asyncio.CancelledError:
-                with contextlib.suppress(BaseException):
-                    await writer  # let the segments already closed be written
+                write_segment(self.repo, closed)
+            except Exception as e:
+                self.writer_error = e
                 raise
+            self._written(closed)
+        self.lease.heartbeat(*self._progress())
 
     async def _resume_or_full(self) -> _Base:
         window = await asyncio.to_thread(read_window, self.repo)
@@ -235,7 +245,8 @@ class _Receiver:
         result = await take_backup(self.client, bo)
         m = result.manifest
         snap = m["snapshot"]["file"]
-        rev = int((m.get("status") or {}).get("revision") or m["revision"])
+        # (the store's revision; an empty key bucket says 0: the store's first revision, 1, as the window reads it)
+        rev = max(1, int(m["revision"]))
         self.notify(f"full backup {m['timestamp']} taken at revision {rev}")
         return _Base(m["timestamp"], rev, dt.datetime.fromisoformat(m["created_at"]), rev + 1,
                      m["files"][snap]["sha256"])
@@ -251,7 +262,9 @@ class _Receiver:
         rotation: asyncio.Task[_Base] | None = None
         next_base: _Base | None = None
         tick = min(o.segment_seconds, 1.0)
+        beat = min(o.segment_seconds, o.lease_seconds / 3)  # heartbeats and lease polls
         last_progress = last_leases = last_beat = time.monotonic()
+        await self._heartbeat()
         try:
             while True:
                 self._raise_writer_error()
@@ -270,15 +283,15 @@ class _Receiver:
                 if resp is not None:
                     await self._take(resp)
                 now = time.monotonic()
-                if now - last_progress >= o.segment_seconds:
+                if now - last_progress >= tick:  # cheap: one message; keeps the window's end time fresh
                     last_progress = now
                     with contextlib.suppress(EtcdError):
                         await watch.request_progress()
-                if now - last_leases >= o.segment_seconds:
+                if now - last_leases >= beat:
                     last_leases = now
                     await self._poll_leases()
                 await self._maybe_close()
-                if now - last_beat >= o.segment_seconds and self.queue.empty():
+                if now - last_beat >= beat and self.queue.empty():
                     last_beat = now
                     await self._heartbeat()
                 if rotation is None and next_base is None and _since(base.time) > o.full_every:
@@ -293,6 +306,8 @@ class _Receiver:
                     rotation = None
                 if next_base is not None and self.last_seen >= next_base.revision:
                     await self._close_segment("rotated")
+                    await self._drain()
+                    await asyncio.to_thread(self._mark_closed, base.id, "rotated")
                     self.notify(f"chain of {base.id} closed at revision {self.last_seen}; the next chain starts "
                                 f"from full backup {next_base.id}")
                     return self._start(next_base)
@@ -404,40 +419,52 @@ class _Receiver:
                 self.queue.task_done()
                 await self._heartbeat()
                 return
+            write = asyncio.ensure_future(asyncio.to_thread(write_segment, self.repo, seg))
             try:
-                await asyncio.to_thread(write_segment, self.repo, seg)
-            except BaseException as e:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await write  # a write in flight is finished (never half done), then the writer stops
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    self._written(seg)
+                raise
+            except Exception as e:
                 self.writer_error = e
                 raise
             finally:
                 self.queue.task_done()
-            m = seg.manifest
-            done = time.monotonic()
-            self.durable, self.durable_time = m.last_revision, m.last_time
-            self.stats.durable_revision, self.stats.segments = m.last_revision, self.stats.segments + 1
-            self.stats.revisions += m.revisions
-            self.stats.lags = (self.stats.lags + [done - t for t in seg.revision_times])[-10_000:]
+            self._written(seg)
             if self.queue.empty():
                 await self._heartbeat()
+
+    def _written(self, seg: ClosedSegment) -> None:
+        m = seg.manifest
+        done = time.monotonic()
+        self.durable, self.durable_time = m.last_revision, m.last_time
+        self.stats.durable_revision, self.stats.segments = m.last_revision, self.stats.segments + 1
+        self.stats.revisions += m.revisions
+        self.stats.lags = (self.stats.lags + [done - t for t in seg.revision_times])[-10_000:]
 
     def _raise_writer_error(self) -> None:
         if self.writer_error is not None:
             raise self.writer_error
 
+    def _progress(self) -> tuple[str | None, int, dt.datetime | None]:
+        """(base, durable revision, the last time the cluster was known to be at it) for the state object."""
+        c = self.confirmed
+        confirmed = c[1] if c is not None and c[0] == self.durable else None
+        return (self.base.id if self.base else None), self.durable, confirmed or self.durable_time
+
     async def _heartbeat(self) -> None:
         async with self.beat_lock:
-            base = self.base
-            c = self.confirmed
-            confirmed = c[1] if c is not None and c[0] == self.durable else None
-            await asyncio.to_thread(self.lease.heartbeat, base.id if base else None, self.durable,
-                                    confirmed or self.durable_time)
+            await asyncio.to_thread(self.lease.heartbeat, *self._progress())
 
     # -- a compacted start ---------------------------------------------------------------------------------
     async def _compacted(self, base: _Base, e: Compacted) -> _Base:
         compact = int(getattr(e, "compact_revision", 0))
         await self._close_segment("compacted")
         await self._drain()
-        await asyncio.to_thread(self._mark_closed, base.id)
+        await asyncio.to_thread(self._mark_closed, base.id, "compacted")
         self.stats.breaks += 1
         last = self.last_seen
         new = await self._full_backup()
@@ -456,15 +483,16 @@ class _Receiver:
             joined.cancel()
         self._raise_writer_error()
 
-    def _mark_closed(self, base_id: str) -> None:
-        """Mark the chain's last segment as closing it (unless it already does)."""
+    def _mark_closed(self, base_id: str, why: str) -> None:
+        """Mark the chain's last segment as closing it (unless it already does: its open segment was closed
+        with the mark; a chain with no segment has nothing to mark)."""
         window = read_window(self.repo)
         try:
             c = window.chain(base_id)
         except UsageError:
             return
         if c.segments and c.segments[-1].closes_chain is None:
-            rewrite_manifest(self.repo, c.segments[-1].model_copy(update={"closes_chain": "compacted"}))
+            rewrite_manifest(self.repo, c.segments[-1].model_copy(update={"closes_chain": why}))
 
 
 def _anchor(c: ChainWindow) -> str:

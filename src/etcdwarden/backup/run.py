@@ -376,7 +376,9 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
                    "was_leader": chosen.status.is_leader},
         "etcd": {"server_version": st.version, "member_versions": versions, "storage_version": st.storageVersion},
         "release": opts.release,
-        "revision": status.revision if status else int(st.header.revision),
+        # the store's revision (what etcd's own restore of the snapshot resumes at; a continuous-backup chain
+        # starts after it), not etcdutl's last-key revision, which is short after trailing deletes were compacted
+        "revision": status.store_revision if status else int(st.header.revision),
         "raft_index": int(st.raftIndex),
         "raft_term": int(st.raftTerm),
         "db_size": result.db_size,

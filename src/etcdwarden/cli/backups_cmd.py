@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from etcdwarden.cli.common import count_arg, duration_arg, gib_arg, size_arg
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.cli.repo_options import repo_opts, repository_options
+from etcdwarden.cli.window_view import chain_state, point, render_plan, render_window
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 CORRUPT = "corrupt"  # etcdwarden.repository.catalog.CORRUPT (the handlers import the repository lazily)
@@ -40,9 +41,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     repo_opts(q)
     q.set_defaults(func=cmd_list)
 
-    q = cmds.add_parser("show", parents=parents, help="one backup's catalog entry and manifest")
+    q = cmds.add_parser("show", parents=parents, help="one backup's catalog entry and manifest, or what a restore to "
+                                                      "a point (--at) would use")
     q.add_argument("repo", metavar="REPO")
-    q.add_argument("id", metavar="ID", help="backup ID (its timestamp, YYYY-MM-DD_HHMMSS)")
+    q.add_argument("id", metavar="ID", nargs="?", help="backup ID (its timestamp, YYYY-MM-DD_HHMMSS)")
+    q.add_argument("--at", metavar="REVISION|TIME",
+                   help="continuous backup: the base backup, segments and exact revision a restore to this revision "
+                        "or RFC 3339 time (2026-12-02T10:15:05Z: every revision seen at or before it) would use")
     _verify_opt(q)
     repo_opts(q)
     q.set_defaults(func=cmd_show)
@@ -154,6 +159,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.catalog import load_catalog
     from etcdwarden.repository.reverify import mark_known_corrupt
     from etcdwarden.repository.uploads import pending_uploads
+    from etcdwarden.repository.window import read_window
 
     checks: dict[str, Any] = {}
     notes: list[str] = []
@@ -165,6 +171,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
             mark_known_corrupt(repo, cat.entries)
         rows = [e.as_json(repo) for e in reversed(cat.entries)]  # newest first
         uploads, why_not = pending_uploads(repo)
+        window = read_window(repo, cat, rehash=bool(args.verify))
     for r in rows:
         if args.verify:
             c = checks.get(r["id"])
@@ -174,7 +181,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     if out.is_json:
         out.json({"repository": cat.url, "backups": rows, "unknown_objects": cat.unknown,
                   "incomplete_uploads": [u.as_json() for u in uploads], "incomplete_uploads_note": why_not,
-                  "notes": notes})
+                  "notes": notes, "window": window.as_json()})
         for e in corrupt:
             out.error(f"backup {e.id} is corrupt: {e.problem}")
         return code
@@ -187,6 +194,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
                       r["state"], _drill_cell(e), r["where"]])
     out.table(["ID", "TIME", "AGE", "REVISION", "SIZE", "MEMBER", "VERIFIED", "ENCRYPTION KEYS", "STATE", "DRILL",
                "WHERE"], table)
+    render_window(out, window)
     for e in cat.entries:
         if not e.good and e.state != CORRUPT:
             out.warn(f"{e.id}: {e.state}: {e.problem}")
@@ -212,6 +220,19 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     return code
 
 
+def _show_at(args: argparse.Namespace, out: Output, target: Any) -> int:
+    from etcdwarden.repository.window import read_window, resolve
+
+    with _open(args, args.repo) as repo:
+        window = read_window(repo, rehash=bool(args.verify))
+        plan = resolve(repo, window, target)
+        if out.is_json:
+            out.json(plan.as_json(repo))
+        else:
+            render_plan(out, plan, repo)
+    return EXIT_OK
+
+
 def _drill_cell(e: Any) -> str:
     """``backups list``'s DRILL column: passed (and when), unproven (the last drill failed), or - (never)."""
     if e.unproven:
@@ -224,7 +245,12 @@ def _drill_cell(e: Any) -> str:
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.catalog import load_catalog
     from etcdwarden.repository.reverify import mark_known_corrupt
+    from etcdwarden.repository.window import Target, read_window
 
+    if (args.id is None) == (args.at is None):
+        raise UsageError("backups show: give a backup ID, or --at REVISION|TIME (what a restore to it would use)")
+    if args.at is not None:
+        return _show_at(args, out, Target.parse(args.at))
     with _open(args, args.repo) as repo:
         cat = load_catalog(repo)
         e = cat.get(args.id)
@@ -237,6 +263,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
         newest = cat.newest_good()
         doc["newest_verified"] = newest is not None and newest.id == e.id
         doc["manifest"] = e.manifest.as_json() if e.manifest is not None else None
+        window = read_window(repo, cat, rehash=bool(args.verify))
+        chain = next((c for c in window.chains if c.base == e.id), None)
+        doc["chain"] = chain.as_json() if chain is not None and (chain.segments or chain.broken) else None
     code = EXIT_FAILED if e.state == CORRUPT and args.verify else EXIT_OK
     if out.is_json:
         out.json(doc)
@@ -250,6 +279,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
         elif isinstance(val, list):
             val = ", ".join(str(v) for v in val) or "-"
         out.line(f"{key + ':':17}{'-' if val is None else val}")
+    if chain is not None and doc["chain"] is not None:
+        out.line(f"{'chain:':17}{len(chain.segments)} segment(s), {point(chain.start)} .. {point(chain.end)}; "
+                 f"{chain_state(chain)}")
     out.line("objects:")
     for o in doc["objects"]:
         out.line(f"  {o['name']}  {o['size']} bytes  {o['modified']}")

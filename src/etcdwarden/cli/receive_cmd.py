@@ -37,7 +37,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                     "recoverable window (`etcdwarden backups list REPO`). Takes a full backup first when REPO has "
                     "none of this cluster that can be continued. SIGTERM/SIGINT write the open segment, then exit; "
                     "a new run resumes after the last segment written. One receiver per repository.")
-    p.add_argument("repository", metavar="REPO", help="repository directory, file:// URL, or s3:// gs:// az:// URL")
+    p.add_argument("repo", metavar="REPO", help="repository directory, file:// URL, or s3:// gs:// az:// URL")
     p.add_argument("--segment-seconds", type=_seconds, default=5.0, metavar="SECONDS",
                    help="close (and write) a segment after this long (default 5)")
     p.add_argument("--segment-bytes", type=size_arg(positive=True), default=16 << 20, metavar="SIZE",
@@ -54,7 +54,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def cmd_receive(args: argparse.Namespace, out: Output) -> int:
-    opts = ReceiveOptions(repository=str(args.repository), repository_options=repository_options(args),
+    opts = ReceiveOptions(repository=str(args.repo), repository_options=repository_options(args),
                           segment_seconds=float(args.segment_seconds), segment_bytes=int(args.segment_bytes),
                           full_every=float(args.full_every), lease_seconds=float(args.lease), compress=args.compress,
                           member=args.member)

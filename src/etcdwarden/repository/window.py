@@ -208,6 +208,21 @@ class Target:
         if self.time is not None and self.time.tzinfo is None:
             raise UsageError("a target time needs a time zone (RFC 3339: 2026-12-02T10:15:05Z)")
 
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``1234`` (a revision) or an RFC 3339 time (``2026-12-02T10:15:05Z``, fractional seconds, any offset);
+        :class:`UsageError` for anything else."""
+        t = text.strip()
+        if t.isdigit():
+            return cls(revision=int(t))
+        try:
+            when = dt.datetime.fromisoformat(t[:-1] + "+00:00" if t[-1:] in ("Z", "z") else t)
+        except ValueError:
+            raise UsageError(f"{text!r} is neither a revision nor an RFC 3339 time (2026-12-02T10:15:05Z)") from None
+        if when.tzinfo is None:
+            raise UsageError(f"{text!r}: an RFC 3339 time needs its offset (Z or +01:00)")
+        return cls(time=when.astimezone(dt.UTC))
+
     def __str__(self) -> str:
         if self.revision is not None:
             return f"revision {self.revision}"
@@ -246,11 +261,13 @@ def _base_point(e: CatalogEntry) -> tuple[int, dt.datetime, str] | None:
     m = e.manifest
     if m is None or not e.good:
         return None
-    rev = m.snapshot_revision
+    # the store's revision (backups since the receiver: ``revision``), else etcdutl's last-key revision
+    rev = max(m.revision or 0, m.snapshot_revision or 0) if m.status is not None else m.revision
     entry = m.files.get(m.snapshot_file)
     if rev is None or entry is None:
         return None
-    return rev, (m.created_at or e.time), entry.sha256
+    # a snapshot whose key bucket is empty says revision 0: it is the store's first revision, 1 (which has no event)
+    return max(rev, 1), (m.created_at or e.time), entry.sha256
 
 
 def _segment_names(e: CatalogEntry) -> list[str]:
@@ -429,7 +446,12 @@ def resolve(repo: Repository, window: Window, target: Target | None = None) -> R
         r = target.revision
         reach = [c for c in chains if c.covers(r)]
         if not reach:
-            raise NotRecoverable(f"{window.url}: cannot restore to {target} exactly: {_nearest(window, target)}")
+            first, last = window.earliest, window.latest
+            why = f"it is after the latest recoverable point, {last}" if last and r > last.revision else \
+                f"it is before the earliest recoverable point, {first}" if first and r < first.revision else \
+                "it falls in a gap of the window (nothing was captured then)"
+            raise NotRecoverable(f"{window.url}: cannot restore to {target} exactly: {why}; "
+                                 f"{_nearest(window, target)}")
         c = reach[-1]  # the last full backup at or before the target whose chain reaches it
         return _plan(c, r, _revision_time(c, r), target)
     if target.time is not None:

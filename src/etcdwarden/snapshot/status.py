@@ -20,6 +20,8 @@ from etcdwarden.snapshot.bbolt import BoltFile, BucketRef, Leaf, Walk
 from etcdwarden.snapshot.errors import SnapshotCorrupt
 
 KEY_BUCKET = b"key"
+META_BUCKET = b"meta"
+FINISHED_COMPACT = b"finishedCompactRev"
 _INT64 = struct.Struct(">q")
 
 
@@ -31,6 +33,13 @@ class SnapshotStatus:
     revision: int
     total_key: int
     total_size: int
+    compact_revision: int = 0  # the meta bucket's finishedCompactRev (not one of etcdutl's figures)
+
+    @property
+    def store_revision(self) -> int:
+        """The store's revision at the snapshot, as etcd restores it: the last key's, or the compaction's when
+        that is later (a compaction removes the tombstones of trailing deletes, not their revisions)."""
+        return max(self.revision, self.compact_revision)
 
     def as_json(self) -> dict[str, int]:
         """The exact object ``etcdutl snapshot status -w json`` prints."""
@@ -47,9 +56,11 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
     h = 0
     total = 0
     last_key: bytes | None = None
+    compacted = 0
     for bucket in walk.buckets():
         h = crc32c.crc32c(bucket.name, value=h)
         is_key = bucket.name == KEY_BUCKET
+        is_meta = bucket.name == META_BUCKET
         for leaf in walk.leaves(bucket):
             entries = leaf.entries
             if not entries:
@@ -64,6 +75,10 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
             total += len(entries)
             if is_key:
                 last_key = buf[entries[-1][1] : entries[-1][2]]
+            elif is_meta:
+                for key, value, _flags in leaf.items():
+                    if key == FINISHED_COMPACT and len(value) >= 8:
+                        compacted = _INT64.unpack_from(value)[0]
             if visit is not None:
                 visit(bucket, leaf)
     revision = 0
@@ -71,7 +86,7 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
         if len(last_key) < 8:
             raise SnapshotCorrupt(f"key bucket: key {last_key!r} is not a revision")
         revision = _INT64.unpack_from(last_key)[0]
-    return SnapshotStatus(h, revision, total, db.size), walk
+    return SnapshotStatus(h, revision, total, db.size, compacted), walk
 
 
 def db_status(path: str | os.PathLike[str]) -> SnapshotStatus:

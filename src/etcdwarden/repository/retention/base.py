@@ -54,6 +54,7 @@ class Item:
     size: int
     proven: bool = False
     unproven: bool = False
+    until: dt.datetime | None = None  # continuous backup: when the last segment of its chain was written
 
     @property
     def preference(self) -> int:

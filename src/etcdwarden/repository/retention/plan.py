@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdwarden.errors import UsageError
-from etcdwarden.repository.catalog import CatalogEntry
+from etcdwarden.repository.catalog import CatalogEntry, classify
 from etcdwarden.repository.retention.base import NEUTRAL, Item, KeepPolicy, LimitPolicy, Names, gib
 from etcdwarden.repository.retention.floor import MinKeep
 from etcdwarden.repository.retention.incomplete import IncompleteCleanup
@@ -84,9 +84,16 @@ class RetentionPlan:
                 "alerts": self.alerts}
 
 
+def _chain_until(e: CatalogEntry) -> dt.datetime | None:
+    """When the last segment of the backup's chain was written (``None``: no segment). A backup is kept or
+    deleted with its chain: every segment carries the backup's ID, so deleting the backup deletes them."""
+    times = [o.mtime for o in e.objects if classify(o.name) == ("segment-manifest", e.id)]
+    return max(times) if times else None
+
+
 def plan_retention(entries: Sequence[CatalogEntry], config: RetentionConfig, now: dt.datetime) -> RetentionPlan:
     plan = RetentionPlan()
-    items = sorted((Item(e.id, e.time, e.size, e.proven, e.unproven) for e in entries if e.good),
+    items = sorted((Item(e.id, e.time, e.size, e.proven, e.unproven, _chain_until(e)) for e in entries if e.good),
                    key=lambda i: i.id, reverse=True)
     deleted: dict[str, str] = {}
     if items:
