@@ -2,11 +2,13 @@
 
 Order (nothing outside a private staging directory beside the data directory is touched):
 
-1. resolve the target (:mod:`.pitr_target`): the chain and where it stops, printed by the caller;
+1. resolve the target (:mod:`etcdwarden.repository.window`, refusals in :mod:`.pitr_target`): the full backup,
+   the segments and the exact stop revision (for ``--to-time``: the last revision seen at or before the
+   time), printed through ``progress`` with the time that revision was seen;
 2. prove every segment up to the stop (size and sha256 against its manifest, fetched into the staging
    directory from an object store) *before anything is replayed*, scanning each for the lease grants
-   (their TTLs) and, for ``--to-time``, the last revision seen at or before the time. A segment that is
-   not what its manifest records breaks the chain there: refused unless the target is before it;
+   (their TTLs). A segment that is not what its manifest records breaks the chain there: the restore is
+   refused (exit 3), naming the last good point;
 3. fetch and verify the full backup; ``etcdutl snapshot restore`` it into the staging directory; start a
    :class:`~.scratch_member.ScratchMember` on it (``--unsafe-no-fsync``);
 4. replay (:mod:`.replay`): one Txn per source revision, revision checked after each and after every
