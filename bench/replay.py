@@ -13,12 +13,17 @@ ten a Txn of three puts, one in fifty a delete; segments of 10,000 revisions) an
 * ``etcdwarden restore member REPO --no-segments`` (the full backup alone) and ``etcdutl snapshot restore``
   of the base snapshot, the reference for the whole restore.
 
+* pipelining, measured: Txns kept 2 or 4 in flight, each guarded by the previous revision so that one applied
+  out of order changes nothing and is sent again. etcd does not keep the order of concurrent requests on one
+  connection: most lose the race, so the replay sends one Txn at a time.
+
 Targets (issue 13): replay ≥ 1,200 revisions/s for 200,000 revisions, peak RSS ≤ 128 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
@@ -31,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -171,6 +177,56 @@ def monitored(cmd: list[str]) -> Monitored:
     return Monitored(wall, "".join(lines), replay, peak, anon)
 
 
+def pipelined(work: Path, revisions: int, value_size: int, window: int) -> tuple[float, float]:
+    """Revisions/s and the share of Txns that lost the race, with ``window`` Txns in flight, each guarded by the
+    previous revision (``mod_revision(previous key) == r - 1``: it applies only in order, else changes nothing
+    and is sent again). Measured to decide whether the replay may pipeline: it may not (see the module doc)."""
+    data = work / f"pipeline{window}.etcd"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(mode=0o700)
+    member = ScratchMember(data, work / "pipeline.log", name="pipeline", force_new_cluster=False,
+                           extra_args=REPLAY_ETCD_ARGS)
+    member.start()
+    try:
+        channel = grpc.insecure_channel(member.client_url.split("://", 1)[1])
+        kv = rpc.KVStub(channel)
+        value = os.urandom(value_size // 2).hex().encode()[:value_size]
+        base = int(kv.Range(pb.RangeRequest(key=b"/")).header.revision)
+
+        def request(i: int) -> pb.TxnRequest:
+            guard = [pb.Compare(key=b"/p/%d" % ((i - 1) % 1000), target=pb.Compare.MOD, result=pb.Compare.EQUAL,
+                                mod_revision=base + i)] if i else []
+            return pb.TxnRequest(compare=guard, success=[pb.RequestOp(request_put=pb.PutRequest(
+                key=b"/p/%d" % (i % 1000), value=value))])
+
+        inflight: collections.deque[tuple[int, Any]] = collections.deque()
+        nxt = lost = 0
+        begin = time.monotonic()
+        while nxt < revisions or inflight:
+            while len(inflight) < window and nxt < revisions:
+                inflight.append((nxt, kv.Txn.future(request(nxt))))
+                nxt += 1
+            i, fut = inflight.popleft()
+            resp = fut.result()
+            if resp.succeeded:
+                assert resp.header.revision == base + i + 1
+                continue
+            # applied out of order: nothing changed; every later one in flight fails too. Drain them, then go
+            # on from this one, in order
+            lost += 1 + len(inflight)
+            for _j, f in inflight:
+                assert not f.result().succeeded
+            inflight.clear()
+            resp = kv.Txn(request(i))
+            assert resp.succeeded and resp.header.revision == base + i + 1
+            nxt = i + 1
+        seconds = time.monotonic() - begin
+        channel.close()
+    finally:
+        member.stop()
+    return revisions / seconds, lost / revisions
+
+
 def restore_cmd(repo: Path, data_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "etcdwarden", "restore", "member", str(repo), "--data-dir", str(data_dir),
             "--name", "m0", "--initial-cluster", "m0=http://127.0.0.1:2380", *extra]
@@ -212,6 +268,11 @@ def main() -> None:
     ceiling = sequential_puts(base, a.revisions, a.value_size, a.keys)
     print(f"{'sequential single-put Txns, Python gRPC (ceiling)':58} {ceiling:8.0f} rev/s")
 
+    for window in (2, 4):
+        n = min(a.revisions, 10_000)
+        rate_w, lost = pipelined(base, n, a.value_size, window)
+        print(f"{f'guarded Txns, {window} in flight ({n} revisions)':58} {rate_w:8.0f} rev/s  ({lost:.0%} reordered "
+              "by etcd and sent again)")
     pitr = monitored(restore_cmd(repo, base / "pitr.etcd", "--to-revision", str(end)))
     m = re.search(r"replayed (\d+) revisions \((\d+) events\) in ([\d.]+)s \((\d+)/s\)", pitr.stderr)
     rate = float(m.group(4)) if m else float("nan")
