@@ -218,6 +218,10 @@ def test_no_segments_restores_the_full_backup(source: Source, tmp_path: Path) ->
     assert res.code == 0, res.err
     served, kvs, _ = restored_state(tmp_path / "full", source.base_revision, tmp_path / "f")
     assert served == source.base_revision and kvs == source.expected[source.base_revision]
+    res = restore(source, tmp_path / "base", "--to-revision", str(source.base_revision))
+    assert res.code == 0 and "itself: nothing to replay" in res.err, res.err
+    served, kvs, _ = restored_state(tmp_path / "base", source.base_revision, tmp_path / "b")
+    assert served == source.base_revision and kvs == source.expected[source.base_revision]
 
 
 def _broken_copy(src: Source, tmp_path: Path, how: str) -> tuple[Path, int]:

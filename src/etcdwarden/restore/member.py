@@ -160,7 +160,7 @@ class MemberPlan:
     def steps(self) -> list[str]:
         fmt = detect_format(self.backup.snapshot)
         out = [self.versions_line()]
-        if self.backup.replayed is not None:
+        if self.backup.replayed is not None and self.backup.replayed["revisions_to_replay"]:
             r = self.backup.replayed
             out.append(f"done while planning: replayed full backup {r['base']} (revision {r['base_revision']}) and "
                        f"{r['revisions_to_replay']} revisions from {r['segments']} segment(s) up to revision "

@@ -343,9 +343,11 @@ def point_in_time_backup(location: str | Path, pit: PointInTime, *, backup_id: s
             if pit.progress is not None:
                 pit.progress(plan.line())
             base = stack.enter_context(open_entry(repo, plan.resolved.base, [], identity, staging, True))
+        if plan.stop_revision == plan.base_revision:  # the full backup itself: the normal path, nothing replayed
+            note = f"the point asked for is the full backup {plan.base} itself: nothing to replay"
+            return dataclasses.replace(base, notes=[*base.notes, note], point=f"{base.label}@revision="
+                                       f"{plan.stop_revision}", replayed=plan.describe(), _stack=stack)
         verify(base, False, staging)
-        if plan.stop_revision == plan.base_revision:
-            plan.notes.append(f"the point asked for is the full backup {plan.base} itself: nothing replayed")
         snapshot, stats = replay_into(plan, base, staging, pit.etcd, etcdutl, pit.progress)
         plan.notes += stats.warnings
         if pit.progress is not None and stats.revisions:
