@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from etcdwarden.backup.receive import ReceiveOptions, ReceiveStats, lag_p99, receive
@@ -48,6 +49,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--lease", type=duration_arg(positive=True), default=30.0, metavar="DURATION",
                    help="how long after its last heartbeat a receiver that vanished still holds REPO (default 30s)")
     p.add_argument("--compress", choices=["zstd"], help="compress the full backups' snapshots")
+    p.add_argument("--nice", type=int, default=10, choices=range(0, 20), metavar="N",
+                   help="run at this niceness (default 10: etcd on the same host comes first; the receiver "
+                        "catches up when it can)")
     p.add_argument("--member", help="member the full backups are taken from (default: a healthy follower)")
     repo_opts(p)
     p.set_defaults(func=cmd_receive)
@@ -59,6 +63,8 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
                           full_every=float(args.full_every), lease_seconds=float(args.lease), compress=args.compress,
                           member=args.member)
     stats = ReceiveStats()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + int(args.nice)))
 
     def notify(message: str) -> None:
         (out.warn if message.startswith("GAP") else out.info)(message)

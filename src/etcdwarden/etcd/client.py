@@ -429,10 +429,13 @@ class Watch:
 
         Raises :class:`Compacted` (``compact_revision`` set) when the watch fell behind a compaction,
         :class:`Unreachable` when the stream ended or the member went away."""
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self._queue.empty():
+            item = self._queue.get_nowait()
+        else:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                return None
         if isinstance(item, EtcdError):
             raise item
         return _checked(item, self.ep)

@@ -47,6 +47,7 @@ from etcdwarden.format.names import TS, BackupNames, Kind, parse
 
 SEGMENT_FORMAT = 1
 ZSTD_LEVEL = 3
+BATCH = 64 << 10  # records are compressed 64 KiB at a time
 MAX_LINE = 256 << 20  # one revision's record: etcd's request limit is 1.5 MiB by default, a Txn many of them
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -187,6 +188,7 @@ class SegmentEncoder:
 
     first_revision: int
     _cctx: Any = field(default=None, repr=False)
+    _pending: bytearray = field(default_factory=bytearray, repr=False)  # records not yet handed to zstd
     sha: Any = field(default_factory=hashlib.sha256, repr=False)
     size: int = 0
     last_revision: int = 0
@@ -208,7 +210,8 @@ class SegmentEncoder:
         return data
 
     def add(self, rec: Record) -> bytes:
-        """Encode ``rec``; returns compressed bytes ready to write (often empty: zstd buffers)."""
+        """Encode ``rec``; returns compressed bytes ready to write (often empty: records are compressed in
+        batches of :data:`BATCH` bytes, and zstd buffers)."""
         if isinstance(rec, RevisionRecord):
             if rec.revision != self.last_revision + 1:
                 raise SegmentError(f"revision {rec.revision} follows {self.last_revision}: a segment holds every "
@@ -222,11 +225,19 @@ class SegmentEncoder:
             self.last_time = rec.time
         else:
             self.lease_records += 1
-        return self._out(self._cctx.compress(encode_record(rec)))
+        self._pending += encode_record(rec)
+        if len(self._pending) < BATCH:
+            return b""
+        return self._compress()
+
+    def _compress(self) -> bytes:
+        data = self._cctx.compress(bytes(self._pending))  # one call per batch: zstd's per-call cost is high
+        self._pending.clear()
+        return self._out(data)
 
     def finish(self) -> bytes:
         """The last compressed bytes (the zstd frame's end)."""
-        return self._out(self._cctx.flush())
+        return self._compress() + self._out(self._cctx.flush())
 
     @property
     def sha256(self) -> str:
