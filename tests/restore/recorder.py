@@ -123,3 +123,25 @@ class Recorder:
         self._stop.set()
         self._channel.close()
         self._thread.join(timeout=5)
+
+
+def extend_chain(repo: Path, last: SegmentManifest, revisions: int) -> int:
+    """Append a synthetic segment of ``revisions`` puts (new keys) after ``last``; its last revision."""
+    enc = SegmentEncoder(last.last_revision + 1)
+    t = last.last_time
+    chunks = []
+    for i in range(revisions):
+        rev = enc.first_revision + i
+        key = f"/synthetic/{rev}".encode()
+        chunks.append(enc.add(RevisionRecord(rev, t + dt.timedelta(milliseconds=i + 1),
+                                             (Event("put", key, b"v" * 100, rev, rev, 1),))))
+    chunks.append(enc.finish())
+    data = b"".join(chunks)
+    assert enc.first_time is not None and enc.last_time is not None
+    m = SegmentManifest(base=last.base, cluster_id=last.cluster_id, file=BackupNames(last.base).segment(
+        enc.first_revision), first_revision=enc.first_revision, last_revision=enc.last_revision,
+        revisions=enc.revisions, events=enc.events, first_time=enc.first_time, last_time=enc.last_time,
+        size=len(data), sha256=enc.sha256, previous_sha256=last.sha256, created_at=dt.datetime.now(dt.UTC))
+    (repo / m.file).write_bytes(data)
+    (repo / m.name).write_bytes(dump_segment_manifest(m))
+    return enc.last_revision

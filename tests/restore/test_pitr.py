@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from tests.repository.conftest import seaweed  # noqa: F401  (the session's obje
 from tests.repository.seaweed import SeaweedS3
 from tests.restore.conftest import backup_of
 from tests.restore.helpers import statuses, stop_all, write_spec
-from tests.restore.recorder import Recorder
+from tests.restore.recorder import Recorder, extend_chain
 from tests.tiers import starts
 
 
@@ -362,3 +365,44 @@ def test_a_resumed_cluster_restore_keeps_its_point(source: Source, c1: LocalClus
     assert r.code == 0, r.err
     assert json.loads(r.out)["verify"]["expected_revision"] == point
     assert {int(s.header.revision) for s in statuses(c1)} == {point}
+
+
+def _processes_under(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmd and int(proc.name) != os.getpid():
+                found.append(cmd)
+    return found
+
+
+def test_sigterm_during_the_replay_leaves_nothing(source: Source, tmp_path: Path) -> None:
+    """SIGTERM while the scratch member replays: it is stopped, the staging directory removed, D never made."""
+    repo = tmp_path / "repo"
+    shutil.copytree(source.repo, repo)
+    end = extend_chain(repo, source.recorder.segments[-1], 20_000)
+    host = tmp_path / "host"
+    host.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "etcdwarden", "restore", "member", str(repo), "--data-dir",
+                             str(host / "etcd"), "--name", "m0", "--initial-cluster", source.initial_cluster,
+                             "--to-revision", str(end)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("--name replay" in p for p in _processes_under(host)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)  # replaying
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert _processes_under(host) == [], err  # the scratch etcd was stopped
+    assert list(host.iterdir()) == [], err
