@@ -40,7 +40,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import timed
+from bench.common import fill_bytes, timed
 from etcdwarden.binaries import find_binary
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
@@ -237,11 +237,15 @@ def main() -> None:
     ap.add_argument("--revisions", type=int, default=200_000)
     ap.add_argument("--value-size", type=int, default=1024)
     ap.add_argument("--keys", type=int, default=5000)
+    ap.add_argument("--base-mb", type=int, default=0,
+                    help="also fill the base with this many MB of 64 KiB values (the full backup's size)")
+    ap.add_argument("--ceiling-revisions", type=int, default=0,
+                    help="revisions of the sequential-put ceiling runs (default: --revisions)")
     ap.add_argument("--workdir")
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-"))
     repo = base / "repo"
-    cluster = LocalCluster(base / "cluster", size=1)
+    cluster = LocalCluster(base / "cluster", size=1, extra_args=("--quota-backend-bytes", str(8 << 30)))
     cluster.start()
     try:
         channel = grpc.insecure_channel(cluster.endpoints[0].split("://", 1)[1])
@@ -252,6 +256,8 @@ def main() -> None:
                 key=f"/registry/bench/{k:09d}".encode(), value=value))
                 for k in range(start, min(a.keys, start + 100))]))
         channel.close()
+        if a.base_mb:
+            fill_bytes(cluster, a.base_mb << 20)
         r = subprocess.run([sys.executable, "-m", "etcdwarden", "backup", str(repo), "--endpoints",
                             cluster.endpoints[0]], capture_output=True, text=True, check=False)
         if r.returncode != 0:
@@ -265,7 +271,8 @@ def main() -> None:
           f"{segs / 1e6:.1f} MB compressed (written in {time.monotonic() - began:.0f}s); load average "
           f"{os.getloadavg()[0]:.2f}")
 
-    ceiling = sequential_puts(base, a.revisions, a.value_size, a.keys)
+    n_ceiling = a.ceiling_revisions or a.revisions
+    ceiling = sequential_puts(base, n_ceiling, a.value_size, a.keys)
     print(f"{'sequential single-put Txns, Python gRPC (ceiling)':58} {ceiling:8.0f} rev/s")
 
     for window in (2, 4):
@@ -276,7 +283,7 @@ def main() -> None:
     pitr = monitored(restore_cmd(repo, base / "pitr.etcd", "--to-revision", str(end)))
     m = re.search(r"replayed (\d+) revisions \((\d+) events\) in ([\d.]+)s \((\d+)/s\)", pitr.stderr)
     rate = float(m.group(4)) if m else float("nan")
-    after = sequential_puts(base, a.revisions, a.value_size, a.keys)  # again: the load of a shared machine moves
+    after = sequential_puts(base, n_ceiling, a.value_size, a.keys)  # again: the load of a shared machine moves
     print(f"{'etcdwarden replay (one Txn per source revision)':58} {rate:8.0f} rev/s  ratio {rate / ceiling:.2f} "
           f"(to the ceiling measured after it, {after:.0f} rev/s: {rate / after:.2f})")
     print(f"{'  peak RSS while replaying (anonymous + file)':58} {pitr.replay_rss:8.0f} MiB")
@@ -287,6 +294,8 @@ def main() -> None:
     full = timed(restore_cmd(repo, base / "full.etcd", "--no-segments"))
     etcdutl = timed([str(find_binary("etcdutl")), "snapshot", "restore", str(next(repo.glob("snapshot_*"))),
                      "--data-dir", str(base / "etcdutl.etcd")])
+    base_db = next(repo.glob("snapshot_*"))
+    print(f"full backup: {base_db.stat().st_size / 1e6:.0f} MB snapshot")
     print(f"{'restore member --to-revision END (whole command)':58} {wall:8.1f} s")
     print(f"{'restore member --no-segments (the full backup alone)':58} {full.wall:8.1f} s  peak RSS "
           f"{full.max_rss_mib:.0f} MiB")
