@@ -12,7 +12,7 @@ import yaml
 
 from etcdwarden.daemon.config import AgentSection, parse_duration
 from etcdwarden.daemon.loader import load_config
-from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo, MemberFigures
+from etcdwarden.daemon.metrics import DaemonMetrics, JobInfo, MemberFigures, ReceiveFigures
 from etcdwarden.daemon.state import JobState
 
 pytestmark = pytest.mark.unit
@@ -31,6 +31,7 @@ def rendered_metrics() -> str:
     m.view.members = [MemberFigures("http://x:2379", "m1", True, True, 100, 50, 2**31)]
     m.view.repositories = {"r": (1, 5)}
     m.view.proven = {"r": NOW.timestamp()}
+    m.view.receive = ReceiveFigures("r", running=True, lag_p99=1.0, window_start=1.0, window_end=2.0)
     return m.render().decode()
 
 
@@ -91,7 +92,8 @@ def test_alerts_and_dashboard_use_existing_metrics() -> None:
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert {"EtcdBackupMissing", "EtcdBackupFailed", "EtcdBackupRetrying", "EtcdDatabaseNearQuota",
-            "EtcdBackupNotProvenRestorable", "EtcdBackupDrillFailed"} <= alerts
+            "EtcdBackupNotProvenRestorable", "EtcdBackupDrillFailed", "EtcdRecoverableWindowBehind",
+            "EtcdContinuousBackupGap", "EtcdContinuousBackupChainBroken"} <= alerts
     dash = json.loads((CONTRIB / "grafana" / "etcdwarden-dashboard.json").read_text())
     exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"etcdwarden_\w+", e)}
