@@ -36,7 +36,7 @@ def _holder(repo_dir: Path, not_pid: int | None = None, revision: int = 0, timeo
 def test_the_leader_receives_and_hands_over(etcd1: LocalCluster, tmp_path: Path) -> None:
     repo_dir = tmp_path / "repo"
     cfg = tmp_path / "daemon.yaml"
-    cfg.write_text(daemon_doc(repo_dir, etcd1.endpoints, ttl="3s", extra=CONTINUOUS))
+    cfg.write_text(daemon_doc(repo_dir, etcd1.endpoints, ttl="5s", extra=CONTINUOUS))
     assert load_config([cfg]).continuous is not None
     ports = free_ports(2)
     env = {**os.environ, "GRPC_VERBOSITY": "NONE"}
@@ -56,7 +56,7 @@ def test_the_leader_receives_and_hands_over(etcd1: LocalCluster, tmp_path: Path)
         assert "etcdwarden_recoverable_window_end_timestamp" in metrics
         other = next(p for p in agents if p != first)
         # the follower does not receive
-        running = 'etcdwarden_receive_running{repository="etcd-backup-pvc"}'
+        running = 'etcdwarden_receive_running{repository="etcd-backup-pvc"} 1.0'
         assert running not in http_get(agents[other][1], "/metrics")[1]
         agents[first][0].send_signal(signal.SIGTERM)
         assert agents[first][0].wait(30) == 0

@@ -50,6 +50,7 @@ from etcdwarden.etcd.client import EtcdClient, Watch
 from etcdwarden.format.names import parse_id
 from etcdwarden.format.segment import Event, LeaseRecord, RevisionRecord
 from etcdwarden.repository.base import Repository, RepositoryOptions, open_repository
+from etcdwarden.repository.catalog import load_catalog
 from etcdwarden.repository.window import ChainWindow, read_window
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,10 @@ class _Receiver:
         self.lease.heartbeat(*self._progress())
 
     async def _resume_or_full(self) -> _Base:
-        window = await asyncio.to_thread(read_window, self.repo)
+        cat = await asyncio.to_thread(load_catalog, self.repo)
+        newest = [e for e in cat.good if e.cluster_id == self.cluster_id]
+        # only the newest backup's chain can go on: the others' segments are not read
+        window = await asyncio.to_thread(read_window, self.repo, cat, only={e.id for e in newest[-1:]})
         mine = [c for c in window.chains if c.entry.cluster_id == self.cluster_id]
         if mine:
             c = max(mine, key=lambda c: (c.base_revision, c.base_time))
@@ -486,7 +490,7 @@ class _Receiver:
     def _mark_closed(self, base_id: str, why: str) -> None:
         """Mark the chain's last segment as closing it (unless it already does: its open segment was closed
         with the mark; a chain with no segment has nothing to mark)."""
-        window = read_window(self.repo)
+        window = read_window(self.repo, only={base_id})
         try:
             c = window.chain(base_id)
         except UsageError:

@@ -110,11 +110,13 @@ class Continuous:
 
     async def _window(self, url: str, options: Any, figures: ReceiveFigures) -> None:
         from etcdwarden.repository.base import open_repository
-        from etcdwarden.repository.window import read_window
+        from etcdwarden.repository.window import ManifestCache, read_window
+
+        cache: ManifestCache = {}
 
         def read() -> None:
             with open_repository(url, options) as repo:
-                w = read_window(repo)
+                w = read_window(repo, cache=cache)  # each segment manifest is read once
             first, last = w.earliest, w.latest
             figures.window_start = first.time.timestamp() if first and first.time else 0.0
             figures.window_end = last.time.timestamp() if last and last.time else 0.0
