@@ -265,3 +265,19 @@ def test_only_and_the_manifest_cache(repo: Repository) -> None:
     repo.delete(b1.name)
     read_window(repo, cache=cache)
     assert b1.name not in cache  # forgotten once deleted
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--segment-seconds", "0"], "must be more than 0"),
+    (["--segment-seconds", "soon"], "segment-seconds"),
+    (["--segment-bytes", "lots"], "segment-bytes"),
+    (["--lease", "2s"], "at least 3s"),
+])
+def test_receive_bad_options_are_usage_errors(tmp_path: Path, argv: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli_helpers import cli
+
+    r = cli("receive", str(tmp_path / "repo"), "--endpoints", "127.0.0.1:1", *argv)
+    err = r.err + capsys.readouterr().err  # (argparse writes its own errors to stderr)
+    assert r.code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "repo").exists()  # refused before anything was created

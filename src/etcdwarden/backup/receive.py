@@ -74,8 +74,8 @@ class ReceiveOptions:
     def __post_init__(self) -> None:
         if self.segment_seconds <= 0 or self.segment_bytes <= 0 or self.full_every <= 0:
             raise UsageError("--segment-seconds, --segment-bytes and --full-every must be more than 0")
-        if self.lease_seconds < 3 * min(self.segment_seconds, 10.0):
-            raise UsageError("the receiver lease must last at least 3 heartbeats (3 × --segment-seconds)")
+        if self.lease_seconds < 3:
+            raise UsageError("--lease must be at least 3s (the receiver renews it every third of it, or more often)")
 
 
 @dataclass(frozen=True)
