@@ -426,6 +426,8 @@ class EncryptionRotation(ScheduleFields):
     rollout_timeout: Duration = Field(default=300.0, gt=0)
     backups: list[str] = Field(default_factory=list)  # repository names of this DaemonConfig
     prune: bool = False
+    # `encryption rotate --force=non-kubernetes`: values that are not Kubernetes objects are re-encrypted too
+    allow_non_kubernetes: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EncryptionRotation:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdwarden.daemon.config import Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, RotationSpec
-from etcdwarden.errors import EtcdwardenError
+from etcdwarden.errors import EtcdwardenError, SafetyRefusal
 from etcdwarden.etcd.client import EtcdClient
 
 if TYPE_CHECKING:
@@ -274,6 +274,7 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
     """The default rotation: new key read-only, promoted, migrate, prune only what no kept backup needs."""
     from etcdwarden.encryption.backup_keys import BackupSource
     from etcdwarden.encryption.ops import Options, run_operation
+    from etcdwarden.encryption.preflight import FORCE_NON_KUBERNETES
     from etcdwarden.encryption.resources import LAYOUTS, select
     from etcdwarden.encryption.rollout import Rollout
 
@@ -289,9 +290,16 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
     rollout = Rollout(configs=[Path(p) for p in o.apiserver_configs], metrics=list(o.apiserver_metrics),
                       timeout=o.rollout_timeout, cacert=Path(o.apiserver_cacert) if o.apiserver_cacert else None,
                       token_file=Path(o.apiserver_token_file) if o.apiserver_token_file else None)
-    opts = Options(prune=o.prune, rollout=rollout, backups=sources)
-    res = await run_operation(client, "rotate", Path(o.config), resources, opts,
-                              notify=lambda m: log.info("rotation %s: %s", job.name, m))
+    opts = Options(prune=o.prune, rollout=rollout, backups=sources, allow_non_kubernetes=o.allow_non_kubernetes)
+    try:
+        res = await run_operation(client, "rotate", Path(o.config), resources, opts,
+                                  notify=lambda m: log.info("rotation %s: %s", job.name, m))
+    except SafetyRefusal as e:
+        if e.force_flag != f"--force={FORCE_NON_KUBERNETES}":
+            raise
+        message = str(e).replace(f"(override with {e.force_flag} if you are sure)",
+                                 "(set encryptionRotation.allowNonKubernetes: true if you are sure)")
+        raise SafetyRefusal(message, force_flag=None) from None
     mig = res.migration
     out = RotationOutcome(ok=True, new_key=res.new_key, rewritten=mig.rewritten if mig else 0, pruned=res.pruned,
                           notes=list(res.notes))
