@@ -154,10 +154,10 @@ def _valid_record(v: Any) -> bool:
     if not isinstance(v, dict):
         return False
     try:
-        dt.datetime.fromisoformat(v["hashed_at"])
+        hashed_at = dt.datetime.fromisoformat(v["hashed_at"])
     except (KeyError, TypeError, ValueError):
         return False
-    return isinstance(v.get("sha256"), str) and isinstance(v.get("fingerprint"), str) \
+    return hashed_at.tzinfo is not None and isinstance(v.get("sha256"), str) and isinstance(v.get("fingerprint"), str) \
         and isinstance(v.get("size"), int) and not isinstance(v.get("size"), bool)
 
 
