@@ -186,7 +186,7 @@ class DefaultRunner:
             incomplete=IncompleteCleanup(dt.timedelta(seconds=r.incomplete_grace)),
             names=retention_names(job),
         )
-        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes)
+        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes, setting="maxVerifyBytes")
         store = self._store(job.repository)
         try:
             res = await asyncio.to_thread(prune, store, cfg, verify=policy)
