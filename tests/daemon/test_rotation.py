@@ -224,7 +224,7 @@ def test_rotation_of_values_that_are_not_kubernetes_objects_needs_the_config_key
         rotate("")
     msg = str(ei.value)
     assert "not Kubernetes objects" in msg and "encryptionRotation.allowNonKubernetes: true" in msg, msg
-    assert "--force" not in msg.split("(set ")[-1] and ei.value.exit_code == 3
+    assert "--force" not in msg.rsplit("(set ", maxsplit=1)[-1] and ei.value.exit_code == 3
     assert enc.read_bytes() == before  # nothing written
     out = rotate("  allowNonKubernetes: true\n")
     assert out.ok and out.new_key == "key2", out
