@@ -94,7 +94,7 @@ def test_kubernetes_list_and_empty_schedule(tmp_path: Path) -> None:
      "backups[0].jitter: jitter 600s is not shorter than the schedule's interval (300s)"),
     ("backups:\n  - name: b\n    schedule: '0 3 * * *'\n    repository: etcd-backup-pvc\n    retention: {}\n",
      "backups[0].retention: retention needs at least one of keepLast"),
-    ("defrag:\n  - name: d\n    schedule: '@weekly'\n    rule: 'dbSize >'\n", "defrag[0].rule: invalid --rule"),
+    ("defrag:\n  - name: d\n    schedule: '@weekly'\n    rule: 'dbSize >'\n", "defrag[0].rule: invalid rule"),
 ])
 def test_one_clear_message_each(tmp_path: Path, snippet: str, expected: str) -> None:
     path = write(tmp_path, "d.yaml", daemon_doc(tmp_path / "r") + snippet)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from etcdwarden.daemon.config import Repository
+from etcdwarden.daemon.config import DAEMON_SETTINGS, Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, RotationSpec
 from etcdwarden.errors import EtcdwardenError, SafetyRefusal
 from etcdwarden.etcd.client import EtcdClient
@@ -249,6 +249,7 @@ class DefaultRunner:
             continue_on_error=o.continue_on_error,
             db_quota_bytes=o.db_quota_bytes,
             on_event=lambda ev: log.info("defrag %s: %s %s", job.name, ev.kind, ev.message),
+            setting_names=DAEMON_SETTINGS,
         )
         report = await rolling_defrag(self.client, opts)
         doc = report.as_json()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from etcdwarden.defrag.rules_eval import INT_LIMIT, Node, RuleEvalError, Type, Value, evaluate
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import UsageError, setting
 
 __all__ = [
     "AUTO_RULE", "MAX_DEPTH", "MAX_RULE_LENGTH", "QUOTA_VARIABLES", "SIZE_SUFFIXES", "VARIABLES", "Node", "Rule",
@@ -92,7 +92,7 @@ class RuleSyntaxError(UsageError):
     """The rule is refused before anything touches the cluster (exit 2); the message points at the column."""
 
     def __init__(self, message: str, text: str, pos: int) -> None:
-        super().__init__(f"invalid --rule: {message} (column {pos + 1})\n{caret(text, pos)}")
+        super().__init__(f"invalid {setting('rule')}: {message} (column {pos + 1})\n{caret(text, pos)}")
         self.reason = message
         self.pos = pos
 
