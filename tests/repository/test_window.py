@@ -271,7 +271,7 @@ def test_only_and_the_manifest_cache(repo: Repository) -> None:
     (["--segment-seconds", "0"], "must be more than 0"),
     (["--segment-seconds", "soon"], "segment-seconds"),
     (["--segment-bytes", "lots"], "segment-bytes"),
-    (["--lease", "2s"], "at least 3s"),
+    (["--lease", "2s"], "lease must last at least 3s"),
 ])
 def test_receive_bad_options_are_usage_errors(tmp_path: Path, argv: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

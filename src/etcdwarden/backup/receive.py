@@ -73,9 +73,9 @@ class ReceiveOptions:
 
     def __post_init__(self) -> None:
         if self.segment_seconds <= 0 or self.segment_bytes <= 0 or self.full_every <= 0:
-            raise UsageError("--segment-seconds, --segment-bytes and --full-every must be more than 0")
+            raise UsageError("the segment interval and size and the full-backup interval must be more than 0")
         if self.lease_seconds < 3:
-            raise UsageError("--lease must be at least 3s (the receiver renews it every third of it, or more often)")
+            raise UsageError("the receiver's lease must last at least 3s (it is renewed every third of it)")
 
 
 @dataclass(frozen=True)
@@ -225,9 +225,9 @@ class _Receiver:
         if c.closed is not None:
             return f"its chain was closed ({c.closed})"
         if c.entry.manifest is None or c.entry.manifest.status is None:
-            return "its revision is not exact: the backup did not walk the snapshot (--verify hash or encrypted)"
+            return "its revision is not exact: the backup did not walk the snapshot (hash-verified or encrypted)"
         if _since(parse_id(c.base)) > self.opts.full_every:
-            return "it is older than --full-every"
+            return "it is older than the full-backup interval"
         return None
 
     def _start(self, base: _Base) -> _Base:
