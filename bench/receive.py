@@ -124,14 +124,14 @@ def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
 
 
 def start_receiver(eps: list[str], repo: Path, segment_seconds: float) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen([sys.executable, "-m", "etcdwarden", "--endpoints", ",".join(eps), "receive", str(repo),
-                          "--segment-seconds", str(segment_seconds)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+    with open(repo.parent / "receive.log", "ab") as log:  # (a pipe nobody reads would fill up)
+        p = subprocess.Popen([sys.executable, "-m", "etcdwarden", "--endpoints", ",".join(eps), "receive", str(repo),
+                              "--segment-seconds", str(segment_seconds)], stdout=subprocess.DEVNULL, stderr=log)
     state = repo / ".etcdwarden-receive.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # running: its state names a base and is not stopped
         if p.poll() is not None:
-            raise SystemExit(f"the receiver exited: {p.stderr.read().decode() if p.stderr else ''}")
+            raise SystemExit(f"the receiver exited: {(repo.parent / 'receive.log').read_text()[-2000:]}")
         try:
             doc = json.loads(state.read_text())
             if doc.get("base") and not doc.get("stopped"):

@@ -21,6 +21,7 @@ from etcdwarden.format.segment import (
     check_chain,
     decode_segment,
     dump_segment_manifest,
+    encode_record,
     load_segment_manifest,
     verify_data,
 )
@@ -88,6 +89,15 @@ def test_damaged_data_is_refused() -> None:
         list(decode_segment(data[:-3]))
 
 
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+00:05", "9999-12-31T23:59:59-01:00"])
+def test_a_record_time_with_no_utc_equivalent_is_a_bad_record(when: str) -> None:
+    """A ValueError naming the record (decode_segment turns it into a SegmentError), not an OverflowError."""
+    from etcdwarden.format.segment import decode_record
+
+    with pytest.raises(ValueError, match="out of range"):
+        decode_record(b'{"lease": {"op": "revoke", "id": 1, "time": "%s"}}' % when.encode())
+
+
 @pytest.mark.parametrize("doc, problem", [
     (b"[]", r"model_type|valid dictionary"),
     (b"{", "not valid JSON"),
@@ -142,3 +152,19 @@ def test_any_records_round_trip(revs: list[list[tuple[bool, bytes, bytes, int]]]
     enc = SegmentEncoder(first)
     data = b"".join(enc.add(r) for r in recs) + enc.finish()
     assert list(decode_segment(data)) == recs
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=40), st.binary(max_size=200), st.integers(0, 2**62)),
+                min_size=1, max_size=4), st.integers(1, 2**62), st.integers(0, 10**12))
+def test_the_fast_encoding_is_the_compact_json(evs: list[tuple[bool, bytes, bytes, int]], rev: int, us: int) -> None:
+    import base64
+    import json
+
+    rec = RevisionRecord(rev, T0 + dt.timedelta(microseconds=us), tuple(
+        Event("delete" if d else "put", k, v, n, rev, n // 2, n) for d, k, v, n in evs))
+    doc = {"rev": rec.revision, "time": rec.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "events": [
+        {"type": e.type, "key": base64.b64encode(e.key).decode(), "value": base64.b64encode(e.value).decode(),
+         "create_revision": e.create_revision, "mod_revision": e.mod_revision, "version": e.version,
+         "lease": e.lease} for e in rec.events]}
+    assert encode_record(rec) == (json.dumps(doc, separators=(",", ":")) + "\n").encode()

@@ -247,3 +247,37 @@ def test_backups_list_show_at_and_prune_keep_the_chain_with_its_backup(repo: Rep
     assert BackupNames("2026-12-02_090000").manifest not in names
     cli("backups", "delete", where, B1, "--force")
     assert not [n for n in (o.name for o in repo.list()) if B1 in n]  # deleted with every segment of its chain
+
+
+def test_only_and_the_manifest_cache(repo: Repository) -> None:
+    from etcdwarden.repository.window import ManifestCache
+
+    _chain(repo, B1, T1, 100, (101, 110))
+    (b1,) = _chain(repo, B2, T2, 150, (151, 160))
+    assert [c.base for c in read_window(repo, only={B2}).chains] == [B2]
+    cache: ManifestCache = {}
+    first = read_window(repo, cache=cache)
+    assert set(cache) == {BackupNames(B1).segment_manifest(101), b1.name}
+    # a cached manifest is used while its size and time are unchanged; a rewritten one is read again
+    repo.write_bytes(b1.name, dump_segment_manifest(b1.model_copy(update={"closes_chain": "rotated"})))
+    again = read_window(repo, cache=cache)
+    assert again.chains[1].closed == "rotated" and first.chains[1].closed is None
+    repo.delete(b1.name)
+    read_window(repo, cache=cache)
+    assert b1.name not in cache  # forgotten once deleted
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--segment-seconds", "0"], "must be more than 0"),
+    (["--segment-seconds", "soon"], "segment-seconds"),
+    (["--segment-bytes", "lots"], "segment-bytes"),
+    (["--lease", "2s"], "lease must last at least 3s"),
+])
+def test_receive_bad_options_are_usage_errors(tmp_path: Path, argv: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli_helpers import cli
+
+    r = cli("receive", str(tmp_path / "repo"), "--endpoints", "127.0.0.1:1", *argv)
+    err = r.err + capsys.readouterr().err  # (argparse writes its own errors to stderr)
+    assert r.code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "repo").exists()  # refused before anything was created

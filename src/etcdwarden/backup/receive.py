@@ -50,6 +50,7 @@ from etcdwarden.etcd.client import EtcdClient, Watch
 from etcdwarden.format.names import parse_id
 from etcdwarden.format.segment import Event, LeaseRecord, RevisionRecord
 from etcdwarden.repository.base import Repository, RepositoryOptions, open_repository
+from etcdwarden.repository.catalog import load_catalog
 from etcdwarden.repository.window import ChainWindow, read_window
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ class ReceiveOptions:
 
     def __post_init__(self) -> None:
         if self.segment_seconds <= 0 or self.segment_bytes <= 0 or self.full_every <= 0:
-            raise UsageError("--segment-seconds, --segment-bytes and --full-every must be more than 0")
-        if self.lease_seconds < 3 * min(self.segment_seconds, 10.0):
-            raise UsageError("the receiver lease must last at least 3 heartbeats (3 × --segment-seconds)")
+            raise UsageError("the segment interval and size and the full-backup interval must be more than 0")
+        if self.lease_seconds < 3:
+            raise UsageError("the receiver's lease must last at least 3s (it is renewed every third of it)")
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,10 @@ class _Receiver:
         self.lease.heartbeat(*self._progress())
 
     async def _resume_or_full(self) -> _Base:
-        window = await asyncio.to_thread(read_window, self.repo)
+        cat = await asyncio.to_thread(load_catalog, self.repo)
+        newest = [e for e in cat.good if e.cluster_id == self.cluster_id]
+        # only the newest backup's chain can go on: the others' segments are not read
+        window = await asyncio.to_thread(read_window, self.repo, cat, only={e.id for e in newest[-1:]})
         mine = [c for c in window.chains if c.entry.cluster_id == self.cluster_id]
         if mine:
             c = max(mine, key=lambda c: (c.base_revision, c.base_time))
@@ -221,9 +225,9 @@ class _Receiver:
         if c.closed is not None:
             return f"its chain was closed ({c.closed})"
         if c.entry.manifest is None or c.entry.manifest.status is None:
-            return "its revision is not exact: the backup did not walk the snapshot (--verify hash or encrypted)"
+            return "its revision is not exact: the backup did not walk the snapshot (hash-verified or encrypted)"
         if _since(parse_id(c.base)) > self.opts.full_every:
-            return "it is older than --full-every"
+            return "it is older than the full-backup interval"
         return None
 
     def _start(self, base: _Base) -> _Base:
@@ -486,7 +490,7 @@ class _Receiver:
     def _mark_closed(self, base_id: str, why: str) -> None:
         """Mark the chain's last segment as closing it (unless it already does: its open segment was closed
         with the mark; a chain with no segment has nothing to mark)."""
-        window = read_window(self.repo)
+        window = read_window(self.repo, only={base_id})
         try:
             c = window.chain(base_id)
         except UsageError:

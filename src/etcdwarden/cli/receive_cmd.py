@@ -75,10 +75,11 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
             return await receive(c, opts, notify, stats)
         finally:
             p99 = lag_p99(stats.lags)
-            notify(f"receiver stopped: durable up to revision {stats.durable_revision} of the chain of {stats.base}; "
-                   f"{stats.segments} segment(s), {stats.revisions} revision(s) written by this run"
-                   + (f", lag p99 {p99:.2f}s" if p99 is not None else "")
-                   + (f"; {len(stats.gaps)} gap(s)" if stats.gaps else ""))
+            if stats.base:  # (one that never chose its base has nothing to say: its error says why)
+                notify(f"receiver stopped: durable up to revision {stats.durable_revision} of the chain of "
+                       f"{stats.base}; {stats.segments} segment(s), {stats.revisions} revision(s) written by this run"
+                       + (f", lag p99 {p99:.2f}s" if p99 is not None else "")
+                       + (f"; {len(stats.gaps)} gap(s)" if stats.gaps else ""))
 
     with_client(args, out, go)
     return EXIT_OK

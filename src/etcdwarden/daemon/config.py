@@ -37,6 +37,10 @@ Example::
     drills:
       - name: daily-drill                                  # restore the newest backup into a scratch etcd
         repository: etcd-backup-pvc                        # and prove it (schedule default: 30 4 * * *)
+    continuous:                                            # the leader receives every revision (point in time)
+      repository: etcd-backup-pvc
+      segmentSeconds: 5s
+      fullEvery: 24h
 """
 
 from __future__ import annotations
@@ -426,6 +430,8 @@ class EncryptionRotation(ScheduleFields):
     rollout_timeout: Duration = Field(default=300.0, gt=0)
     backups: list[str] = Field(default_factory=list)  # repository names of this DaemonConfig
     prune: bool = False
+    # `encryption rotate --force=non-kubernetes`: values that are not Kubernetes objects are re-encrypted too
+    allow_non_kubernetes: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EncryptionRotation:
@@ -461,6 +467,20 @@ class DrillJob(ScheduleFields):
     etcdutl: str | None = None
 
 
+class ContinuousSection(Strict):
+    """``continuous``: the leading agent runs ``etcdwarden receive`` into ``repository`` (continuous backup: every
+    revision in segments, :mod:`etcdwarden.backup.receive`). A new leader resumes from the repository's last
+    durable revision; one that loses the leadership writes its open segment and stops receiving."""
+
+    repository: str
+    segment_seconds: Duration = Field(default=5.0, gt=0)
+    segment_bytes: Size = Field(default=16 << 20, gt=0)
+    full_every: Duration = Field(default=86400.0, gt=0)
+    lease: Duration = Field(default=30.0, ge=3)  # the receiver's lease on the repository
+    compress: Literal["zstd"] | None = None  # the full backups' snapshots
+    enabled: bool = True
+
+
 class DaemonConfigDoc(Strict):
     api_version: Literal["etcdwarden.io/v1alpha1"]
     kind: Literal["DaemonConfig"]
@@ -473,4 +493,19 @@ class DaemonConfigDoc(Strict):
     defrag: list[DefragJob] = Field(default_factory=list)
     encryption_rotation: EncryptionRotation | None = None
     drills: list[DrillJob] = Field(default_factory=list)
+    continuous: ContinuousSection | None = None
     include: list[str] = Field(default_factory=list)  # more files (globs), relative to this one
+
+
+#: how the daemon's configuration names the settings library messages mention (errors.setting)
+DAEMON_SETTINGS: dict[str, str] = {
+    "lock_wait": "let the job's retry or next slot take it (the daemon does not wait for another writer's lock)",
+    "continue_on_error": "continueOnError",
+    "force": "force",
+    "defrag_timeout": "defragTimeout",
+    "rule": "rule",
+    "incomplete_grace": "retention.incompleteGrace",
+    "credentials": "etcd.user and etcd.passwordFile or etcd.passwordEnv",
+    "resources": "resources",
+    "encrypt_to": "encryptTo",
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +37,26 @@ class MemberFigures:
     is_leader: bool = False
     db_size: int = 0
     db_size_in_use: int = 0
-    quota: int = 0
+    quota: int | None = 0  # None: the member runs without a quota
+
+
+@dataclass
+class ReceiveFigures:
+    """Continuous backup on this agent (the leader): the running receiver's figures and the window's."""
+
+    repository: str
+    running: bool = False
+    stats: Any = None  # etcdwarden.backup.receive.ReceiveStats of the receiver running (or last run)
+    lag_p99: float | None = None  # of the last run that ended
+    failures: int = 0  # receiver runs that ended in an error
+    gaps: int = 0  # gaps reported (revisions compacted before they were captured)
+    breaks: int = 0  # chains closed by a compaction (runs that ended)
+    window_start: float = 0.0  # Unix times of the window's earliest and latest restorable points
+    window_end: float = 0.0
+    window_revision: int = 0
+    window_gaps: int = 0
+    window_breaks: int = 0  # chains that break (a missing, altered or out-of-order segment)
+    read_at: float = 0.0
 
 
 @dataclass
@@ -55,6 +75,7 @@ class MetricsView:
     repositories: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (count, bytes)
     # name -> Unix time of the newest backup a restore drill proved (0: none, where a drill job looks)
     proven: dict[str, float] = field(default_factory=dict)
+    receive: ReceiveFigures | None = None
 
 
 def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -107,6 +128,8 @@ class _Collector(Collector):
         for repo, t in sorted(v.proven.items()):
             proven.add_metric([repo], t)
         yield proven
+        if v.receive is not None:
+            yield from _receive(v.receive)
 
     def _jobs(self) -> Iterator[Metric]:
         # not "job": Prometheus' own target label would rename it to exported_job
@@ -228,8 +251,45 @@ class _Collector(Collector):
             in_use.add_metric(lab, m.db_size_in_use)
             free.add_metric(lab, max(0, m.db_size - m.db_size_in_use))
             frag.add_metric(lab, max(0.0, (m.db_size - m.db_size_in_use) / m.db_size) if m.db_size > 0 else 0.0)
-            quota.add_metric(lab, m.quota)
+            if m.quota is not None:  # no quota: no sample (a 0 would make every size/quota alert fire)
+                quota.add_metric(lab, m.quota)
         yield from (up, leader, db, in_use, free, frag, quota)
+
+
+def _receive(f: ReceiveFigures) -> Iterator[Metric]:
+    """Continuous backup (``continuous``): reported by the agent that receives."""
+    lab = [f.repository]
+    st = f.stats
+    lags = list(st.lags) if st is not None else []
+    p99 = sorted(lags)[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else f.lag_p99
+    rows: list[tuple[str, str, float | None]] = [
+        ("etcdwarden_receive_running", "1 while this agent's receiver runs", 1.0 if f.running else 0.0),
+        ("etcdwarden_receive_lag_seconds", "p99 of the last 10,000 revisions' time from receipt to durable "
+         "(segment written)", p99),
+        ("etcdwarden_receive_durable_revision", "The last revision the receiver made durable",
+         float(st.durable_revision) if st is not None else None),
+        ("etcdwarden_recoverable_window_start_timestamp", "Unix time of the earliest point a restore can reach "
+         "(0: no complete backup)", f.window_start),
+        ("etcdwarden_recoverable_window_end_timestamp", "Unix time of the latest point a restore can reach "
+         "exactly (the window's end moves on while the cluster is idle)", f.window_end),
+        ("etcdwarden_recoverable_window_gaps", "Holes in the window (revisions no chain holds)", float(f.window_gaps)),
+        ("etcdwarden_recoverable_window_broken_chains", "Chains that break (a missing, altered or out-of-order "
+         "segment)", float(f.window_breaks)),
+    ]
+    for name, doc, value in rows:
+        g = _g(name, doc, ["repository"])
+        if value is not None:
+            g.add_metric(lab, value)
+        yield g
+    for name, doc, n in (
+            ("etcdwarden_receive_gaps", "Gaps the receiver reported (revisions compacted before it captured "
+             "them: a new chain started)", f.gaps),
+            ("etcdwarden_receive_chain_breaks", "Chains the receiver closed because etcd compacted past them",
+             f.breaks + (st.breaks if st is not None and f.running else 0)),
+            ("etcdwarden_receive_failures", "Receiver runs that stopped on an error (started again)", f.failures)):
+        c = _c(name, doc, ["repository"])
+        c.add_metric(lab, n)
+        yield c
 
 
 class DaemonMetrics:
@@ -242,4 +302,5 @@ class DaemonMetrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "FAILURE", "SUCCESS", "DaemonMetrics", "JobInfo", "MemberFigures", "MetricsView"]
+__all__ = ["CONTENT_TYPE", "FAILURE", "SUCCESS", "DaemonMetrics", "JobInfo", "MemberFigures", "MetricsView",
+           "ReceiveFigures"]

@@ -173,12 +173,14 @@ class _Resolver:
             unique(dspec.key, origin, cdoc, (*loc, "name"))
             self._check_jitter(dspec.schedule, dj.jitter, cdoc, (*loc, "jitter"), now)
             drills.append(dspec)
+        if cfg.continuous is not None:
+            check_repo(cfg.continuous.repository, cdoc, (*cloc, "continuous", "repository"))
         if self.problems:
             return None
         return DaemonConfig(etcd=cfg.etcd, agent=cfg.agent, election=cfg.election, repositories=repos,
                             backups=tuple(backups), singles=tuple(singles), defrags=tuple(defrags),
-                            rotations=tuple(rotations), drills=tuple(drills), files=tuple(self.docs.files),
-                            notes=tuple(notes))
+                            rotations=tuple(rotations), drills=tuple(drills), continuous=cfg.continuous,
+                            files=tuple(self.docs.files), notes=tuple(notes))
 
     def _check_http(self, cfg: DaemonConfigDoc, doc: Document, loc: Loc, notes: list[str]) -> None:
         a = cfg.agent

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from etcdwarden import __version__
 from etcdwarden.daemon.config import AgentSection, exposure_problem, is_loopback_listen
+from etcdwarden.daemon.continuous import Continuous
 from etcdwarden.daemon.http import HttpServer
 from etcdwarden.daemon.httpsec import HttpSecurity
 from etcdwarden.daemon.jobs import Clock, JobExecutor, RunRecord, utcnow
@@ -110,6 +111,7 @@ class Daemon:
         election = self.election
         self.store: StateStore = store or EtcdStateStore(
             client, el.prefix, (lambda: election.leadership) if election is not None else None)
+        self.continuous = Continuous(client)  # the receiver, while this agent leads (``continuous``)
         self.observer = Observer(self)  # the metrics view and the HTTP endpoints
         self.executor = JobExecutor(config, self.runner, self.store, self.agent, clock, on_state=self.observer.on_state)
         self.http = HttpServer(self.observer.routes(), guard=self.security.guard)
@@ -203,7 +205,18 @@ class Daemon:
         self.executor.config = config
         self.executor.runner = self.runner
         self.observer.job_infos()
+        if self.leading:
+            task = asyncio.ensure_future(self._reconfigure_receiver(config))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self._wake.set()
+
+    async def _reconfigure_receiver(self, config: DaemonConfig) -> None:
+        try:
+            await self.continuous.restart_if_changed(config)
+        except EtcdwardenError as e:
+            log.warning("continuous backup cannot start: %s", e)
+        self.metrics.view.receive = self.continuous.figures
 
     # -- waiting helpers ---------------------------------------------------------------------
     async def _until_stop(self, coro: Coroutine[Any, Any, T]) -> T | None:
@@ -304,6 +317,21 @@ class Daemon:
                           sort_keys=True).encode()
 
     async def _lead(self, lost: asyncio.Event | None) -> None:
+        """Run the due jobs (and the receiver, for ``continuous``) while leading."""
+        self._start_receiving()
+        try:
+            await self._lead_jobs(lost)
+        finally:
+            await self.continuous.stop()  # the open segment is written; the next leader resumes after it
+
+    def _start_receiving(self) -> None:
+        try:
+            self.continuous.start(self.config)
+        except EtcdwardenError as e:
+            log.warning("continuous backup cannot start: %s", e)
+        self.metrics.view.receive = self.continuous.figures
+
+    async def _lead_jobs(self, lost: asyncio.Event | None) -> None:
         first = True
         while not self._stop.is_set() and not (lost is not None and lost.is_set()):
             try:

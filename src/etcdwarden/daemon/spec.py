@@ -11,6 +11,7 @@ from etcdwarden.daemon.config import (
     NO_RETRY,
     AgentSection,
     BackupSettings,
+    ContinuousSection,
     DefragJob,
     DrillJob,
     ElectionSection,
@@ -127,6 +128,7 @@ class DaemonConfig:
     defrags: tuple[DefragSpec, ...] = ()
     rotations: tuple[RotationSpec, ...] = ()
     drills: tuple[DrillSpec, ...] = ()
+    continuous: ContinuousSection | None = None  # the leader receives (continuous backup) when set and enabled
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
@@ -170,5 +172,6 @@ class DaemonConfig:
             "encryptionRotation": [{**sched(r), "config": r.options.config, "prune": r.options.prune,
                                     "backups": list(r.options.backups)} for r in self.rotations],
             "drills": [{**sched(d), "repository": d.repository, "select": d.options.select} for d in self.drills],
+            "continuous": self.continuous.model_dump(by_alias=True) if self.continuous else None,
             "notes": list(self.notes),
         }

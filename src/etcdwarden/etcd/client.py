@@ -432,8 +432,9 @@ class Watch:
         if not self._queue.empty():
             item = self._queue.get_nowait()
         else:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
+            try:  # (not wait_for: its inner task can miss a cancellation that comes with a result, Python 3.11)
+                async with asyncio.timeout(timeout):
+                    item = await self._queue.get()
             except TimeoutError:
                 return None
         if isinstance(item, EtcdError):

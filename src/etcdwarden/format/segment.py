@@ -101,16 +101,33 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_last_time: list[tuple[dt.datetime, str]] = []  # the last time formatted (a watch response's revisions share one)
+
+
 def _time(t: dt.datetime) -> str:
+    if _last_time and _last_time[0][0] is t:
+        return _last_time[0][1]
     if t.tzinfo is None:
         raise ValueError("segment times must be timezone-aware")
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    _last_time[:] = [(t, text)]
+    return text
+
+
+def _event_json(e: Event) -> str:
+    # exactly json.dumps(..., separators=(",", ":")) of the event's object: base64 and the type need no escaping
+    return (f'{{"type":"{e.type}","key":"{_b64(e.key)}","value":"{_b64(e.value)}",'
+            f'"create_revision":{int(e.create_revision)},"mod_revision":{int(e.mod_revision)},'
+            f'"version":{int(e.version)},"lease":{int(e.lease)}}}')
 
 
 def encode_record(rec: Record) -> bytes:
-    """One record as its line (ending in ``\\n``)."""
+    """One record as its line (ending in ``\\n``): the compact JSON of the module docstring."""
     doc: dict[str, Any]
     if isinstance(rec, RevisionRecord):
+        if rec.events and all(e.type in ("put", "delete") for e in rec.events):
+            events = ",".join(_event_json(e) for e in rec.events)
+            return f'{{"rev":{int(rec.revision)},"time":"{_time(rec.time)}","events":[{events}]}}\n'.encode()
         doc = {"rev": rec.revision, "time": _time(rec.time), "events": [
             {"type": e.type, "key": _b64(e.key), "value": _b64(e.value), "create_revision": e.create_revision,
              "mod_revision": e.mod_revision, "version": e.version, "lease": e.lease} for e in rec.events]}
@@ -145,7 +162,10 @@ def _parse_time(v: Any) -> dt.datetime:
     t = dt.datetime.fromisoformat(v)
     if t.tzinfo is None:
         raise ValueError("time: no time zone")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+00:05: no UTC time
+        raise ValueError(f"time: {v} is out of range") from None
 
 
 def decode_record(line: bytes) -> Record:

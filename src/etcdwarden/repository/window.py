@@ -301,12 +301,25 @@ def _check_data(repo: Repository, e: CatalogEntry, cluster_id: str | None, chain
     return chain
 
 
-def _chain_of(repo: Repository, e: CatalogEntry, base_rev: int, anchor: str, rehash: bool) -> Chain:
+#: segment manifest name -> (size and modification time when read, the manifest): see :func:`read_window`
+ManifestCache = dict[str, tuple[str, SegmentManifest]]
+
+
+def _chain_of(repo: Repository, e: CatalogEntry, base_rev: int, anchor: str, rehash: bool,
+              cache: ManifestCache | None) -> Chain:
     readable: list[SegmentManifest] = []
     unreadable: list[tuple[int, str, str]] = []  # (first revision, name, problem)
+    listed = {o.name: f"{o.size}:{o.mtime.isoformat()}" for o in e.objects}
     for name in _segment_names(e):
+        hit = cache.get(name) if cache is not None else None
+        if hit is not None and hit[0] == listed.get(name):
+            readable.append(hit[1])
+            continue
         try:
-            readable.append(load_segment_manifest(repo.read_bytes(name), name))
+            m = load_segment_manifest(repo.read_bytes(name), name)
+            readable.append(m)
+            if cache is not None:
+                cache[name] = (listed.get(name, ""), m)
         except (SegmentError, RepositoryError) as err:
             n = parse(name)
             unreadable.append((n.revision if n is not None and n.revision is not None else 0, name, str(err)))
@@ -332,9 +345,13 @@ def read_state(repo: Repository) -> ReceiverState | None:
         return None
 
 
-def read_window(repo: Repository, catalog: Catalog | None = None, *, rehash: bool = False) -> Window:
+def read_window(repo: Repository, catalog: Catalog | None = None, *, rehash: bool = False,
+                only: set[str] | None = None, cache: ManifestCache | None = None) -> Window:
     """Every chain of the repository (see the module docstring). ``rehash`` reads every segment's data file
-    and checks its sha256 (else only presence and size, like a catalog listing)."""
+    and checks its sha256 (else only presence and size, like a catalog listing). ``only``: the chains of these
+    backups only (the others are left out of the window). ``cache``: segment manifests read before, reused
+    while their size and modification time are unchanged (one read per new segment for a caller that reads
+    the window again and again; a day of 5-second segments is 17,280 manifests)."""
     cat = catalog if catalog is not None else load_catalog(repo)
     problems: list[str] = []
     state: ReceiverState | None = None
@@ -344,6 +361,8 @@ def read_window(repo: Repository, catalog: Catalog | None = None, *, rehash: boo
         problems.append(str(err))
     chains: list[ChainWindow] = []
     for e in cat.entries:
+        if only is not None and e.id not in only:
+            continue
         names = _segment_names(e)
         point = _base_point(e)
         if point is None:
@@ -352,13 +371,17 @@ def read_window(repo: Repository, catalog: Catalog | None = None, *, rehash: boo
                                 + (f" ({e.problem})" if e.problem else ""))
             continue
         rev, when, anchor = point
-        chain = _chain_of(repo, e, rev, anchor, rehash) if names else Chain(e.id, rev, ())
+        chain = _chain_of(repo, e, rev, anchor, rehash, cache) if names else Chain(e.id, rev, ())
         confirmed, receiving = None, False
         if state is not None and state.base == e.id and state.cluster_id == e.cluster_id:
             receiving = not state.stopped
             if state.revision == chain.last_revision and chain.broken is None:
                 confirmed = state.confirmed_at
         chains.append(ChainWindow(e, rev, when, chain, confirmed, receiving))
+    if cache is not None:  # forget the manifests of segments deleted since (retention)
+        present = {o.name for e in cat.entries for o in e.objects}
+        for name in [n for n in cache if n not in present]:
+            del cache[name]
     return Window(cat.url, tuple(_seen_earlier(chains)), tuple(problems), state)
 
 
@@ -474,5 +497,5 @@ def resolve(repo: Repository, window: Window, target: Target | None = None) -> R
     return _plan(c, c.chain.last_revision, _revision_time(c, c.chain.last_revision), target)
 
 
-__all__ = ["ChainWindow", "Interval", "NotRecoverable", "Point", "ReplayPlan", "Target", "Window", "read_segment",
-           "read_state", "read_window", "resolve"]
+__all__ = ["ChainWindow", "Interval", "ManifestCache", "NotRecoverable", "Point", "ReplayPlan", "Target", "Window",
+           "read_segment", "read_state", "read_window", "resolve"]
