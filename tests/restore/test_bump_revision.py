@@ -236,7 +236,10 @@ def test_backup_whose_newest_revisions_were_compacted_away(etcd1: LocalCluster, 
 
     compacted = asyncio.run(delete_and_compact())
     b = backup_of(c, tmp_path / "backups")
-    assert b.revision < compacted  # the manifest has `snapshot status`'s revision: the newest key's
+    assert b.revision == compacted  # the manifest has the store's revision: what etcd serves
+    doc = json.loads(b.manifest.read_text())
+    newest = json.loads(cli("-w", "json", "snapshot", "status", str(b.directory / doc["snapshot"]["file"])).out)
+    assert newest["revision"] < compacted  # `snapshot status` (as etcdutl) says the newest key's revision
     run = LocalCluster(tmp_path / "run", size=1)
     try:
         # verify-start expects what etcd serves: the compaction revision; with a bump, the newest key's + N
@@ -246,7 +249,7 @@ def test_backup_whose_newest_revisions_were_compacted_away(etcd1: LocalCluster, 
         r = _restore(b.directory, tmp_path / "bumped", run, "--etcdutl", str(etcd35 / "etcdutl"), "--bump-revision",
                      str(BUMP), "--mark-compacted", "--verify-start", "-w", "json")
         assert r.code == 0, r.err
-        assert json.loads(r.out)["verify_start"]["revision"] == b.revision + BUMP
+        assert json.loads(r.out)["verify_start"]["revision"] == newest["revision"] + BUMP
         # restore cluster verifies at the compaction revision, where HashKV answers "compacted": hashed at the current
         spec = write_spec(c, tmp_path / "cluster.yaml")
         r = cli("restore", "cluster", str(b.directory), "--spec", str(spec), "-w", "json")
