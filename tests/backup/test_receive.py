@@ -145,3 +145,27 @@ def test_rotation_and_a_member_lost_keep_the_window_whole(etcd3: LocalCluster, t
     assert all(c.closed == ("rotated" if c.segments else None) for c in w.chains[:-1]) and not w.chains[-1].closed
     (interval,) = w.intervals  # each chain reaches the next one's base: no gap
     assert interval.end.revision == end
+
+
+def test_a_repository_of_encrypted_backups_is_refused(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """Segments are not encrypted: beside this cluster's age-encrypted backups they would store every new value
+    in clear. Refused (exit 3, nothing written) unless --force=plaintext."""
+    import pyrage
+
+    from tests.cli_helpers import cli
+
+    repo = tmp_path / "repo"
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    r = cli("backup", str(repo), "--endpoints", etcd1.endpoints[0], "--encrypt-to", recipient)
+    assert r.code == 0, r.err
+    before = sorted(p.name for p in repo.iterdir())
+    proc = start_receiver(etcd1.endpoints, str(repo))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "encrypted backups" in err and "--force=plaintext" in err, err
+    assert sorted(p.name for p in repo.iterdir()) == before
+    proc = start_receiver(etcd1.endpoints, str(repo), "--force=plaintext")
+    try:
+        wait_receiving(open_repository(repo), proc)
+    finally:
+        code, err = stop(proc, signal.SIGINT)
+    assert code == 130, err

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from etcdwarden.backup.receive_lease import ReceiverLease
 from etcdwarden.backup.run import BackupOptions, take_backup
 from etcdwarden.backup.segments import ClosedSegment, OpenSegment, rewrite_manifest, write_segment
-from etcdwarden.errors import Compacted, EtcdError, NoLeader, Timeout, Unreachable, UsageError
+from etcdwarden.errors import Compacted, EtcdError, NoLeader, SafetyRefusal, Timeout, Unreachable, UsageError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, Watch
 from etcdwarden.format.names import parse_id
@@ -70,6 +70,8 @@ class ReceiveOptions:
     lease_seconds: float = 30.0
     compress: str | None = None  # the full backups' snapshots
     member: str | None = None  # the member the full backups are taken from (default: a healthy follower)
+    # segments and the receiver's full backups are written unencrypted: refused where backups are encrypted
+    allow_plaintext: bool = False
 
     def __post_init__(self) -> None:
         if self.segment_seconds <= 0 or self.segment_bytes <= 0 or self.full_every <= 0:
@@ -131,6 +133,8 @@ async def receive(client: EtcdClient, opts: ReceiveOptions, notify: Notify | Non
     try:
         resp = await client.get(b"\x00")
         cluster_id = f"{resp.header.cluster_id:x}"
+        if not opts.allow_plaintext:
+            await asyncio.to_thread(_refuse_plaintext_beside_encrypted, repo, cluster_id)
         lease = ReceiverLease(repo, cluster_id, opts.lease_seconds)
         await asyncio.to_thread(lease.acquire)
         out = stats or ReceiveStats()
@@ -142,6 +146,22 @@ async def receive(client: EtcdClient, opts: ReceiveOptions, notify: Notify | Non
     finally:
         repo.close()
     return out
+
+
+FORCE_PLAINTEXT = "plaintext"
+
+
+def _refuse_plaintext_beside_encrypted(repo: Repository, cluster_id: str) -> None:
+    """Segments hold every value written (Secrets too) and are not encrypted: where this cluster's backups are,
+    writing them would put in clear what the operator chose to encrypt."""
+    encrypted = [e.id for e in load_catalog(repo).good
+                 if e.cluster_id == cluster_id and e.manifest is not None and e.manifest.snapshot.encryption]
+    if encrypted:
+        raise SafetyRefusal(
+            f"{repo.url} holds encrypted backups of cluster {cluster_id} ({', '.join(encrypted[-3:])}); the receiver "
+            "writes its segments and full backups unencrypted, so every value written from now on would be stored "
+            "in clear beside them. Receive into a repository of its own, on storage protected accordingly",
+            force_flag=f"--force={FORCE_PLAINTEXT}")
 
 
 class _Receiver:

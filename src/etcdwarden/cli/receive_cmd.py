@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from etcdwarden.backup.receive import ReceiveOptions, ReceiveStats, lag_p99, receive
+from etcdwarden.backup.receive import FORCE_PLAINTEXT, ReceiveOptions, ReceiveStats, lag_p99, receive
 from etcdwarden.cli._async import with_client
 from etcdwarden.cli.common import duration_arg, size_arg
 from etcdwarden.cli.output import Output
@@ -53,6 +53,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="run at this niceness (default 10: etcd on the same host comes first; the receiver "
                         "catches up when it can)")
     p.add_argument("--member", help="member the full backups are taken from (default: a healthy follower)")
+    p.add_argument("--force", action="append", default=[], choices=[FORCE_PLAINTEXT], metavar="CHECK",
+                   help="override a safety refusal by name: plaintext = receive into a repository that holds "
+                   "encrypted backups of this cluster (segments are not encrypted)")
     repo_opts(p)
     p.set_defaults(func=cmd_receive)
 
@@ -61,7 +64,7 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
     opts = ReceiveOptions(repository=str(args.repo), repository_options=repository_options(args),
                           segment_seconds=float(args.segment_seconds), segment_bytes=int(args.segment_bytes),
                           full_every=float(args.full_every), lease_seconds=float(args.lease), compress=args.compress,
-                          member=args.member)
+                          member=args.member, allow_plaintext=FORCE_PLAINTEXT in args.force)
     stats = ReceiveStats()
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + int(args.nice)))

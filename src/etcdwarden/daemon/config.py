@@ -478,6 +478,8 @@ class ContinuousSection(Strict):
     full_every: Duration = Field(default=86400.0, gt=0)
     lease: Duration = Field(default=30.0, ge=3)  # the receiver's lease on the repository
     compress: Literal["zstd"] | None = None  # the full backups' snapshots
+    # receive --force=plaintext: segments are unencrypted, refused where this cluster's backups are encrypted
+    allow_plaintext: bool = False
     enabled: bool = True
 
 

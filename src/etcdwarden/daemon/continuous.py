@@ -78,7 +78,7 @@ class Continuous:
         assert figures is not None
         opts = ReceiveOptions(repository=url, repository_options=options, segment_seconds=sec.segment_seconds,
                               segment_bytes=sec.segment_bytes, full_every=sec.full_every,
-                              lease_seconds=sec.lease, compress=sec.compress)
+                              lease_seconds=sec.lease, compress=sec.compress, allow_plaintext=sec.allow_plaintext)
 
         def notify(message: str) -> None:
             if message.startswith("GAP"):
