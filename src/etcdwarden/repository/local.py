@@ -16,9 +16,8 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import NoReturn, Self
 from urllib.parse import unquote, urlsplit
 
 from etcdwarden.errors import UsageError
@@ -39,6 +38,7 @@ from etcdwarden.repository.base import (
     Repository,
     RepositoryError,
     RepositoryOptions,
+    StaleCleanup,
     Writer,
     check_name,
 )
@@ -52,17 +52,30 @@ def _info(name: str, st: os.stat_result) -> ObjectInfo:
 
 
 class LocalWriter(Writer):
+    """``<name>.part`` (0600), written in blocks of :attr:`BUFFER`; fsync, rename, directory fsync on commit.
+
+    The snapshot arrives in 32 KiB messages, and one ``write(2)`` per message costs several times the CPU
+    of the copy itself: small writes are gathered into 1 MiB before they reach the kernel.
+    """
+
+    BUFFER = 1 << 20
+
     def __init__(self, directory: Path, name: str) -> None:
         super().__init__(name)
         self.path = directory / name
         self.part = directory / (name + PART_SUFFIX)
         self.fd: int | None = None
+        self.buf = bytearray()
         try:
             self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
             self._os_error(e)
 
-    def _os_error(self, e: OSError) -> None:
+    @property
+    def spool(self) -> Path:
+        return self.part
+
+    def _os_error(self, e: OSError) -> NoReturn:
         try:
             raise_os_error(e, self.part)
         except DiskFull:
@@ -71,16 +84,30 @@ class LocalWriter(Writer):
             raise RepositoryError(str(err)) from None
 
     def _write(self, data: bytes | memoryview) -> None:
-        assert self.fd is not None
+        if self.buf or len(data) < self.BUFFER:
+            self.buf += data
+            if len(self.buf) >= self.BUFFER:
+                self.flush()
+        else:
+            self._write_all(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            buf, self.buf = self.buf, bytearray()
+            self._write_all(buf)
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.fd is None:
+            raise RepositoryError(f"{self.part}: write after commit or discard")
         view = memoryview(data)
         try:
             while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+                view = view[os.write(self.fd, view):]
         except OSError as e:
             self._os_error(e)
 
     def _commit(self) -> None:
+        self.flush()
         assert self.fd is not None
         try:
             os.fsync(self.fd)
@@ -92,6 +119,7 @@ class LocalWriter(Writer):
             self._os_error(e)
 
     def _discard(self) -> None:
+        self.buf = bytearray()
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -194,6 +222,12 @@ class LocalRepository(Repository):
                 else ""
             raise RepositoryError(f"cannot delete {path}: {e.strerror}{hint}") from None
 
+    def remove_stale(self, lock: LockInfo) -> StaleCleanup:
+        return remove_stale_temp(self.directory, lock)
+
+    def local_directory(self) -> Path:
+        return self.directory
+
     def sync(self) -> None:
         if self.directory.is_dir():
             fsync_dir(self.directory)
@@ -212,14 +246,6 @@ class LocalRepository(Repository):
             return
         with dir_lock(self.directory, wait) as info:
             yield info
-
-
-@dataclass
-class StaleCleanup:
-    """What :func:`remove_stale_temp` did."""
-
-    removed: list[str] = field(default_factory=list)
-    left: dict[str, str] = field(default_factory=dict)  # name -> why it was left alone
 
 
 def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
