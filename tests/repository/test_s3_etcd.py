@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,12 +65,12 @@ def test_snapshot_upload_visible_only_after_verification(etcd1: LocalCluster, se
     repo = open_repository(url, seaweed.options())
     seen: list[tuple[Path, int | None, bool]] = []
 
-    def spy(path: Path, display: str | None = None, skip_hash_check: bool = False) -> object:
+    def spy(path: Path, display: str | None = None, **kw: Any) -> object:
         assert display is not None
         seen.append((Path(path), None if repo.stat(display) is None else 1, Path(path).is_file()))
         if fail:
             raise SnapshotCorrupt(f"{display}: broken on purpose")
-        return verify_db(path, display, skip_hash_check)
+        return verify_db(path, display, **kw)
 
     monkeypatch.setattr(run, "verify_db", spy)
 

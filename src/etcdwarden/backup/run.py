@@ -15,6 +15,7 @@ snapshots), next to the repository when it is local, in the system's temporary d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden import __version__
-from etcdwarden.backup.hashkv import record_hash_kv
+from etcdwarden.backup.hashkv import HashKVProbe
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
 from etcdwarden.backup.stream import EncodedSink, SnapshotStreamError, StreamPipe, StreamResult
@@ -45,7 +46,7 @@ from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
-from etcdwarden.snapshot.status import SnapshotStatus
+from etcdwarden.snapshot.status import SnapshotStatus, last_revision
 from etcdwarden.snapshot.verify import verify_db
 
 log = logging.getLogger(__name__)
@@ -157,11 +158,17 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
                        [*notes, *pre.warnings])
             try:
                 chosen, result = await run.snapshot(client, pre.candidates, progress)
-                loop = asyncio.get_running_loop()
+                # what a drill reproduces, asked of the member while the snapshot is verified and made durable
+                probe = HashKVProbe(asyncio.get_running_loop(), client, chosen,
+                                    await asyncio.to_thread(run.revision_hint, chosen))
 
                 def commit() -> dict[str, Any]:
-                    status, verification = run.verify_and_commit(result)
-                    hash_kv = record_hash_kv(loop, client, chosen, status, run.warnings)  # what a drill reproduces
+                    try:
+                        status, verification = run.verify_and_commit(result)
+                    except BaseException:
+                        probe.cancel()
+                        raise
+                    hash_kv = probe.result(status, run.warnings)
                     return run.finish(pre, chosen, result, status, verification, resources, hash_kv)
 
                 # A thread cannot be cancelled: when the task is (SIGTERM, lost leadership), let the commit end
@@ -280,6 +287,16 @@ class _Run:
             return cand, result
         raise EtcdwardenError("the snapshot failed on every member tried: " + "; ".join(attempts))
 
+    def revision_hint(self, chosen: Candidate) -> int | None:
+        """The revision the manifest will record, known before the verification: the snapshot's last revision
+        key when its structure is to be walked, else the member's revision before the snapshot."""
+        plain = self.copy if self.copy is not None else self.final
+        if self.structure and plain is not None and plain.spool is not None:
+            plain.flush()
+            return last_revision(plain.spool)
+        st = chosen.status.status
+        return int(st.header.revision) if st is not None else None
+
     def verify_and_commit(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
         """Verify, then commit the snapshot object (an object store completes its upload only now)."""
         try:
@@ -300,9 +317,14 @@ class _Run:
         status: SnapshotStatus | None = None
         if self.structure:
             plain = self.copy if self.copy is not None else self.final
-            assert plain is not None and plain.spool is not None
+            assert plain is not None and plain.spool is not None and self.final is not None
             plain.flush()
-            report = verify_db(plain.spool, display=self.names.snapshot)
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etcdwarden-sync") as pool:
+                # the slow part of the commit (fsync of the snapshot) runs while the structure is walked
+                synced = pool.submit(self.final.sync)
+                # the stream hashed these very bytes on their way to the file: no second hashing pass
+                report = verify_db(plain.spool, display=self.names.snapshot, streamed_sha256=result.db_sha256)
+                synced.result()
             status = report.status
             v["structure"] = True
             v["pages_checked"] = report.pages

@@ -58,7 +58,7 @@ class _QueueReader(io.RawIOBase):
         return n
 
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # at level 3 compression costs 4x the CPU (1.3 s vs 0.3 s per 270 MB) for a ratio about as good
 
 
 class EncodedSink:

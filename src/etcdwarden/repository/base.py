@@ -182,6 +182,10 @@ class Writer(ABC):
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Hand what is buffered to the storage (local: to the ``.part`` file), so :attr:`spool` is whole."""
 
+    def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make what was written so far durable ahead of :meth:`commit` (local: fsync the ``.part`` file), so
+        that this slow step can overlap other work (a verification); :meth:`commit` stays durable anyway."""
+
     def write(self, data: bytes | memoryview) -> int:
         if self.done:
             raise RepositoryError(f"{self.name}: write after commit or discard")

@@ -316,6 +316,19 @@ class Walk:
         for leaf in self.leaves(bucket):
             yield from leaf.items()
 
+    def last_key(self, bucket: BucketRef) -> bytes | None:
+        """The greatest key of ``bucket``, reached down the rightmost branch only (a few pages, not a walk)."""
+        where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
+        if bucket.root == 0:
+            _leaf, last = parse_leaf(bucket.inline, _BUCKET_HEADER.size, None, where)
+            return last
+        pgid = bucket.root
+        while True:
+            buf, flags, count = self._page(pgid, where)
+            if flags == LEAF_PAGE:
+                return parse_leaf(buf, 0, None, where, pgid)[1]
+            pgid = parse_branch(buf, count, f"{where}, page {pgid}")[-1][1]
+
     def leaves_of(self, root: int, where: str) -> Iterator[Leaf]:
         prev: bytes | None = None
         stack: list[tuple[int, bytes | None]] = [(root, None)]
