@@ -22,10 +22,10 @@ from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.endpoints import Endpoint
-from etcdwarden.format.manifest import HashKV
 
 if TYPE_CHECKING:
     from etcdwarden.backup.preflight import Candidate
+    from etcdwarden.format.manifest import HashKV
     from etcdwarden.snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ TIMEOUT = 300.0
 
 async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: float = TIMEOUT) -> HashKV:
     """``HashKV`` at ``revision`` and the live key count at it, both asked of the member at ``ep``."""
+    from etcdwarden.format.manifest import HashKV
     hreq = pb.HashKVRequest(revision=revision)
     h = await client.call(ep, lambda m, md, t: m.maintenance.HashKV(hreq, metadata=md, timeout=t), timeout)
     count = await client.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etcdwarden import __version__
 from etcdwarden.backup.hashkv import HashKVProbe
@@ -41,13 +41,15 @@ from etcdwarden.errors import (
     UsageError,
 )
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.format.manifest import FORMAT, HashKV, Manifest, dump
 from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
 from etcdwarden.snapshot.status import SnapshotStatus, last_revision
 from etcdwarden.snapshot.verify import verify_db
+
+if TYPE_CHECKING:
+    from etcdwarden.format.manifest import HashKV, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +362,8 @@ class _Run:
             res_dir = self.res_repo.local_directory()
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
                                  res_dir, hash_kv)
+            from etcdwarden.format.manifest import dump
+
             self.repo.write_bytes(n.manifest, dump(manifest))
             return manifest.as_json()
         except BaseException:
@@ -409,6 +413,7 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
               bundle: dict[str, Any] | None, notes: list[CertificateNote], opts: BackupOptions,
               res_dir: Path | None, hash_kv: HashKV | None = None) -> Manifest:
     """The manifest of this backup (:mod:`etcdwarden.format.manifest`), validated when written."""
+    from etcdwarden.format.manifest import FORMAT, Manifest
     st = chosen.status.status
     assert st is not None
     versions = sorted({s.status.version for s in pre.statuses if s.status})

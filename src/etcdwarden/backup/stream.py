@@ -205,20 +205,24 @@ Progress = Callable[[int, int], None]  # (bytes received, total expected)
 class StreamPipe:
     """The trailer check and the plain sinks of one snapshot stream, fed in a worker thread.
 
-    :meth:`feed` (the event loop's side) only queues each chunk; the worker hashes it
-    (:class:`TrailerChecker`) and hands it to every sink (``write`` of a :class:`Writer` or an
+    :meth:`feed` (the event loop's side) only gathers the chunks into batches of :data:`BATCH` bytes and
+    queues them (one hand-over between threads per MiB, not per 32 KiB message); the worker hashes each
+    chunk (:class:`TrailerChecker`) and hands it to every sink (``write`` of a :class:`Writer` or an
     :class:`EncodedSink`). ``hashlib`` and ``os.write`` release the GIL, so the next messages are
-    received and parsed while the last ones are hashed and written. The queue is bounded
-    (:data:`DEPTH` chunks of 32 KiB): memory stays flat. A failure in the worker (disk full, an upload
-    that failed) is raised by the next :meth:`feed` or by :meth:`close`.
+    received and parsed while the last ones are hashed and written. The queue is bounded (:data:`DEPTH`
+    batches): memory stays flat. A failure in the worker (disk full, an upload that failed) is raised by
+    the next :meth:`feed` or by :meth:`close`.
     """
 
-    DEPTH = 128
+    BATCH = 1 << 20
+    DEPTH = 2
 
     def __init__(self, sinks: list[Callable[[bytes], object]]) -> None:
         self.sinks = sinks
         self.checker = TrailerChecker()
-        self.q: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=self.DEPTH)
+        self.q: queue.Queue[list[tuple[bytes, int]] | None] = queue.Queue(maxsize=self.DEPTH)
+        self.batch: list[tuple[bytes, int]] = []
+        self.batch_size = 0
         self.error: BaseException | None = None
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="etcdwarden-stream", daemon=True)
@@ -227,13 +231,13 @@ class StreamPipe:
     def _run(self) -> None:
         checker, sinks, get = self.checker, self.sinks, self.q.get
         try:
-            while (item := get()) is not None:
+            while (batch := get()) is not None:
                 if self.stopped:
                     continue
-                blob, remaining = item
-                checker.feed(blob, remaining)
-                for write in sinks:
-                    write(blob)
+                for blob, remaining in batch:
+                    checker.feed(blob, remaining)
+                    for write in sinks:
+                        write(blob)
         except BaseException as e:
             self.error = e
             while get() is not None:  # drain, so the producer never blocks on a dead consumer
@@ -242,10 +246,17 @@ class StreamPipe:
     def feed(self, blob: bytes, remaining: int) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put((blob, remaining))
+        self.batch.append((blob, remaining))
+        self.batch_size += len(blob)
+        if self.batch_size >= self.BATCH:
+            self.q.put(self.batch)
+            self.batch, self.batch_size = [], 0
 
     def close(self) -> StreamResult:
-        """Wait for the worker to write everything queued; the stream's checked result."""
+        """Wait for the worker to write everything fed; the stream's checked result."""
+        if self.batch:
+            self.q.put(self.batch)
+            self.batch, self.batch_size = [], 0
         self.q.put(None)
         self.thread.join()
         if self.error is not None:
@@ -255,6 +266,7 @@ class StreamPipe:
     def abort(self) -> None:
         """Stop the worker (what is queued is dropped) and wait for it: the sinks may then be discarded."""
         self.stopped = True
+        self.batch, self.batch_size = [], 0
         if self.thread.is_alive():
             self.q.put(None)
             self.thread.join()

@@ -274,7 +274,7 @@ def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
     run has ended, since we hold the lock now); never when the previous holder is alive, unknown, or on
     another host.
     """
-    from etcdwarden.repository.catalog import TEMP_RE, internal
+    from etcdwarden.format.names import TEMP_RE, internal
 
     out = StaleCleanup()
     me = Holder.me()

@@ -31,16 +31,18 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from etcdwarden.etcd.api.mvccpb import kv_pb2
-from etcdwarden.format.manifest import Manifest
 from etcdwarden.snapshot.bbolt import TRAILER_SIZE, BoltFile, BucketRef, Leaf
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
+
+if TYPE_CHECKING:
+    from etcdwarden.format.manifest import Manifest
 
 NO_TRAILER_NOTE = "no sha256 trailer: structure checked only (--skip-hash-check)"
 SKIP_HASH_FLAG = "--skip-hash-check"
