@@ -70,7 +70,7 @@ class EncodedSink:
 
     def __init__(self, file: Writer, compress: bool, recipients: list[Any], roundtrip: bool = False) -> None:
         self.file = file
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self.error: BaseException | None = None
         self.compress = compress
         self.recipients = recipients
@@ -84,20 +84,28 @@ class EncodedSink:
 
     def _run(self) -> None:
         try:
-            src: Any = io.BufferedReader(_QueueReader(self.q), buffer_size=1 << 20)
-            if self.compress:
-                src = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(src, read_size=1 << 20)
             if self.recipients:
+                src: Any = io.BufferedReader(_QueueReader(self.q), buffer_size=1 << 20)
+                if self.compress:
+                    src = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(src, read_size=1 << 20)
                 import pyrage
 
                 pyrage.encrypt_io(src, _SinkWriter(self.file), self.recipients)
-            else:
-                check = self.roundtrip
-                dec = zstandard.ZstdDecompressor().decompressobj() if check is not None else None
-                while chunk := src.read(1 << 20):
-                    self.file.write(chunk)
+                return
+            # zstd alone: chunk in, compressed blocks out (no reader pipeline, nothing buffered but zstd's own)
+            cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+            check = self.roundtrip
+            dec = zstandard.ZstdDecompressor().decompressobj() if check is not None else None
+            get, write = self.q.get, self.file.write
+            while True:
+                item = get()
+                out = cobj.compress(item) if item is not None else cobj.flush()
+                if out:
+                    write(out)
                     if check is not None and dec is not None:
-                        check.update(dec.decompress(chunk))
+                        check.update(dec.decompress(out))
+                if item is None:
+                    return
         except BaseException as e:
             self.error = e
             # drain so the producer never blocks on a dead consumer
@@ -206,7 +214,7 @@ class StreamPipe:
     """The trailer check and the plain sinks of one snapshot stream, fed in a worker thread.
 
     :meth:`feed` (the event loop's side) only gathers the chunks into batches of :data:`BATCH` bytes and
-    queues them (one hand-over between threads per MiB, not per 32 KiB message); the worker hashes each
+    queues them (one hand-over between threads per 8 messages, not per message); the worker hashes each
     chunk (:class:`TrailerChecker`) and hands it to every sink (``write`` of a :class:`Writer` or an
     :class:`EncodedSink`). ``hashlib`` and ``os.write`` release the GIL, so the next messages are
     received and parsed while the last ones are hashed and written. The queue is bounded (:data:`DEPTH`
@@ -214,8 +222,8 @@ class StreamPipe:
     the next :meth:`feed` or by :meth:`close`.
     """
 
-    BATCH = 1 << 20
-    DEPTH = 2
+    BATCH = 256 << 10
+    DEPTH = 4
 
     def __init__(self, sinks: list[Callable[[bytes], object]]) -> None:
         self.sinks = sinks
