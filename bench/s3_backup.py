@@ -117,8 +117,10 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
     watch = {"etcd": member.pid, "weed": s3.proc.pid}
     out: dict[str, Run] = {}
 
-    def run(label: str, cmd: list[str]) -> None:
-        r = timed(cmd, env=env, cpus=tool_cpus, watch=watch)
+    ref_env = {**env, "PYTHONPATH": root + os.pathsep + str(Path(a.ref_src).resolve())} if a.ref_src else None
+
+    def run(label: str, cmd: list[str], ref: bool = False) -> None:
+        r = timed(cmd, env=ref_env if ref else env, cpus=tool_cpus, watch=watch)
         if r.code != 0:
             raise SystemExit(f"{label} failed (exit {r.code})")
         out[label] = r
@@ -132,6 +134,11 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
     if not _complete_in(url, s3):
         raise SystemExit(f"{url}: no complete backup after `backup` succeeded")
     run("backup s3://... --verify full", [*me, "backup", s3.url(f"backupf-{tag}"), "--endpoints", ep])
+    if ref_env is not None:  # the same two with the reference code (--ref-src), right after: before and after
+        run("[ref] backup s3://... --verify hash", [*me, "backup", s3.url(f"ref-backup-{tag}"), "--endpoints", ep,
+                                                    "--verify", "hash"], ref=True)
+        run("[ref] backup s3://... --verify full", [*me, "backup", s3.url(f"ref-backupf-{tag}"), "--endpoints", ep],
+            ref=True)
     if a.streams:
         stream_local = base / "stream-local"
         shutil.rmtree(stream_local, ignore_errors=True)
@@ -158,6 +165,8 @@ def main() -> None:
     ap.add_argument("--modes", default="shared,pinned", help="shared, pinned or both (comma-separated)")
     ap.add_argument("--streams", action="store_true", help="also time the bare streaming paths")
     ap.add_argument("--workdir")
+    ap.add_argument("--ref-src", help="also run the two S3 backups with this src/ directory first on PYTHONPATH "
+                    "(e.g. a checkout of main): before and after, in one run")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
     if "pinned" in modes and (os.cpu_count() or 1) < 2:
@@ -171,6 +180,7 @@ def main() -> None:
         fill_bytes(cluster, a.size_mb * 1024 * 1024)
         os.chdir(base)
         results: dict[str, dict[str, list[Run]]] = {m: {} for m in modes}
+        load_before = os.getloadavg()
         for rnd in range(a.rounds):
             for mode in modes:  # alternate, so drift in the machine's state hits both modes alike
                 for label, r in _measure(a, base, cluster, s3, mode, rnd).items():
@@ -178,6 +188,8 @@ def main() -> None:
         snap = next((base / "local").glob("snapshot_*"))
         print(f"database ~{a.size_mb} MB; snapshot file {snap.stat().st_size / 1e6:.0f} MB; rounds {a.rounds}; "
               "medians; CPU = CPU seconds used meanwhile by etcdwarden / the etcd member / the S3 gateway")
+        print("load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(*load_before,
+                                                                                         *os.getloadavg()))
         refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local writer",
                 "backups": "backups copy local -> local"}
         for mode in modes:
@@ -193,7 +205,10 @@ def main() -> None:
                       f"{cpu:>20}")
             floor = _median(results[mode]["upload from memory (gateway floor)"])
             best = max(floor, _median(results[mode][refs["backup"]]))
-            for label in ("backup s3://... --verify hash", "backup s3://... --verify full"):
+            for label in ("backup s3://... --verify hash", "backup s3://... --verify full",
+                          "[ref] backup s3://... --verify hash", "[ref] backup s3://... --verify full"):
+                if label not in results[mode]:
+                    continue
                 print(f"{label} / max(gateway floor, local backup) = {_median(results[mode][label]) / best:.2f}")
     finally:
         s3.stop()
