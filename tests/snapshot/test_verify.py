@@ -107,7 +107,7 @@ def test_last_revision_is_what_the_walk_finds(snap: Path, tmp_path: Path) -> Non
     assert report.pages > 50 and last_revision(snap) == report.status.revision > 1  # a multi-page key bucket
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"\0" * 8192)
-    assert last_revision(junk) is None
+    assert last_revision(junk) is None and last_revision(tmp_path / "missing.db") is None
 
 
 def test_no_trailer_fails_unless_skip_hash_check(snap: Path, tmp_path: Path, etcd1: LocalCluster) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import crc32c
 
 from etcdwarden.snapshot.bbolt import BoltFile, BucketRef, Leaf, Walk
-from etcdwarden.snapshot.errors import SnapshotCorrupt
+from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 
 KEY_BUCKET = b"key"
 _INT64 = struct.Struct(">q")
@@ -84,7 +84,7 @@ def last_revision(path: str | os.PathLike[str]) -> int | None:
                 if bucket.name == KEY_BUCKET:
                     key = walk.last_key(bucket)
                     return _INT64.unpack_from(key)[0] if key is not None and len(key) >= 8 else None
-    except (SnapshotCorrupt, OSError, struct.error):
+    except (SnapshotCorrupt, SnapshotInputError, OSError, struct.error):
         return None
     return None
 
