@@ -63,8 +63,14 @@ def main() -> None:
         load_before = os.getloadavg()
         results: dict[str, list[Run]] = {k: [] for k in variants}
         out = base / "out"
-        for _ in range(a.rounds):
-            for name, extra in variants.items():
+        for rnd in range(a.rounds):
+            names = list(variants)
+            if rnd % 2:  # odd rounds: each [ref] variant before its pair, so that order effects hit both alike
+                for i, name in enumerate(names):
+                    if name.startswith("[ref] "):
+                        names[i - 1], names[i] = name, names[i - 1]
+            for name in names:
+                extra = variants[name]
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 if name.startswith("etcdctl"):

@@ -129,16 +129,16 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
     local_dir = base / "local"
     shutil.rmtree(local_dir, ignore_errors=True)
     run("backup DIR --verify hash (reference)", [*me, "backup", str(local_dir), "--endpoints", ep, "--verify", "hash"])
-    url = s3.url(f"backup-{tag}")
-    run("backup s3://... --verify hash", [*me, "backup", url, "--endpoints", ep, "--verify", "hash"])
-    if not _complete_in(url, s3):
-        raise SystemExit(f"{url}: no complete backup after `backup` succeeded")
-    run("backup s3://... --verify full", [*me, "backup", s3.url(f"backupf-{tag}"), "--endpoints", ep])
-    if ref_env is not None:  # the same two with the reference code (--ref-src), right after: before and after
-        run("[ref] backup s3://... --verify hash", [*me, "backup", s3.url(f"ref-backup-{tag}"), "--endpoints", ep,
-                                                    "--verify", "hash"], ref=True)
-        run("[ref] backup s3://... --verify full", [*me, "backup", s3.url(f"ref-backupf-{tag}"), "--endpoints", ep],
-            ref=True)
+    # with --ref-src, each S3 backup also runs with the reference code, the two in turn first (odd rounds: the
+    # reference first), so that whatever the previous run left (dirty pages, the gateway's state) hits both alike
+    for verify in ("hash", "full"):
+        order = [False, True] if ref_env is not None else [False]
+        for ref in order if rnd % 2 == 0 else order[::-1]:
+            label = ("[ref] " if ref else "") + f"backup s3://... --verify {verify}"
+            target = s3.url(f"{'ref-' if ref else ''}backup-{verify}-{tag}")
+            run(label, [*me, "backup", target, "--endpoints", ep, "--verify", verify], ref=ref)
+            if not _complete_in(target, s3):
+                raise SystemExit(f"{target}: no complete backup after `backup` succeeded")
     if a.streams:
         stream_local = base / "stream-local"
         shutil.rmtree(stream_local, ignore_errors=True)
