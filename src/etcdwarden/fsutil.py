@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from etcdwarden.errors import EtcdwardenError
+from etcdwarden.errors import EtcdwardenError, setting
 
 
 class DiskFull(EtcdwardenError):
@@ -173,7 +173,7 @@ def dir_lock(directory: Path, wait: float = 0.0, name: str = ".etcdwarden.lock")
                     holder = Holder.parse(os.pread(fd, 256, 0).decode(errors="replace"))
                     raise Locked(
                         f"another etcdwarden run (pid {holder.pid if holder else '?'}) is writing into {directory}; "
-                        "wait for it to finish or pass --lock-wait DURATION (e.g. 30s)"
+                        f"wait for it to finish, or {setting('lock_wait')}"
                     ) from None
                 time.sleep(0.2)
         previous = Holder.parse(os.pread(fd, 256, 0).decode(errors="replace"))

@@ -165,7 +165,7 @@ def test_atomic_write_and_mode(tmp_path: Path) -> None:
 
 
 def test_dir_lock_excludes(tmp_path: Path) -> None:
-    with dir_lock(tmp_path), pytest.raises(Locked, match="--lock-wait"), dir_lock(tmp_path, wait=0.3):
+    with dir_lock(tmp_path), pytest.raises(Locked, match="wait longer for the lock"), dir_lock(tmp_path, wait=0.3):
         pass
     with dir_lock(tmp_path):
         pass  # released

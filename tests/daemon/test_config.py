@@ -94,7 +94,7 @@ def test_kubernetes_list_and_empty_schedule(tmp_path: Path) -> None:
      "backups[0].jitter: jitter 600s is not shorter than the schedule's interval (300s)"),
     ("backups:\n  - name: b\n    schedule: '0 3 * * *'\n    repository: etcd-backup-pvc\n    retention: {}\n",
      "backups[0].retention: retention needs at least one of keepLast"),
-    ("defrag:\n  - name: d\n    schedule: '@weekly'\n    rule: 'dbSize >'\n", "defrag[0].rule: invalid --rule"),
+    ("defrag:\n  - name: d\n    schedule: '@weekly'\n    rule: 'dbSize >'\n", "defrag[0].rule: invalid rule"),
 ])
 def test_one_clear_message_each(tmp_path: Path, snippet: str, expected: str) -> None:
     path = write(tmp_path, "d.yaml", daemon_doc(tmp_path / "r") + snippet)
@@ -216,3 +216,26 @@ def test_repository_options_are_checked(tmp_path: Path) -> None:
         "    url: s3://bkp/etcd\n    options: {endpoint: 'http://127.0.0.1:8333', allowHttp: true, colour: red}\n")
     found = problems([write(tmp_path, "o.yaml", text)])
     assert len(found) == 1 and "repositories[0].options: unknown repository option 'colour'" in found[0]
+
+
+def test_password_file_that_is_not_a_readable_text_file_is_a_clear_error(tmp_path: Path) -> None:
+    import argparse
+    import os
+
+    from etcdwarden.cli.daemon_cmd import daemon_client_config
+    from etcdwarden.daemon.config import EtcdSection
+    from etcdwarden.errors import UsageError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # would block a plain read forever
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00pw")
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (1 << 20))
+    for path, why in ((fifo, "not a regular file"), (binary, "not UTF-8"), (tmp_path, "not a regular file"),
+                      (huge, "larger than"), (tmp_path / "missing", "No such file")):
+        section = EtcdSection.model_validate({"endpoints": ["127.0.0.1:1"], "user": "root",
+                                              "passwordFile": str(path)})
+        with pytest.raises(UsageError) as ei:
+            daemon_client_config(argparse.Namespace(), section)
+        assert why in str(ei.value) and f"etcd.passwordFile {path}" in str(ei.value), (path, ei.value)

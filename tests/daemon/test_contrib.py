@@ -97,3 +97,20 @@ def test_alerts_and_dashboard_use_existing_metrics() -> None:
     used = {n for e in exprs for n in re.findall(r"etcdwarden_\w+", e)}
     assert used and used <= exported, used - exported
     assert 'job_name="b"' in text and "job=" not in text  # Prometheus' own job label stays free
+
+
+def test_member_without_a_quota_exports_no_quota_sample() -> None:
+    """etcd >= 3.6 reports a negative quota for "none": a 0 or -1 sample would fire or hide the size alerts."""
+    from etcdwarden.defrag.quota import reported
+
+    m = DaemonMetrics("a", "0")
+    m.view.members = [MemberFigures("http://x:2379", "m1", True, True, 100, 50, None),
+                      MemberFigures("http://y:2379", "m2", True, False, 100, 50, 2**33)]
+    text = m.render().decode()
+    quota = [line for line in text.splitlines() if line.startswith("etcdwarden_etcd_db_quota_bytes{")]
+    assert len(quota) == 1 and 'member="m2"' in quota[0], quota
+    from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
+
+    assert reported(pb.StatusResponse(version="3.6.4", dbSizeQuota=-1)).bytes is None  # type: ignore[union-attr]
+    assert reported(pb.StatusResponse(version="3.6.4", dbSizeQuota=0)).bytes == 2 * 1024**3  # type: ignore[union-attr]
+    assert reported(pb.StatusResponse(version="3.5.1", dbSizeQuota=0)) is None

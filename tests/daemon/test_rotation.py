@@ -190,3 +190,43 @@ def test_default_runner_rotates_against_etcd(etcd1: LocalCluster, tmp_path: Path
     assert "aescbc/key2" in str(details["pruned"]) and "key1" not in str(details["pruned"])
     keys = [k.name for k in EncryptionConfiguration.load(enc).resources[0].providers[0].keys]
     assert keys == ["key3", "key1"] and apiserver.read_bytes() == enc.read_bytes()
+
+
+def test_rotation_of_values_that_are_not_kubernetes_objects_needs_the_config_key(etcd1: LocalCluster,
+                                                                                 tmp_path: Path) -> None:
+    """The CLI's --force=non-kubernetes has a daemon equivalent: without it the weekly rotation could never run."""
+    enc = tmp_path / "enc.yaml"
+    ep = ",".join(etcd1.endpoints)
+
+    async def prep() -> None:
+        async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+            await seed(c, n=1)
+            await c.put(b"/registry/secrets/default/raw", b"hello, etcd")
+
+    asyncio.run(prep())
+    r = cli("encryption", "enable", "--endpoints", ep, "--config", str(enc), "--resources", "secrets",
+            "--force=non-kubernetes")
+    assert r.code == 0, r.err
+    before = enc.read_bytes()
+
+    def rotate(extra: str) -> RotationOutcome:
+        cfg = config(tmp_path, f"encryptionRotation:\n  config: {enc}\n  resources: [secrets]\n{extra}",
+                     endpoints=etcd1.endpoints)
+        (job,) = cfg.rotations
+
+        async def go() -> RotationOutcome:
+            async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
+                return await DefaultRunner(c, cfg).rotate(job)
+
+        return asyncio.run(go())
+
+    with pytest.raises(EtcdwardenError) as ei:
+        rotate("")
+    msg = str(ei.value)
+    assert "not Kubernetes objects" in msg and "encryptionRotation.allowNonKubernetes: true" in msg, msg
+    assert "--force" not in msg.rsplit("(set ", maxsplit=1)[-1] and ei.value.exit_code == 3
+    assert enc.read_bytes() == before  # nothing written
+    out = rotate("  allowNonKubernetes: true\n")
+    assert out.ok and out.new_key == "key2", out
+    keys = [k.name for k in EncryptionConfiguration.load(enc).resources[0].providers[0].keys]
+    assert keys == ["key2", "key1"]

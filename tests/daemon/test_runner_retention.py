@@ -148,3 +148,69 @@ def test_retention_messages_name_the_daemon_keys_not_the_cli_flags(etcd1: LocalC
     assert from_cr.reasons and all("(retentionNumber.maxNumberOfBackups)" in why for why in from_cr.reasons.values())
     every = " ".join([*last.reasons.values(), *capped.reasons.values(), *from_cr.reasons.values(), capped.error])
     assert "--" not in every
+
+
+@pytest.mark.unit
+def test_a_verification_budget_refusal_names_the_key_or_the_flag(tmp_path: Path) -> None:
+    """Issue 12 (settings named neutrally in library messages): a prune refused by its re-verification budget
+    names the daemon's maxVerifyBytes when the daemon caused it (it said the CLI's --max-verify-bytes), and
+    --max-verify-bytes on the command line."""
+    from typing import cast
+
+    from etcdwarden.errors import SafetyRefusal
+    from etcdwarden.repository.local import LocalRepository
+    from tests.cli_helpers import cli
+    from tests.repository.fake import put_backup
+
+    repo = tmp_path / "repo"
+    for ts in ("2026-01-01_000000", "2026-01-02_000000"):
+        put_backup(LocalRepository(repo), ts, size=4096)
+    cfg_path = tmp_path / "d.yaml"
+    cfg_path.write_text(daemon_doc(repo, election=False)
+                        + JOB.replace("{keepLast: 2, minKeep: 1}", "{keepLast: 1, maxVerifyBytes: 1000}"))
+    cfg = load_config([cfg_path])
+    job = next(j for j in cfg.backups if j.name == "hourly")
+    with pytest.raises(SafetyRefusal) as e:
+        asyncio.run(DefaultRunner(cast(EtcdClient, None), cfg).prune(job))  # prune does not use the client
+    assert "(maxVerifyBytes;" in str(e.value) and "raise maxVerifyBytes" in str(e.value), e.value
+    assert "--" not in str(e.value)
+    r = cli("backups", "prune", str(repo), "--max-number", "1", "--max-verify-bytes", "1000")
+    assert r.code == 3 and "raise --max-verify-bytes" in r.err and "Nothing was deleted" in r.err, r.err
+    assert len(list(repo.glob("backup_*.json"))) == 2
+
+
+@pytest.mark.unit
+def test_keep_proven_reaches_the_daemons_retention(tmp_path: Path) -> None:
+    """Issue 14: a job's keepProven keeps the newest N backups a restore drill proved (default 1), whatever
+    keepLast says; a failed drill protects nothing; 0 turns it off."""
+    from typing import cast
+
+    from etcdwarden.format import drill as drill_format
+    from etcdwarden.format.names import BackupNames
+    from etcdwarden.repository.local import LocalRepository
+    from tests.repository.fake import put_backup
+    from tests.repository.test_retention_proven import record
+
+    ids = [f"2026-01-01_{h:02d}0000" for h in range(6)]
+
+    def run(retention: str, where: str) -> PruneOutcome:
+        repo = LocalRepository(tmp_path / where)
+        for i in ids:
+            put_backup(repo, i)
+        for i, passed in ((ids[0], True), (ids[1], True), (ids[2], False)):
+            repo.write_bytes(BackupNames(i).drill, drill_format.dump(record(i, passed)))
+        cfg_path = tmp_path / f"{where}.yaml"
+        cfg_path.write_text(daemon_doc(tmp_path / where, election=False)
+                            + JOB.replace("{keepLast: 2, minKeep: 1}", retention))
+        cfg = load_config([cfg_path])
+        job = next(j for j in cfg.backups if j.name == "hourly")
+        return asyncio.run(DefaultRunner(cast(EtcdClient, None), cfg).prune(job))
+
+    two = run("{keepLast: 2, keepProven: 2}", "two")
+    assert two.ok and sorted(two.deleted) == [ids[2], ids[3]], two
+    assert two.kept == 4
+    default = run("{keepLast: 2}", "default")
+    assert default.ok and sorted(default.deleted) == [ids[0], ids[2], ids[3]], default
+    off = run("{keepLast: 2, keepProven: 0}", "off")
+    assert off.ok and sorted(off.deleted) == ids[:4], off
+    assert all("(keepLast)" in why for why in off.reasons.values()), off.reasons

@@ -60,7 +60,10 @@ def test_a_record_of_the_wrong_shape_is_reset_and_the_backup_runs(etcd1: LocalCl
 @pytest.mark.unit
 @pytest.mark.parametrize("raw", [b"[]", b"null", b'"x"', b"\xff\xfe", b"{", b'{"successes": 1e400}',
                                  b'{"last_duration": Infinity}', b'{"retry_at": "2024-05-01"}',
-                                 b'{"successes": ' + b"9" * 400 + b"}", b" " * (2 * 1024 * 1024)])
+                                 b'{"successes": ' + b"9" * 400 + b"}", b" " * (2 * 1024 * 1024),
+                                 # no UTC time exists for these (OverflowError, found by the fuzz test below)
+                                 b'{"last_slot": "0001-01-01T00:00:00+00:05"}',
+                                 b'{"retry_at": "9999-12-31T23:59:59-01:00"}'])
 def test_the_decoder_names_the_problem(raw: bytes) -> None:
     with pytest.raises(StateInvalid):
         JobState.from_json(raw)

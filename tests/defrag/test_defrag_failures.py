@@ -206,7 +206,7 @@ def test_timeout_is_reported_not_retried_and_stops(etcd3: LocalCluster, monkeypa
     assert 0.9 <= members[0]["took"] < 5
     assert [m["result"] for m in members[1:]] == ["not run", "not run"]
     assert freezer.calls == [freezer.frozen.client_url]  # one Defragment call in all: no retry
-    assert "pass --continue-on-error" in data["stoppedReason"]
+    assert "with --continue-on-error a run goes on" in data["stoppedReason"]
     assert "timed out" in r.err
 
 

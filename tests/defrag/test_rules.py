@@ -14,7 +14,6 @@ from etcdwarden.defrag.rules import (
     compile_rule,
     evaluate,
     parse_expression,
-    parse_size,
     rule_variables,
 )
 from etcdwarden.errors import EXIT_USAGE, UsageError
@@ -197,12 +196,3 @@ def test_etcd_defrag_style_rules() -> None:
     assert rule.matches(rule_variables(1700 * MiB, 1690 * MiB, 2 * 1024**3))  # 83 % of the quota
     assert rule.matches(rule_variables(500 * MiB, 250 * MiB, 2 * 1024**3))  # 250 MiB free
     assert not rule.matches(rule_variables(500 * MiB, 400 * MiB, 2 * 1024**3))
-
-
-def test_parse_size() -> None:
-    assert parse_size("2147483648") == 2 * 1024**3
-    assert parse_size("16MiB") == 16 * MiB
-    assert parse_size("1.5GiB") == 1536 * MiB
-    assert parse_size("500MB") == 500_000_000
-    with pytest.raises(UsageError):
-        parse_size("16 mebibytes")

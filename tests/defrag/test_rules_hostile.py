@@ -59,7 +59,7 @@ def check_usage_error(text: str, e: UsageError) -> None:
     """The message is one line of explanation, then the rule (or a window of it), then a caret."""
     lines = str(e).splitlines()
     assert len(lines) == 3, lines
-    assert lines[0].startswith("invalid --rule: ") and "(column " in lines[0]
+    assert lines[0].startswith("invalid rule: ") and "(column " in lines[0]
     assert lines[1].startswith("  ") and lines[1].isascii() and lines[1].isprintable()
     assert lines[2].strip() == "^" and lines[2].startswith("  ")
     assert len(lines[1]) <= 80 and len(lines[0]) <= 400

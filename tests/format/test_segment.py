@@ -88,6 +88,15 @@ def test_damaged_data_is_refused() -> None:
         list(decode_segment(data[:-3]))
 
 
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+00:05", "9999-12-31T23:59:59-01:00"])
+def test_a_record_time_with_no_utc_equivalent_is_a_bad_record(when: str) -> None:
+    """A ValueError naming the record (decode_segment turns it into a SegmentError), not an OverflowError."""
+    from etcdwarden.format.segment import decode_record
+
+    with pytest.raises(ValueError, match="out of range"):
+        decode_record(b'{"lease": {"op": "revoke", "id": 1, "time": "%s"}}' % when.encode())
+
+
 @pytest.mark.parametrize("doc, problem", [
     (b"[]", r"model_type|valid dictionary"),
     (b"{", "not valid JSON"),

@@ -144,6 +144,26 @@ def test_cache_skips_unchanged_files_within_reverify_after(tmp_path: Path) -> No
 
 
 @pytest.mark.unit
+def test_a_cache_record_without_a_time_zone_is_not_trusted(tmp_path: Path) -> None:
+    """A hand-edited cache whose ``hashed_at`` has no zone (it cannot be compared with now) is hashed again,
+    never a traceback (it was a TypeError in every prune and ``list --verify``)."""
+    repo = LocalRepository(tmp_path)
+    put_backup(repo, "2026-01-01_000000", size=3000)
+    t0 = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    e = load_catalog(repo).entries[0]
+    v = Verifier(repo, VerifyPolicy(), now=t0)
+    assert v.check(e).ok
+    v.save(o.name for o in e.objects)
+    doc = json.loads((tmp_path / CACHE_NAME).read_text())
+    for rec in doc["files"].values():
+        rec["hashed_at"] = dt.datetime.fromisoformat(rec["hashed_at"]).replace(tzinfo=None).isoformat()
+    (tmp_path / CACHE_NAME).write_text(json.dumps(doc))
+    v2 = Verifier(repo, VerifyPolicy(), now=t0 + dt.timedelta(hours=1))
+    c = v2.check(load_catalog(repo).entries[0])
+    assert c.ok and len(c.hashed) == 2 and c.cached == {}
+
+
+@pytest.mark.unit
 def test_corrupt_keepers_fall_back_to_older_good_ones(tmp_path: Path) -> None:
     """With --max-number 2 and the two newest corrupt, the two newest good ones are kept (and none deleted
     that is needed); the corrupt ones are left alone and reported."""

@@ -190,6 +190,12 @@ def test_static_pod_resources_round_trip(etcd1: LocalCluster, tmp_path: Path, fa
         assert "then, by hand" in dry.out and "--strip-components=" in dry.out
         assert "systemctl restart kubelet-test.service" in dry.out
         assert not (spr / "kube-apiserver-pod-7").exists()
+        # the resources put back but the kubelet not restarted: that restart is the step left
+        dry = cli("restore", "cluster", str(repo), "--spec", str(spec), "--dry-run", "--restore-resources")
+        assert dry.code == 0, dry.err
+        left = dry.out.split("then, by hand", 1)[1]
+        assert "restart the kubelet on every host" in left and "systemctl restart kubelet-test.service" in left
+        assert "--strip-components=" not in left
 
         r = cli("restore", "cluster", str(repo), "--spec", str(spec), "--restore-resources", "--restart-kubelet",
                 "-w", "json")

@@ -90,8 +90,13 @@ def test_survivor_ahead_of_backup_doctor_then_restore_quorum(c3: LocalCluster, t
     assert advice["revisions_lost_by_backup_restore"] == last - b.revision
     states = {x["name"]: x["state"] for x in doc["data_dirs"]}
     assert states == {"m1": "ok", "m2": "absent", "m3": "damaged"}
+    # each data dir's last applied revision and index, read offline
+    m1_dir = next(x for x in doc["data_dirs"] if x["name"] == "m1")
+    assert m1_dir["revision"] == last and m1_dir["applied_index"] >= last  # one raft entry per write, and more
+    assert m1_dir["committed_index"] >= m1_dir["applied_index"] and m1_dir["committed_term"] >= 1
     text = cli("doctor", "--spec", str(spec), "--repository", str(repo), *eps)
     assert f"a backup restore would lose {last - b.revision} revisions" in text.out, text.out
+    assert "APPLIED INDEX" in text.out and str(m1_dir["applied_index"]) in text.out, text.out
     assert "restore quorum" in text.out
 
     m1 = c3.member("m1")

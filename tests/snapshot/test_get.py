@@ -107,6 +107,14 @@ def test_older_revision(snap: Snap) -> None:
     assert doc["document"]["data"] == {"greeting": "hi"} and doc["header"]["revision"] == snap.old_rev
 
 
+def test_global_key_flag_does_not_replace_the_key_looked_up(snap: Snap) -> None:
+    # KEY and etcdctl's global --key (the client's TLS key file) once shared one argparse destination
+    r = cli("-w", "json", "snapshot", "get", str(snap.path), "/registry/configmaps/default/cm",
+            "--key", "/etc/etcd/client.key")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["document"] == CONFIGMAP
+
+
 def test_kubernetes_protobuf_is_named_and_written_byte_exact(snap: Snap, tmp_path: Path) -> None:
     r = cli("snapshot", "get", str(snap.path), "/registry/secrets/default/db")
     assert r.code == 0, r.err

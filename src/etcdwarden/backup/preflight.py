@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etcdwarden.errors import NoLeader, PermissionDenied, SafetyRefusal, Timeout, Unreachable, UsageError
+from etcdwarden.errors import NoLeader, PermissionDenied, SafetyRefusal, Timeout, Unreachable, UsageError, setting
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, member_endpoint
 from etcdwarden.etcd.endpoints import Endpoint
@@ -66,9 +66,9 @@ async def check_access(client: EtcdClient) -> None:
         if client.config.user:
             raise PermissionDenied(f"user {client.config.user!r} may not read the keyspace, so it cannot take a "
                                    "snapshot either: a snapshot needs a user with the root role", e.endpoint) from None
-        raise PermissionDenied("authentication required: the cluster has authentication enabled; pass --user and "
-                               "--password (or ETCDCTL_USER / ETCDCTL_PASSWORD) of a user with the root role, which "
-                               "the snapshot needs") from None
+        raise PermissionDenied("authentication required: the cluster has authentication enabled; give "
+                               f"{setting('credentials')} of a user with the root role, which the snapshot "
+                               "needs") from None
     except (Unreachable, Timeout, NoLeader):
         pass  # judged below, member by member
 

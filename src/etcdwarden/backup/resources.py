@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import UsageError, setting
 
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 EXPIRY_WINDOW = dt.timedelta(days=30)
@@ -65,9 +65,10 @@ def check_paths(paths: list[Path]) -> list[Path]:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             special.append(f"{p} is {_kind(st.st_mode)}")
     if missing:
-        raise UsageError(f"resource path(s) not found: {', '.join(missing)}; fix --resources (nothing was written)")
+        raise UsageError(f"resource path(s) not found: {', '.join(missing)}; fix {setting('resources')} "
+                         "(nothing was written)")
     if special:
-        raise UsageError(f"--resources takes regular files and directories: {'; '.join(special)} "
+        raise UsageError(f"{setting('resources')} must be regular files and directories: {'; '.join(special)} "
                          "(nothing was written)")
     return [p.resolve() for p in paths]
 

@@ -39,6 +39,7 @@ from etcdwarden.errors import (
     PermissionDenied,
     SafetyRefusal,
     UsageError,
+    setting,
 )
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.format.names import BackupNames, timestamp
@@ -106,7 +107,8 @@ def _recipients(texts: list[str]) -> list[Any]:
             else:
                 out.append(pyrage.ssh.Recipient.from_str(t))
         except Exception:  # pyrage raises its own RecipientError
-            raise UsageError(f"--encrypt-to {t[:20]}...: not an age (age1...) or SSH public key recipient") from None
+            raise UsageError(f"{setting('encrypt_to')} {t[:20]}...: not an age (age1...) or SSH public key "
+                             "recipient") from None
     return out
 
 

@@ -309,7 +309,8 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.repository.reverify import VerifyPolicy
 
     config = _retention(args)
-    policy = VerifyPolicy(dt.timedelta(seconds=args.reverify_after), args.max_verify_bytes)
+    policy = VerifyPolicy(dt.timedelta(seconds=args.reverify_after), args.max_verify_bytes,
+                          setting="--max-verify-bytes")
     with _open(args, args.repo) as repo:
         result = prune(repo, config, dry_run=bool(args.dry_run), lock_wait=float(args.lock_wait), verify=policy)
         url = repo.url

@@ -187,3 +187,17 @@ def client_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         env=tuple((k, v) for k, v in env.items() if k.lower() in
                   ("https_proxy", "http_proxy", "no_proxy", "grpc_proxy", "no_grpc_proxy")),
     )
+
+
+#: how the command line names the settings library messages mention (errors.setting)
+CLI_SETTINGS: dict[str, str] = {
+    "lock_wait": "wait for the lock with --lock-wait DURATION (e.g. 30s)",
+    "continue_on_error": "--continue-on-error",
+    "force": "--force",
+    "defrag_timeout": "--command-timeout",
+    "rule": "--rule",
+    "incomplete_grace": "--incomplete-grace",
+    "credentials": "--user and --password (or ETCDCTL_USER / ETCDCTL_PASSWORD)",
+    "resources": "--resources",
+    "encrypt_to": "--encrypt-to",
+}

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,35 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     v.set_defaults(func=cmd_validate)
 
 
+MAX_PASSWORD_FILE = 64 << 10
+
+
+def _read_password_file(name: str) -> str:
+    """The password in ``name``: a regular file (a FIFO or device would block or never end), UTF-8."""
+    label = f"etcd.passwordFile {name}"
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UsageError(f"{label}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{label}: not a regular file; name the file that holds the password")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_PASSWORD_FILE + 1)
+        except OSError as e:
+            raise UsageError(f"{label}: {e.strerror or e}") from None
+    if len(data) > MAX_PASSWORD_FILE:
+        raise UsageError(f"{label}: larger than {MAX_PASSWORD_FILE // 1024} KiB; is this the password file?")
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise UsageError(f"{label}: not UTF-8 text; write the password as UTF-8") from None
+
+
 def read_password(etcd: EtcdSection, environ: dict[str, str] | os._Environ[str]) -> str | None:
     if etcd.password_file:
-        try:
-            return Path(etcd.password_file).read_text().rstrip("\r\n")
-        except OSError as e:
-            raise UsageError(f"etcd.passwordFile {etcd.password_file}: {e.strerror or e}") from None
+        return _read_password_file(etcd.password_file)
     if etcd.password_env:
         if etcd.password_env not in environ:
             raise UsageError(f"etcd.passwordEnv: the environment variable {etcd.password_env} is not set")

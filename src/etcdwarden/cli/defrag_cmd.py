@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdwarden.cli._async import with_client
-from etcdwarden.cli.common import DEFAULT_MANIFEST, duration_arg, resolve
+from etcdwarden.cli.common import CLI_SETTINGS, DEFAULT_MANIFEST, duration_arg, resolve
 from etcdwarden.cli.output import Output, humanize_bytes
 from etcdwarden.defrag import AUTO_RULE, DefragEvent, DefragOptions, DefragReport, compile_rule, rolling_defrag
 from etcdwarden.defrag.quota import parse_quota
@@ -85,7 +85,7 @@ def options_from_args(args: argparse.Namespace, environ: Any = None) -> DefragOp
         wait=wait, defrag_timeout=timeout, recover_timeout=recover, dry_run=bool(args.dry_run),
         force=bool(args.force), continue_on_error=bool(args.continue_on_error),
         db_quota_bytes=quota, disarm=not args.no_disarm, disarm_threshold=float(args.disarm_threshold),
-        manifest=Path(str(manifest)) if manifest else DEFAULT_MANIFEST,
+        manifest=Path(str(manifest)) if manifest else DEFAULT_MANIFEST, setting_names=CLI_SETTINGS,
     )
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from etcdwarden import __version__
-from etcdwarden.cli.common import GLOBAL_FLAGS, add_global_options, resolve
+from etcdwarden.cli.common import CLI_SETTINGS, GLOBAL_FLAGS, add_global_options, resolve
 from etcdwarden.cli.output import Output
 from etcdwarden.cli.paths import check_path_args, path_arguments, unforeseen
 from etcdwarden.cli.signals import SIGNALS, outcome, quiet_once_interrupted, signals_as_exceptions
@@ -119,7 +119,7 @@ def _run(arglist: list[str], output: Output) -> int:
     except EtcdwardenError as e:
         if os.environ.get("ETCDWARDEN_DEBUG"):
             logging.exception("command failed")
-        output.error(str(e))
+        output.error(e.render(CLI_SETTINGS))
         return e.exit_code
     except (OSError, UnicodeDecodeError, RecursionError) as e:
         # the last line of defence against input the command did not foresee: one line, never a traceback

@@ -82,7 +82,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "apiVersion and kind, encrypted values (k8s:enc:...) named by provider and key. -o FILE "
                         "writes the value byte-exact (mode 0600, atomically). A missing key exits 1.")
     q.add_argument("file", metavar="FILE")
-    q.add_argument("key", metavar="KEY", help="the exact key, e.g. /registry/secrets/default/db-password")
+    q.add_argument("wanted_key", metavar="KEY", help="the exact key, e.g. /registry/secrets/default/db-password")
     q.add_argument("--rev", type=int, default=None, help="the key as of this revision (default: the latest)")
     q.add_argument("-o", "--output", metavar="FILE", help="write the value, byte-exact, to FILE (0600, written "
                    "atomically; an existing FILE is refused)")
@@ -205,7 +205,7 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
     if target is not None and (target.exists() or target.is_symlink()):
         raise UsageError(f"-o {target}: the file exists; remove it or choose another path (nothing is overwritten)")
     with open_snapshot(args.file, identity=args.identity) as plain:
-        found = get_key(plain, args.key.encode(), args.rev, name=args.file)
+        found = get_key(plain, args.wanted_key.encode(), args.rev, name=args.file)
     kv, info = found.kv, found.info
     if target is not None:
         atomic_write(target, kv.value, 0o600)

@@ -426,6 +426,8 @@ class EncryptionRotation(ScheduleFields):
     rollout_timeout: Duration = Field(default=300.0, gt=0)
     backups: list[str] = Field(default_factory=list)  # repository names of this DaemonConfig
     prune: bool = False
+    # `encryption rotate --force=non-kubernetes`: values that are not Kubernetes objects are re-encrypted too
+    allow_non_kubernetes: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EncryptionRotation:
@@ -474,3 +476,17 @@ class DaemonConfigDoc(Strict):
     encryption_rotation: EncryptionRotation | None = None
     drills: list[DrillJob] = Field(default_factory=list)
     include: list[str] = Field(default_factory=list)  # more files (globs), relative to this one
+
+
+#: how the daemon's configuration names the settings library messages mention (errors.setting)
+DAEMON_SETTINGS: dict[str, str] = {
+    "lock_wait": "let the job's retry or next slot take it (the daemon does not wait for another writer's lock)",
+    "continue_on_error": "continueOnError",
+    "force": "force",
+    "defrag_timeout": "defragTimeout",
+    "rule": "rule",
+    "incomplete_grace": "retention.incompleteGrace",
+    "credentials": "etcd.user and etcd.passwordFile or etcd.passwordEnv",
+    "resources": "resources",
+    "encrypt_to": "encryptTo",
+}

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from etcdwarden.daemon import firstrun
-from etcdwarden.daemon.config import RetryPolicy
+from etcdwarden.daemon.config import DAEMON_SETTINGS, RetryPolicy
 from etcdwarden.daemon.runner import DrillRunner, JobRunner, RotationRunner
 from etcdwarden.daemon.schedule import Due, due_slot, next_wakeup
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, Job, RotationSpec
@@ -311,7 +311,7 @@ class JobExecutor:
         except LeadershipLost:
             raise
         except EtcdwardenError as e:
-            record.error = str(e)
+            record.error = e.render(DAEMON_SETTINGS)
             return
         except Exception as e:  # a bug must not kill the daemon; it is reported as a failed run
             log.exception("backup job %s crashed", job.name)
@@ -332,7 +332,7 @@ class JobExecutor:
         try:
             p = await self.runner.prune(job)
         except EtcdwardenError as e:
-            st.prune = {"ok": False, "error": str(e), "at": at}
+            st.prune = {"ok": False, "error": e.render(DAEMON_SETTINGS), "at": at}
         except Exception as e:
             log.exception("retention of job %s crashed", job.name)
             st.prune = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}", "at": at}
@@ -362,7 +362,7 @@ class JobExecutor:
         except LeadershipLost:
             raise
         except EtcdwardenError as e:
-            record.error = str(e)
+            record.error = e.render(DAEMON_SETTINGS)
         except Exception as e:
             log.exception("%s job %s crashed", what, name)
             record.error = f"internal error: {type(e).__name__}: {e}"

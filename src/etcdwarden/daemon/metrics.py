@@ -36,7 +36,7 @@ class MemberFigures:
     is_leader: bool = False
     db_size: int = 0
     db_size_in_use: int = 0
-    quota: int = 0
+    quota: int | None = 0  # None: the member runs without a quota
 
 
 @dataclass
@@ -228,7 +228,8 @@ class _Collector(Collector):
             in_use.add_metric(lab, m.db_size_in_use)
             free.add_metric(lab, max(0, m.db_size - m.db_size_in_use))
             frag.add_metric(lab, max(0.0, (m.db_size - m.db_size_in_use) / m.db_size) if m.db_size > 0 else 0.0)
-            quota.add_metric(lab, m.quota)
+            if m.quota is not None:  # no quota: no sample (a 0 would make every size/quota alert fire)
+                quota.add_metric(lab, m.quota)
         yield from (up, leader, db, in_use, free, frag, quota)
 
 

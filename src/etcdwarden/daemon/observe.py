@@ -21,6 +21,7 @@ from etcdwarden.daemon.metrics import CONTENT_TYPE, DaemonMetrics, JobInfo, Memb
 from etcdwarden.daemon.runner import JobRunner
 from etcdwarden.daemon.spec import DaemonConfig
 from etcdwarden.daemon.state import JobState, StateStore
+from etcdwarden.defrag.quota import reported
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.election import Election
@@ -133,7 +134,8 @@ class Observer:
             if s.status is not None:
                 f.is_leader = s.is_leader
                 f.db_size, f.db_size_in_use = int(s.status.dbSize), int(s.status.dbSizeInUse)
-                f.quota = int(s.status.dbSizeQuota) or self.agent.config.agent.etcd_quota_bytes
+                q = reported(s.status)  # etcd >= 3.6 says (0: the 2 GiB default, negative: none)
+                f.quota = self.agent.config.agent.etcd_quota_bytes if q is None else q.bytes
             out.append(f)
         return out
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from etcdwarden.daemon.config import Repository
+from etcdwarden.daemon.config import DAEMON_SETTINGS, Repository
 from etcdwarden.daemon.spec import BackupJob, DaemonConfig, DefragSpec, DrillSpec, RotationSpec
-from etcdwarden.errors import EtcdwardenError
+from etcdwarden.errors import EtcdwardenError, SafetyRefusal
 from etcdwarden.etcd.client import EtcdClient
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class DefaultRunner:
             incomplete=IncompleteCleanup(dt.timedelta(seconds=r.incomplete_grace)),
             names=retention_names(job),
         )
-        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes)
+        policy = VerifyPolicy(dt.timedelta(seconds=r.reverify_after), r.max_verify_bytes, setting="maxVerifyBytes")
         store = self._store(job.repository)
         try:
             res = await asyncio.to_thread(prune, store, cfg, verify=policy)
@@ -249,6 +249,7 @@ class DefaultRunner:
             continue_on_error=o.continue_on_error,
             db_quota_bytes=o.db_quota_bytes,
             on_event=lambda ev: log.info("defrag %s: %s %s", job.name, ev.kind, ev.message),
+            setting_names=DAEMON_SETTINGS,
         )
         report = await rolling_defrag(self.client, opts)
         doc = report.as_json()
@@ -274,6 +275,7 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
     """The default rotation: new key read-only, promoted, migrate, prune only what no kept backup needs."""
     from etcdwarden.encryption.backup_keys import BackupSource
     from etcdwarden.encryption.ops import Options, run_operation
+    from etcdwarden.encryption.preflight import FORCE_NON_KUBERNETES
     from etcdwarden.encryption.resources import LAYOUTS, select
     from etcdwarden.encryption.rollout import Rollout
 
@@ -289,9 +291,16 @@ async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfi
     rollout = Rollout(configs=[Path(p) for p in o.apiserver_configs], metrics=list(o.apiserver_metrics),
                       timeout=o.rollout_timeout, cacert=Path(o.apiserver_cacert) if o.apiserver_cacert else None,
                       token_file=Path(o.apiserver_token_file) if o.apiserver_token_file else None)
-    opts = Options(prune=o.prune, rollout=rollout, backups=sources)
-    res = await run_operation(client, "rotate", Path(o.config), resources, opts,
-                              notify=lambda m: log.info("rotation %s: %s", job.name, m))
+    opts = Options(prune=o.prune, rollout=rollout, backups=sources, allow_non_kubernetes=o.allow_non_kubernetes)
+    try:
+        res = await run_operation(client, "rotate", Path(o.config), resources, opts,
+                                  notify=lambda m: log.info("rotation %s: %s", job.name, m))
+    except SafetyRefusal as e:
+        if e.force_flag != f"--force={FORCE_NON_KUBERNETES}":
+            raise
+        message = str(e).replace(f"(override with {e.force_flag} if you are sure)",
+                                 "(set encryptionRotation.allowNonKubernetes: true if you are sure)")
+        raise SafetyRefusal(message, force_flag=None) from None
     mig = res.migration
     out = RotationOutcome(ok=True, new_key=res.new_key, rewritten=mig.rewritten if mig else 0, pruned=res.pruned,
                           notes=list(res.notes))

@@ -37,7 +37,10 @@ _LATEST = dt.datetime(3000, 1, 1, tzinfo=dt.UTC)
 
 
 def _plausible(t: dt.datetime) -> dt.datetime:
-    t = t.astimezone(dt.UTC)
+    try:
+        t = t.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00: no UTC time (pydantic lets it through)
+        raise ValueError(f"{t.isoformat()} is not a plausible time for a job run") from None
     if not _EARLIEST <= t < _LATEST:
         raise ValueError(f"{t.isoformat()} is not a plausible time for a job run")
     return t

@@ -6,7 +6,7 @@ The CLI (``etcdwarden defrag``) and the daemon both call :func:`rolling_defrag`.
 from __future__ import annotations
 
 from etcdwarden.defrag.report import DefragReport, MemberResult, Outcome
-from etcdwarden.defrag.rules import AUTO_RULE, Rule, RuleEvalError, RuleSyntaxError, compile_rule, parse_size
+from etcdwarden.defrag.rules import AUTO_RULE, Rule, RuleEvalError, RuleSyntaxError, compile_rule
 from etcdwarden.defrag.run import DefragEvent, DefragOptions, rolling_defrag
 
 __all__ = [
@@ -20,6 +20,5 @@ __all__ = [
     "RuleEvalError",
     "RuleSyntaxError",
     "compile_rule",
-    "parse_size",
     "rolling_defrag",
 ]

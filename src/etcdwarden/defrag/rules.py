@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from etcdwarden.defrag.rules_eval import INT_LIMIT, Node, RuleEvalError, Type, Value, evaluate
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import UsageError, setting
 
 __all__ = [
     "AUTO_RULE", "MAX_DEPTH", "MAX_RULE_LENGTH", "QUOTA_VARIABLES", "SIZE_SUFFIXES", "VARIABLES", "Node", "Rule",
     "RuleEvalError", "RuleSyntaxError", "Type", "Value", "compile_rule", "evaluate", "parse_expression",
-    "parse_size", "rule_variables", "tokenize",
+    "rule_variables", "tokenize",
 ]
 
 VARIABLES: dict[str, str] = {
@@ -92,7 +92,7 @@ class RuleSyntaxError(UsageError):
     """The rule is refused before anything touches the cluster (exit 2); the message points at the column."""
 
     def __init__(self, message: str, text: str, pos: int) -> None:
-        super().__init__(f"invalid --rule: {message} (column {pos + 1})\n{caret(text, pos)}")
+        super().__init__(f"invalid {setting('rule')}: {message} (column {pos + 1})\n{caret(text, pos)}")
         self.reason = message
         self.pos = pos
 
@@ -421,14 +421,3 @@ def rule_variables(db_size: int, db_size_in_use: int, db_quota: int | None) -> d
         env["dbQuota"] = quota
         env["dbQuotaUsage"] = size / quota if quota != math.inf else 0.0
     return env
-
-
-def parse_size(text: str) -> int:
-    """``2147483648``, ``2GiB``, ``16MiB``, ``500MB`` → bytes. Raises :class:`UsageError`."""
-    m = re.fullmatch(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([A-Za-z]*)\s*", text)
-    if not m or (m.group(2) and m.group(2) not in SIZE_SUFFIXES):
-        raise UsageError(f"invalid size {_short(text.strip(), 40)}; use bytes or e.g. 16MiB, 2GiB, 500MB")
-    n = float(m.group(1)) * SIZE_SUFFIXES.get(m.group(2) or "B", 1)
-    if not n < 2**63:
-        raise UsageError(f"invalid size {_short(text.strip(), 40)}: too large")
-    return int(n)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from etcdwarden.defrag.plan import (
 from etcdwarden.defrag.quota import Quota, QuotaFinder, unknown_reason
 from etcdwarden.defrag.report import AlarmInfo, DefragReport, LeaderMove, MemberResult, Outcome
 from etcdwarden.defrag.rules import QUOTA_VARIABLES, Rule, RuleEvalError, rule_variables
-from etcdwarden.errors import Compacted, EtcdError, Timeout
+from etcdwarden.errors import Compacted, EtcdError, Timeout, name_settings, setting
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.endpoints import Endpoint
@@ -85,6 +85,8 @@ class DefragOptions:
     disarm_threshold: float = 0.9  # disarm NOSPACE only when every db is below this share of the quota
     poll_interval: float = 0.25
     on_event: Callable[[DefragEvent], None] | None = None
+    # how the caller's user names the settings the report mentions (errors.setting): flags or config keys
+    setting_names: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Run:
@@ -95,6 +97,9 @@ class _Run:
         self.view = ClusterView()
         self.defragmented: list[int] = []  # member IDs defragmented in this run, in order
         self.quotas = QuotaFinder(options.db_quota_bytes, options.manifest, options.proc)
+
+    def named(self, text: str) -> str:
+        return name_settings(text, self.o.setting_names)
 
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, kind: str, endpoint: str, message: str) -> None:
@@ -137,7 +142,7 @@ class _Run:
         check_options_for_targets(self.view)
         await asyncio.to_thread(self.quotas.load)
         for p in refuse_if_unsafe(self.view, self.o.force, self.o.dry_run):
-            self.report.notes.append(f"went on despite (--force): {p}")
+            self.report.notes.append(self.named(f"went on despite ({setting('force')}): {p}"))
         self.report.alarms_before = [AlarmInfo(int(a.memberID), alarm_name(a.alarm)) for a in self.view.alarms]
 
         pending: list[Target] = []
@@ -161,8 +166,9 @@ class _Run:
             self.report.members.append(r)
             ok = await self.one_member(target, r, more=bool(pending))
             if self.report.stopped_reason is None and not ok and not self.o.continue_on_error:
-                self.report.stopped_reason = f"{r.outcome.value} on {r.endpoint}; the remaining members were not " \
-                    "touched (pass --continue-on-error to go on after a failure)"
+                self.report.stopped_reason = self.named(
+                    f"{r.outcome.value} on {r.endpoint}; the remaining members were not touched (with "
+                    f"{setting('continue_on_error')} a run goes on after a failure)")
             if self.report.stopped_reason is not None:
                 self.emit("stop", r.endpoint, self.report.stopped_reason)
                 for rest in pending:
@@ -258,8 +264,9 @@ class _Run:
         except Timeout:
             r.took = time.monotonic() - started
             r.outcome = Outcome.TIMED_OUT
-            r.detail = _join(r.detail, f"no answer within {self.o.defrag_timeout:g}s; the defragmentation goes on "
-                                       "inside etcd, so it was not retried (raise --command-timeout)")
+            r.detail = _join(r.detail, self.named(
+                f"no answer within {self.o.defrag_timeout:g}s; the defragmentation goes on inside etcd, so it was "
+                f"not retried (raise {setting('defrag_timeout')})"))
             return await self.after_failure(t, more)
         except EtcdError as e:
             r.took = time.monotonic() - started

@@ -144,7 +144,10 @@ def _parse_time(v: Any) -> dt.datetime:
     t = dt.datetime.fromisoformat(v)
     if t.tzinfo is None:
         raise ValueError("time: no time zone")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+00:05: no UTC time
+        raise ValueError(f"time: {v} is out of range") from None
 
 
 def decode_record(line: bytes) -> Record:

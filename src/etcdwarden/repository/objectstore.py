@@ -68,7 +68,7 @@ from urllib.parse import urlsplit
 import obstore
 from obstore.exceptions import NotFoundError
 
-from etcdwarden.errors import UsageError
+from etcdwarden.errors import UsageError, setting
 from etcdwarden.repository.base import (
     CHUNK,
     ObjectInfo,
@@ -259,7 +259,7 @@ class ObjectStoreRepository(Repository):
     def leftover_hint(self) -> str:
         """What a failed upload may leave behind, and what cleans it."""
         return (f"an incomplete multipart upload may remain under {self.url}: `etcdwarden backups list` shows "
-                "it and `etcdwarden backups prune` aborts it once older than --incomplete-grace")
+                f"it and `etcdwarden backups prune` aborts it once older than {setting('incomplete_grace')}")
 
     def list(self) -> list[ObjectInfo]:
         try:

@@ -103,7 +103,8 @@ def proven_plan(catalog: Catalog, config: RetentionConfig, now: dt.datetime, ver
             except VerifyBudgetExceeded as e:
                 raise SafetyRefusal(
                     f"not pruning {catalog.url}: {e}. Nothing was deleted. The backups re-proven so far are "
-                    "remembered, so the next prune continues where this one stopped; or raise --max-verify-bytes",
+                    "remembered, so the next prune continues where this one stopped; or raise "
+                    f"{verifier.policy.setting}",
                     force_flag=None) from None
 
 

@@ -50,6 +50,8 @@ class VerifyPolicy:
 
     reverify_after: dt.timedelta = DEFAULT_REVERIFY_AFTER
     max_verify_bytes: int | None = None
+    #: what messages call the budget: the caller's flag or configuration key
+    setting: str = field(default="the re-verification budget", compare=False)
 
     def __post_init__(self) -> None:
         if self.reverify_after < dt.timedelta(0):
@@ -154,10 +156,10 @@ def _valid_record(v: Any) -> bool:
     if not isinstance(v, dict):
         return False
     try:
-        dt.datetime.fromisoformat(v["hashed_at"])
+        hashed_at = dt.datetime.fromisoformat(v["hashed_at"])
     except (KeyError, TypeError, ValueError):
         return False
-    return isinstance(v.get("sha256"), str) and isinstance(v.get("fingerprint"), str) \
+    return hashed_at.tzinfo is not None and isinstance(v.get("sha256"), str) and isinstance(v.get("fingerprint"), str) \
         and isinstance(v.get("size"), int) and not isinstance(v.get("size"), bool)
 
 
@@ -222,7 +224,7 @@ class Verifier:
         if self.budget is not None and self.bytes_read + need > self.budget:
             raise VerifyBudgetExceeded(
                 f"re-proving backup {entry.id} needs {need} more bytes read from {self.repo.url}, over the "
-                f"budget of {self.budget} bytes for one run (--max-verify-bytes; {self.bytes_read} used)")
+                f"budget of {self.budget} bytes for one run ({self.policy.setting}; {self.bytes_read} used)")
         result = EntryCheck(entry.id, ok=True)
         for name, want, before, at in plan:
             if at is not None:

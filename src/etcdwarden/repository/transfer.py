@@ -5,7 +5,9 @@ destination while its sha256 and size are checked against the manifest; a mismat
 write (nothing visible). The manifest, copied byte for byte, is written only after every file of the
 backup is in place, so the destination never shows a backup that is not whole. On failure the files
 this copy already committed are removed again (best effort; what remains is an *incomplete* backup
-that retention cleans up after its grace period).
+that retention cleans up after its grace period). When the failure (or a signal) comes while the manifest
+itself is being written, the manifest may already stand: it is removed first, and if that fails the data
+files are left in place, so the destination never holds a manifest whose files were deleted.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
     raw_manifest = src.read_bytes(entry.manifest_name)
     committed: list[str] = []
     total = 0
+    manifest_started = False
     try:
         for name in entry.data_files():
             want = files[name]
@@ -57,9 +60,12 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
                 w.commit()
             committed.append(name)
             total += w.size
+        manifest_started = True
         dst.write_bytes(entry.manifest_name, raw_manifest)
         total += len(raw_manifest)
     except BaseException:
+        if manifest_started and not _removed(dst, entry.manifest_name):
+            raise  # the manifest may stand and name the files: they stay
         for name in committed:
             with contextlib.suppress(Exception):
                 dst.delete(name)
@@ -68,6 +74,15 @@ def copy_backup(src: Repository, dst: Repository, entry: CatalogEntry, progress:
         raise
     dst.sync()
     return total
+
+
+def _removed(repo: Repository, name: str) -> bool:
+    try:
+        repo.delete(name)
+        repo.sync()
+    except Exception:
+        return False
+    return True
 
 
 def copy_backups(src: Repository, dst: Repository, ids: Sequence[str] = (), dry_run: bool = False,

@@ -31,6 +31,7 @@ from etcdwarden.etcd.endpoints import parse_endpoint
 from etcdwarden.restore import procs
 from etcdwarden.restore.checks import Forces, db_locked, refuse
 from etcdwarden.snapshot.bbolt import BoltFile
+from etcdwarden.snapshot.wal import fields
 
 
 @dataclass(frozen=True)
@@ -55,42 +56,6 @@ class RecordedMember:
 
 
 # -- what the directory records --------------------------------------------------------------------
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("bad varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> dict[int, int | bytes]:
-    """The scalar (varint) and length-delimited fields of a protobuf message (first occurrence of each)."""
-    out: dict[int, int | bytes] = {}
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            v, i = _varint(buf, i)
-            out.setdefault(num, v)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            out.setdefault(num, buf[i : i + n])
-            i += n
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    return out
-
-
 def wal_member_id(wal_dir: Path) -> int | None:
     """The member ID in the metadata record of a WAL file (``etcdserverpb.Metadata.NodeID``).
 
@@ -117,9 +82,9 @@ def wal_member_id(wal_dir: Path) -> int | None:
             if n == 0 or off + n > len(data):
                 break
             try:
-                rec = _fields(data[off : off + n])
+                rec = fields(data[off : off + n])
                 if rec.get(1) == 1 and isinstance(rec.get(3), bytes):
-                    node = _fields(rec[3]).get(1)  # type: ignore[arg-type]
+                    node = fields(rec[3]).get(1)
                     if isinstance(node, int) and node:
                         return node
             except ValueError:
