@@ -147,6 +147,30 @@ def test_stream_pipe_hashes_and_writes_in_order() -> None:
     assert r.db_size == len(db) and r.file_sha256 == hashlib.sha256(whole).hexdigest()
 
 
+@pytest.mark.parametrize("size", [8192, 3 << 20])
+def test_stream_pipe_batches_never_hide_a_cut_or_a_bad_trailer(size: int) -> None:
+    """Batching the messages keeps the announced size of the first one: a stream cut short or with a wrong
+    trailer fails, whether the whole stream fits one batch or spans several."""
+    db = os.urandom(size)
+
+    def run(data: bytes, trailer: bytes, announced: int) -> None:
+        """As etcd sends it: the database in 32 KiB messages with the bytes still to come, then the trailer."""
+        pipe = StreamPipe([_Sink()])
+        sent = 0
+        for i in range(0, len(data), 32768):
+            blob = data[i: i + 32768]
+            sent += len(blob)
+            pipe.feed(blob, announced - sent)
+        pipe.feed(trailer, 0)
+        pipe.close()
+
+    run(db, hashlib.sha256(db).digest(), size)
+    with pytest.raises(SnapshotStreamError, match="cut short"):
+        run(db[:-4096], hashlib.sha256(db[:-4096]).digest(), size)
+    with pytest.raises(SnapshotStreamError, match="trailer"):
+        run(db, bytes(32), size)
+
+
 def test_stream_pipe_reports_a_sink_failure_and_aborts() -> None:
     pipe = StreamPipe([_Sink(fail_after=10_000)])
     with pytest.raises(DiskFull):

@@ -70,7 +70,7 @@ class EncodedSink:
 
     def __init__(self, file: Writer, compress: bool, recipients: list[Any], roundtrip: bool = False) -> None:
         self.file = file
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # chunks of up to 1 MiB (StreamPipe.BATCH)
         self.error: BaseException | None = None
         self.compress = compress
         self.recipients = recipients
@@ -213,24 +213,26 @@ Progress = Callable[[int, int], None]  # (bytes received, total expected)
 class StreamPipe:
     """The trailer check and the plain sinks of one snapshot stream, fed in a worker thread.
 
-    :meth:`feed` (the event loop's side) only gathers the chunks into batches of :data:`BATCH` bytes and
-    queues them (one hand-over between threads per 8 messages, not per message); the worker hashes each
-    chunk (:class:`TrailerChecker`) and hands it to every sink (``write`` of a :class:`Writer` or an
-    :class:`EncodedSink`). ``hashlib`` and ``os.write`` release the GIL, so the next messages are
-    received and parsed while the last ones are hashed and written. The queue is bounded (:data:`DEPTH`
-    batches): memory stays flat. A failure in the worker (disk full, an upload that failed) is raised by
-    the next :meth:`feed` or by :meth:`close`.
+    :meth:`feed` (the event loop's side) only gathers the 32 KiB messages until they make :data:`BATCH`
+    bytes and queues them; the worker joins a batch into one buffer, hashes it (:class:`TrailerChecker`)
+    and hands it to every sink (``write`` of a :class:`Writer` or an :class:`EncodedSink`). ``hashlib``
+    and ``os.write`` release the GIL, so the next messages are received and parsed while the last ones are
+    hashed and written; joining first means the worker takes the GIL back twice per MiB, not twice per
+    message (a thread that keeps taking it back waits for the busy event loop each time). The queue is
+    bounded (:data:`DEPTH` batches): memory stays flat. A failure in the worker (disk full, an upload that
+    failed) is raised by the next :meth:`feed` or by :meth:`close`.
     """
 
-    BATCH = 256 << 10
-    DEPTH = 4
+    BATCH = 1 << 20
+    DEPTH = 2
 
     def __init__(self, sinks: list[Callable[[bytes], object]]) -> None:
         self.sinks = sinks
         self.checker = TrailerChecker()
-        self.q: queue.Queue[list[tuple[bytes, int]] | None] = queue.Queue(maxsize=self.DEPTH)
-        self.batch: list[tuple[bytes, int]] = []
+        self.q: queue.Queue[tuple[list[bytes], int] | None] = queue.Queue(maxsize=self.DEPTH)
+        self.batch: list[bytes] = []
         self.batch_size = 0
+        self.announced: int | None = None  # the database size the first message announced
         self.error: BaseException | None = None
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="etcdwarden-stream", daemon=True)
@@ -239,32 +241,40 @@ class StreamPipe:
     def _run(self) -> None:
         checker, sinks, get = self.checker, self.sinks, self.q.get
         try:
-            while (batch := get()) is not None:
+            while (item := get()) is not None:
                 if self.stopped:
                     continue
-                for blob, remaining in batch:
-                    checker.feed(blob, remaining)
-                    for write in sinks:
-                        write(blob)
+                blobs, remaining = item
+                data = blobs[0] if len(blobs) == 1 else b"".join(blobs)
+                checker.feed(data, remaining)
+                for write in sinks:
+                    write(data)
         except BaseException as e:
             self.error = e
             while get() is not None:  # drain, so the producer never blocks on a dead consumer
                 pass
 
     def feed(self, blob: bytes, remaining: int) -> None:
+        """One message of the stream (``remaining``: the bytes the server says are still to come after it)."""
         if self.error is not None:
             raise self.error
-        self.batch.append((blob, remaining))
+        if self.announced is None:
+            self.announced = remaining + len(blob)
+        self.batch.append(blob)
         self.batch_size += len(blob)
         if self.batch_size >= self.BATCH:
-            self.q.put(self.batch)
-            self.batch, self.batch_size = [], 0
+            self._put()
+
+    def _put(self) -> None:
+        # TrailerChecker reads the announced size from its first feed only, as remaining + len(data)
+        assert self.announced is not None
+        self.q.put((self.batch, self.announced - self.batch_size))
+        self.batch, self.batch_size = [], 0
 
     def close(self) -> StreamResult:
         """Wait for the worker to write everything fed; the stream's checked result."""
         if self.batch:
-            self.q.put(self.batch)
-            self.batch, self.batch_size = [], 0
+            self._put()
         self.q.put(None)
         self.thread.join()
         if self.error is not None:
