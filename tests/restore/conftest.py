@@ -49,6 +49,7 @@ def backup_of(cluster: LocalCluster, directory: Path, **kw: object) -> SavedBack
     async def go() -> Path:
         async with EtcdClient(ClientConfig.from_strings(cluster.endpoints)) as c:
             r = await take_backup(c, BackupOptions(directory=directory, **kw))  # type: ignore[arg-type]
+            assert r.manifest_path is not None
             return r.manifest_path
 
     manifest = asyncio.run(go())

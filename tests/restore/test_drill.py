@@ -53,7 +53,9 @@ class Backups:
 def _take(cluster: LocalCluster, directory: Path, **kw: object) -> Path:
     async def go() -> Path:
         async with EtcdClient(ClientConfig.from_strings(cluster.endpoints)) as c:
-            return (await take_backup(c, BackupOptions(directory=directory, **kw))).manifest_path  # type: ignore[arg-type]
+            r = await take_backup(c, BackupOptions(directory=directory, **kw))  # type: ignore[arg-type]
+            assert r.manifest_path is not None
+            return r.manifest_path
 
     return asyncio.run(go())
 

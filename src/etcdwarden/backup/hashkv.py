@@ -3,7 +3,9 @@ revision, and the live keys it served at that revision.
 
 ``HashKV(rev=R)`` hashes the key history up to R (from the compaction on); the member moves on after the
 snapshot, but the hash at R stays what it was as long as R is not compacted. It is asked of the member
-the snapshot came from, right after the snapshot was verified (when R is known). Failing to measure it
+the snapshot came from as soon as the stream ended, while the snapshot is verified and made durable
+(:class:`HashKVProbe`): R is then read from the snapshot's last revision key (a few pages), and asked again
+should the structure walk find another revision. Failing to measure it
 (the revision compacted meanwhile, a user without the root role, a timeout) does not fail the backup:
 the manifest then has no ``hash_kv`` and a warning says why; a drill of that backup compares the
 revision and key counts only, and says that HashKV was not recorded.
@@ -20,10 +22,10 @@ from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.endpoints import Endpoint
-from etcdwarden.format.manifest import HashKV
 
 if TYPE_CHECKING:
     from etcdwarden.backup.preflight import Candidate
+    from etcdwarden.format.manifest import HashKV
     from etcdwarden.snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ TIMEOUT = 300.0
 
 async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: float = TIMEOUT) -> HashKV:
     """``HashKV`` at ``revision`` and the live key count at it, both asked of the member at ``ep``."""
+    from etcdwarden.format.manifest import HashKV
     hreq = pb.HashKVRequest(revision=revision)
     h = await client.call(ep, lambda m, md, t: m.maintenance.HashKV(hreq, metadata=md, timeout=t), timeout)
     count = await client.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,
@@ -43,25 +46,47 @@ async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: floa
                   keys=int(count.count))
 
 
-def record_hash_kv(loop: asyncio.AbstractEventLoop, client: EtcdClient, chosen: Candidate,
-                   status: SnapshotStatus | None, warnings: list[str], timeout: float = TIMEOUT) -> HashKV | None:
-    """:func:`measure` at the backup's revision, called from the backup's commit thread (``loop`` runs the
-    client). The revision is the manifest's: the snapshot's own when its structure was walked, else the
-    member's revision before the snapshot (``--verify hash``). ``None`` (and a warning) when it cannot be had."""
-    st = chosen.status.status
-    revision = status.revision if status is not None else int(st.header.revision) if st is not None else 0
-    if revision <= 0:
-        return None
-    future = asyncio.run_coroutine_threadsafe(measure(client, chosen.endpoint, revision, timeout), loop)
-    try:
-        return future.result(timeout + 30.0)
-    except Exception as e:  # never fails the backup: the field is optional, and a warning says why
-        future.cancel()
-        if isinstance(e, concurrent.futures.TimeoutError):
-            why = f"no answer within {timeout:.0f}s"
-        else:
-            why = str(e) if isinstance(e, EtcdwardenError) else f"{type(e).__name__}: {e}"
-        warnings.append(f"HashKV at revision {revision} was not recorded ({why}): a restore drill of this backup "
-                        "compares its revision and key counts only")
-        log.warning("HashKV at revision %d not recorded: %s", revision, why)
-        return None
+class HashKVProbe:
+    """:func:`measure` at ``revision``, started now on the client's event loop (``loop``), collected later by
+    :meth:`result` from another thread (the backup's commit thread) while the loop keeps running."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: EtcdClient, chosen: Candidate, revision: int | None,
+                 timeout: float = TIMEOUT) -> None:
+        self.loop, self.client, self.chosen, self.timeout = loop, client, chosen, timeout
+        self.revision = revision
+        self.future: concurrent.futures.Future[HashKV] | None = None
+        if revision is not None and revision > 0:
+            self.future = self._start(revision)
+
+    def _start(self, revision: int) -> concurrent.futures.Future[HashKV]:
+        return asyncio.run_coroutine_threadsafe(measure(self.client, self.chosen.endpoint, revision, self.timeout),
+                                                self.loop)
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+    def result(self, status: SnapshotStatus | None, warnings: list[str]) -> HashKV | None:
+        """The measure at the backup's revision: the snapshot's own when its structure was walked, else the
+        member's revision before the snapshot (``--verify hash``). ``None`` (and a warning) when it cannot be
+        had."""
+        st = self.chosen.status.status
+        revision = status.revision if status is not None else int(st.header.revision) if st is not None else 0
+        if revision <= 0:
+            self.cancel()
+            return None
+        if self.future is None or revision != self.revision:
+            self.cancel()
+            self.revision, self.future = revision, self._start(revision)
+        try:
+            return self.future.result(self.timeout + 30.0)
+        except Exception as e:  # never fails the backup: the field is optional, and a warning says why
+            self.future.cancel()
+            if isinstance(e, concurrent.futures.TimeoutError):
+                why = f"no answer within {self.timeout:.0f}s"
+            else:
+                why = str(e) if isinstance(e, EtcdwardenError) else f"{type(e).__name__}: {e}"
+            warnings.append(f"HashKV at revision {revision} was not recorded ({why}): a restore drill of this "
+                            "backup compares its revision and key counts only")
+            log.warning("HashKV at revision %d not recorded: %s", revision, why)
+            return None

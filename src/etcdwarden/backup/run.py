@@ -1,30 +1,37 @@
 """Take one backup: preflight, stream the snapshot, verify, bundle resources, write the manifest last.
 
-Nothing is renamed into its final name before it has been verified, and the manifest (the thing that
-makes a set of files "a backup") is written last, atomically. Any failure removes every ``.part``
-file of this run and leaves earlier backups untouched.
+Every byte goes through the repository's one write path (``Repository.open_write`` → ``Writer``), for a
+local directory as for an object store. Nothing appears under its final name before it has been
+verified, and the manifest (the thing that makes a set of objects "a backup") is written last. Any
+failure discards every writer of this run (no ``.part`` file, no visible upload) and leaves earlier
+backups untouched.
+
+The structure walk of ``--verify full`` needs the plain database as a local file: the snapshot's own
+``.part`` file when the writer keeps one (:attr:`Writer.spool`, local directories, read back from the
+page cache), else a private verification copy written from the same stream (object stores, encoded
+snapshots), next to the repository when it is local, in the system's temporary directory otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
-import hashlib
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import zstandard
+from typing import TYPE_CHECKING, Any
 
 from etcdwarden import __version__
-from etcdwarden.backup.hashkv import record_hash_kv
+from etcdwarden.backup.hashkv import HashKVProbe
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
-from etcdwarden.backup.stream import EncodedSink, FileSink, SnapshotStreamError, StreamResult, TrailerChecker
+from etcdwarden.backup.stream import EncodedSink, SnapshotStreamError, StreamPipe, StreamResult
 from etcdwarden.errors import (
     AuthenticationFailed,
     EtcdError,
@@ -35,11 +42,15 @@ from etcdwarden.errors import (
     setting,
 )
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.format.manifest import FORMAT, HashKV, Manifest, dump
 from etcdwarden.format.names import BackupNames, timestamp
-from etcdwarden.fsutil import DiskFull, LockInfo, dir_lock, fsync_dir, private_dir
-from etcdwarden.snapshot.status import SnapshotStatus
+from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
+from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
+from etcdwarden.repository.local import LocalRepository
+from etcdwarden.snapshot.status import SnapshotStatus, last_revision
 from etcdwarden.snapshot.verify import verify_db
+
+if TYPE_CHECKING:
+    from etcdwarden.format.manifest import HashKV, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +78,20 @@ class BackupOptions:
 
 @dataclass
 class BackupResult:
-    directory: Path  # where the files were written locally (a temporary staging dir for object stores)
-    manifest_path: Path
+    directory: Path | None  # the repository as a local directory (None for object stores)
+    manifest_path: Path | None  # the manifest as a local file (None for object stores)
     manifest: dict[str, Any]
     warnings: list[str]
     location: str = ""  # where the manifest now lives (path or URL, no credentials)
 
     @property
     def status_line(self) -> dict[str, Any]:
+        """``etcdutl snapshot status``'s JSON figures; those not computed (``--verify hash`` has no structure
+        walk: no ``hash``, no ``totalKey``) are left out, never ``null``."""
         st = self.manifest.get("status") or {}
-        return {"hash": st.get("hash"), "revision": st.get("revision", self.manifest.get("revision")),
+        line = {"hash": st.get("hash"), "revision": st.get("revision", self.manifest.get("revision")),
                 "totalKey": st.get("totalKey"), "totalSize": st.get("totalSize", self.manifest.get("db_size"))}
+        return {k: v for k, v in line.items() if v is not None}
 
 
 def _recipients(texts: list[str]) -> list[Any]:
@@ -98,46 +112,36 @@ def _recipients(texts: list[str]) -> list[Any]:
     return out
 
 
-def _free_timestamp(dirs: list[Path], taken: Callable[[], set[str]]) -> str:
-    """A timestamp no file of an earlier backup uses (waits for the next second if needed)."""
+def _free_timestamp(repos: list[Repository]) -> str:
+    """A timestamp no object of an earlier backup uses (waits for the next second if needed)."""
     while True:
         ts = timestamp()
-        names = {p.name for d in dirs if d.exists() for p in d.iterdir()} | taken()
+        names = {o.name for r in repos for o in r.list()}
         if not any(ts in name for name in names):
             return ts
         time.sleep(0.2)
 
 
-async def _stream(client: EtcdClient, cand: Candidate, plain: FileSink | None, encoded: EncodedSink | None,
-                  progress: Progress | None) -> StreamResult:
-    checker = TrailerChecker()
+async def _stream(client: EtcdClient, cand: Candidate, pipe: StreamPipe, progress: Progress | None) -> StreamResult:
     received = 0
-    async for chunk in client.snapshot(cand.endpoint):
-        blob = bytes(chunk.blob)
-        checker.feed(blob, int(chunk.remaining_bytes))
-        if plain is not None:
-            plain.write(blob)
-        if encoded is not None:
-            encoded.write(blob)
-        received += len(blob)
-        if progress is not None:
-            progress(cand.name, received, (checker.expected or 0) + 32)
-    return checker.result()
-
-
-def _roundtrip_zstd(path: Path, expected_sha: str) -> None:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
-        while chunk := r.read(1 << 20):
-            sha.update(chunk)
-    if sha.hexdigest() != expected_sha:
-        raise EtcdwardenError(f"{path}: the compressed snapshot does not decompress to the bytes received")
+    expected = 0
+    try:
+        async for chunk in client.snapshot(cand.endpoint):
+            blob = chunk.blob
+            if not expected:
+                expected = int(chunk.remaining_bytes) + len(blob)
+            pipe.feed(blob, int(chunk.remaining_bytes))
+            received += len(blob)
+            if progress is not None:
+                progress(cand.name, received, expected + 32)
+        return await asyncio.to_thread(pipe.close)
+    except BaseException:
+        pipe.abort()  # the worker stops before the caller discards the writers it writes to
+        raise
 
 
 async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progress | None = None) -> BackupResult:
     """Take one verified backup into ``opts.directory`` (a directory, ``file://`` or object-store URL)."""
-    from etcdwarden.repository.target import BackupTarget
-
     if opts.compress not in (None, "zstd"):
         raise UsageError(f"unsupported compression {opts.compress!r}; use zstd")
     if opts.verify not in ("full", "hash"):
@@ -146,97 +150,129 @@ async def take_backup(client: EtcdClient, opts: BackupOptions, progress: Progres
         _encryption_at_rest(opts)
     resources = check_paths(opts.resources) if opts.resources else []
     recipients = _recipients(opts.recipients)
-    with BackupTarget(opts.directory, opts.repository_options) as target:
-        directory = target.staging
-        res_dir = private_dir(opts.resources_dir) if opts.resources_dir else directory
-        with dir_lock(directory, opts.lock_wait) as lock:
-            notes = _clean_after_dead_run(directory, lock) if target.local else []
+    with open_repository(opts.directory, opts.repository_options) as repo:
+        res_repo = repo if opts.resources_dir is None else LocalRepository(_private(opts.resources_dir))
+        with repo.lock(opts.lock_wait, create=True) as lock:
+            notes = _clean_after_dead_run(repo, lock) if lock is not None else []
             pre = await preflight(client, force=opts.force, member=opts.member)
             if not pre.candidates:
                 raise EtcdwardenError("no member can serve a snapshot")
-            ts = _free_timestamp([directory, res_dir], target.names)
-            run = _Run(opts, target, res_dir, BackupNames(ts, opts.compress, bool(recipients)), recipients,
+            ts = _free_timestamp([repo] if res_repo is repo else [repo, res_repo])
+            run = _Run(opts, repo, res_repo, BackupNames(ts, opts.compress, bool(recipients)), recipients,
                        [*notes, *pre.warnings])
-            chosen, result = await run.snapshot(client, pre.candidates, progress)
-            loop = asyncio.get_running_loop()
-
-            def commit() -> dict[str, Any]:
-                status, verification, final = run.verify_and_commit(result)
-                hash_kv = record_hash_kv(loop, client, chosen, status, run.warnings)  # what a drill reproduces
-                return run.finish(pre, chosen, result, status, verification, final, resources, hash_kv)
-
-            # A thread cannot be cancelled: when the task is (SIGTERM, lost leadership), let the commit end
-            # before the directory lock is released, so no half-committed backup is left behind unlocked.
-            work = asyncio.ensure_future(asyncio.to_thread(commit))
             try:
-                manifest = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                with contextlib.suppress(BaseException):
-                    await work
-                raise
-            return BackupResult(directory, directory / run.names.manifest, manifest, run.warnings,
-                                location=target.where(run.names.manifest))
+                chosen, result = await run.snapshot(client, pre.candidates, progress)
+                # what a drill reproduces, asked of the member while the snapshot is verified and made durable
+                probe = HashKVProbe(asyncio.get_running_loop(), client, chosen,
+                                    await asyncio.to_thread(run.revision_hint, chosen))
+
+                def commit() -> dict[str, Any]:
+                    try:
+                        status, verification = run.verify_and_commit(result)
+                    except BaseException:
+                        probe.cancel()
+                        raise
+                    hash_kv = probe.result(status, run.warnings)
+                    return run.finish(pre, chosen, result, status, verification, resources, hash_kv)
+
+                # A thread cannot be cancelled: when the task is (SIGTERM, lost leadership), let the commit end
+                # before the lock is released, so no half-committed backup is left behind unlocked.
+                work = asyncio.ensure_future(asyncio.to_thread(commit))
+                try:
+                    manifest = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(BaseException):
+                        await work
+                    raise
+            finally:
+                run.close()
+            where = repo.local_directory()
+            return BackupResult(where, where / run.names.manifest if where is not None else None, manifest,
+                                run.warnings, location=repo.where(run.names.manifest))
 
 
-def _clean_after_dead_run(directory: Path, lock: LockInfo) -> list[str]:
+def _private(directory: Path) -> Path:
+    try:
+        return private_dir(directory)
+    except OSError as e:
+        raise_os_error(e, directory)
+
+
+def _clean_after_dead_run(repo: Repository, lock: LockInfo) -> list[str]:
     """Remove the temporary files a killed run left in the repository (we hold its lock); say so."""
-    from etcdwarden.repository.local import remove_stale_temp
-
-    done = remove_stale_temp(directory, lock)
+    done = repo.remove_stale(lock)
     notes = []
     if done.removed:
         who = f" (pid {lock.previous.pid})" if lock.previous is not None else ""
-        notes.append(f"removed {len(done.removed)} temporary file(s) left in {directory} by an earlier run that "
+        notes.append(f"removed {len(done.removed)} temporary file(s) left in {repo.url} by an earlier run that "
                      f"is gone{who}: {', '.join(done.removed)}")
         log.info("removed stale temporary files: %s", ", ".join(done.removed))
     for name, why in done.left.items():
-        log.info("left %s in %s: %s", name, directory, why)
+        log.info("left %s in %s: %s", name, repo.url, why)
     return notes
 
 
 class _Run:
-    """The sinks and steps of one backup run (so that every failure path discards what it wrote)."""
+    """The writers and steps of one backup run (so that every failure path discards what it wrote)."""
 
-    def __init__(self, opts: BackupOptions, target: Any, res_dir: Path, names: BackupNames,
+    def __init__(self, opts: BackupOptions, repo: Repository, res_repo: Repository, names: BackupNames,
                  recipients: list[Any], warnings: list[str]) -> None:
-        self.opts, self.target, self.res_dir, self.names = opts, target, res_dir, names
+        self.opts, self.repo, self.res_repo, self.names = opts, repo, res_repo, names
         self.recipients, self.warnings = recipients, warnings
-        self.directory: Path = target.staging
         self.encode = bool(opts.compress or recipients)
-        # A plain copy is needed for the structure walk and status of an encoded backup; never write
-        # plaintext next to an encrypted backup, and skip it when only the hash is to be verified.
-        self.keep_plain = not recipients and (not self.encode or opts.verify == "full")
+        # the structure walk and status need the plain database; never for an encrypted backup (no plaintext
+        # is ever written for it), and not with --verify hash
+        self.structure = opts.verify == "full" and not recipients
         self.roundtrip = opts.compress == "zstd" and not recipients and opts.verify == "full"
-        self.plain: Any = None
+        self.final: Writer | None = None  # the snapshot object
         self.encoded: EncodedSink | None = None
+        self.copy: Writer | None = None  # the private plain copy the structure walk reads, when needed
+        self._scratch: Path | None = None  # a temporary directory of ours holding that copy
 
-    def _open(self) -> None:
-        n, full = self.names, self.opts.verify == "full"
+    def _copy_writer(self) -> Writer:
+        """A writer for the private plain copy: next to a local repository (same filesystem, cleaned up by the
+        next run if we are killed), else in a private temporary directory of the system's."""
+        where = self.repo.local_directory()
+        if where is None:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="etcdwarden-backup-"))
+            where = self._scratch
+        return LocalRepository(where).open_write(f".{self.names.snapshot}.verify")
+
+    def _open(self) -> StreamPipe:
+        self.final = self.repo.open_write(self.names.snapshot)
+        sinks: list[Callable[[bytes], object]] = []
         if self.encode:
-            # the stream's own hash (StreamResult.file_sha256) covers the plain bytes: no second pass
-            self.plain = FileSink(self.directory / f".{n.snapshot}.verify", hashed=False) if self.keep_plain \
-                else None
-            self.encoded = EncodedSink(self.directory / n.snapshot, bool(self.opts.compress), self.recipients,
-                                       file=self.target.sink(n.snapshot, local_copy=self.roundtrip))
+            self.final.hashed = True  # the stream's hash covers the plain bytes; the object's bytes are encoded
+            self.encoded = EncodedSink(self.final, bool(self.opts.compress), self.recipients, self.roundtrip)
+            sinks.append(self.encoded.write)
         else:
-            # a local copy only where the structure walk needs one (object stores stream otherwise)
-            self.plain = self.target.sink(n.snapshot, local_copy=full, hashed=False)
-            self.encoded = None
+            self.final.hashed = False  # StreamResult.file_sha256 is the object's sha256: no second hashing
+            sinks.append(self.final.write)
+        if self.structure and (self.encode or self.final.spool is None):
+            self.copy = self._copy_writer()
+            self.copy.hashed = False
+            sinks.append(self.copy.write)
+        return StreamPipe(sinks)
 
     def discard(self) -> None:
-        for s in (self.plain, self.encoded):
+        for s in (self.encoded, self.final, self.copy):
             if s is not None:
                 s.discard()
+        self.final = self.encoded = self.copy = None
+
+    def close(self) -> None:
+        self.discard()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     async def snapshot(self, client: EtcdClient, candidates: list[Candidate],
                        progress: Progress | None) -> tuple[Candidate, StreamResult]:
         attempts: list[str] = []
         for cand in candidates[: self.opts.max_attempts]:
-            self._open()
             try:
-                result = await _stream(client, cand, self.plain, self.encoded, progress)
-                if self.plain is not None:
-                    await asyncio.to_thread(self.plain.finish)
+                pipe = self._open()
+                result = await _stream(client, cand, pipe, progress)
                 if self.encoded is not None:
                     await asyncio.to_thread(self.encoded.finish)
             except (PermissionDenied, AuthenticationFailed):
@@ -255,55 +291,87 @@ class _Run:
             return cand, result
         raise EtcdwardenError("the snapshot failed on every member tried: " + "; ".join(attempts))
 
-    def verify_and_commit(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any], Any]:
+    def revision_hint(self, chosen: Candidate) -> int | None:
+        """The revision the manifest will record, known before the verification: the snapshot's last revision
+        key when its structure is to be walked, else the member's revision before the snapshot."""
+        plain = self.copy if self.copy is not None else self.final
+        if self.structure and plain is not None and plain.spool is not None:
+            plain.flush()
+            return last_revision(plain.spool)
+        st = chosen.status.status
+        return int(st.header.revision) if st is not None else None
+
+    def verify_and_commit(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
+        """Verify, then commit the snapshot object (an object store completes its upload only now)."""
         try:
-            status, verification = _verify(self.opts, self.plain, self.encoded, result)
-            final = self.encoded.file if self.encoded is not None else self.plain
-            final.commit()  # the snapshot under its final name (an object store completes the upload)
-            if self.plain is not None and self.encoded is not None:
-                self.plain.discard()
-            fsync_dir(self.directory)
-            return status, verification, final
+            status, verification = self._verify(result)
+            assert self.final is not None
+            self.final.commit()
+            self.final = None
+            if self.copy is not None:
+                self.copy.discard()
+                self.copy = None
+            return status, verification
         except BaseException:
             self.discard()
             raise
 
+    def _verify(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
+        v: dict[str, Any] = {"sha256_trailer": True, "structure": False, "roundtrip": None}
+        status: SnapshotStatus | None = None
+        if self.structure:
+            plain = self.copy if self.copy is not None else self.final
+            assert plain is not None and plain.spool is not None and self.final is not None
+            plain.flush()
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etcdwarden-sync") as pool:
+                # the slow part of the commit (fsync of the snapshot) runs while the structure is walked
+                synced = pool.submit(self.final.sync)
+                # the stream hashed these very bytes on their way to the file: no second hashing pass
+                report = verify_db(plain.spool, display=self.names.snapshot, streamed_sha256=result.db_sha256)
+                synced.result()
+            status = report.status
+            v["structure"] = True
+            v["pages_checked"] = report.pages
+        if self.roundtrip and self.encoded is not None:
+            if self.encoded.roundtrip_sha256 != result.file_sha256:
+                raise EtcdwardenError(f"{self.names.snapshot}: the compressed snapshot does not decompress to the "
+                                      "bytes received")
+            v["roundtrip"] = True
+        return status, v
+
     def finish(self, pre: Preflight, chosen: Candidate, result: StreamResult, status: SnapshotStatus | None,
-               verification: dict[str, Any], final: Any, resources: list[Path],
-               hash_kv: HashKV | None = None) -> dict[str, Any]:
+               verification: dict[str, Any], resources: list[Path], hash_kv: HashKV | None = None) -> dict[str, Any]:
         """Resources bundle, then the manifest, last; on failure remove what this run committed."""
         n = self.names
-        sha = final.sha.hexdigest() if self.encoded is not None else result.file_sha256
-        files: dict[str, dict[str, Any]] = {n.snapshot: {"sha256": sha, "size": final.size}}
-        committed: list[str] = [n.snapshot]
-        local_bundle: Path | None = None
+        snap = self.encoded.file if self.encoded is not None else None
+        sha = snap.sha.hexdigest() if snap is not None else result.file_sha256
+        size = snap.size if snap is not None else result.db_size + 32
+        files: dict[str, dict[str, Any]] = {n.snapshot: {"sha256": sha, "size": size}}
+        committed: list[tuple[Repository, str]] = [(self.repo, n.snapshot)]
         try:
             bundle: dict[str, Any] | None = None
             notes: list[CertificateNote] = []
             if resources:
-                in_repo = self.res_dir == self.directory
-                sink = self.target.sink(n.resources, local_copy=False) if in_repo else None
-                bundle, notes = _write_resources(resources, self.res_dir, n, self.recipients, sink)
-                if in_repo:
+                bundle, notes = _write_resources(resources, self.res_repo, n, self.recipients)
+                committed.append((self.res_repo, n.resources))
+                if self.res_repo is self.repo:
                     files[n.resources] = {"sha256": bundle["sha256"], "size": bundle["size"]}
-                    committed.append(n.resources)
-                else:
-                    local_bundle = self.res_dir / n.resources
                 for note in notes:
                     self.warnings.append(f"certificate {note.subject} in {note.path}: {note.problem}")
                 if bundle["skipped"]:
                     self.warnings.append("left out of the resources bundle (no content to restore): "
                                          + ", ".join(bundle["skipped"]))
+            res_dir = self.res_repo.local_directory()
             manifest = _manifest(pre, chosen, n, result, status, verification, files, bundle, notes, self.opts,
-                                 self.res_dir, hash_kv)
-            self.target.write_manifest(n.manifest, dump(manifest))
+                                 res_dir, hash_kv)
+            from etcdwarden.format.manifest import dump
+
+            self.repo.write_bytes(n.manifest, dump(manifest))
             return manifest.as_json()
         except BaseException:
-            for name in committed:  # no manifest → these files are not a backup; remove them
-                self.target.remove(name)
-            if local_bundle is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    local_bundle.unlink()
+            for repo, name in committed:  # no manifest → these objects are not a backup; remove them
+                with contextlib.suppress(RepositoryError, OSError):
+                    repo.delete(name)
             raise
 
 
@@ -325,46 +393,29 @@ def _encryption_at_rest(opts: BackupOptions) -> None:
                             "encrypted; finish `etcdwarden encryption migrate` first")
 
 
-def _verify(opts: BackupOptions, plain: FileSink | None, encoded: EncodedSink | None,
-            result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
-    v: dict[str, Any] = {"sha256_trailer": True, "structure": False, "roundtrip": None}
-    status: SnapshotStatus | None = None
-    if plain is not None and opts.verify == "full":
-        report = verify_db(plain.part, display=plain.path.name)
-        status = report.status
-        v["structure"] = True
-        v["pages_checked"] = report.pages
-    if encoded is not None and plain is not None and opts.compress == "zstd" and not opts.recipients \
-            and opts.verify == "full":
-        _roundtrip_zstd(encoded.file.part, result.file_sha256)
-        v["roundtrip"] = True
-    return status, v
-
-
-def _write_resources(paths: list[Path], res_dir: Path, names: BackupNames, recipients: list[Any],
-                     file: Any = None) -> tuple[dict[str, Any], list[CertificateNote]]:
+def _write_resources(paths: list[Path], repo: Repository, names: BackupNames,
+                     recipients: list[Any]) -> tuple[dict[str, Any], list[CertificateNote]]:
     notes = certificate_notes(paths)
-    target = res_dir / names.resources
-    out = file if file is not None else FileSink(target)
-    sink: Any = EncodedSink(target, False, recipients, file=out) if recipients else out
+    out = repo.open_write(names.resources)
+    sink: Any = EncodedSink(out, False, recipients) if recipients else out
     try:
         skipped: list[str] = []
         count = write_bundle(paths, sink, skipped)
-        sink.finish()
-        f = sink.file if recipients else sink
-        f.commit()
-        fsync_dir(res_dir)
+        if recipients:
+            sink.finish()
+        out.commit()
     except BaseException:
         sink.discard()
         raise
-    return {"sha256": f.sha.hexdigest(), "size": f.size, "files": count, "skipped": skipped}, notes
+    return {"sha256": out.sha.hexdigest(), "size": out.size, "files": count, "skipped": skipped}, notes
 
 
 def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: StreamResult,
               status: SnapshotStatus | None, verification: dict[str, Any], files: dict[str, dict[str, Any]],
               bundle: dict[str, Any] | None, notes: list[CertificateNote], opts: BackupOptions,
-              res_dir: Path, hash_kv: HashKV | None = None) -> Manifest:
+              res_dir: Path | None, hash_kv: HashKV | None = None) -> Manifest:
     """The manifest of this backup (:mod:`etcdwarden.format.manifest`), validated when written."""
+    from etcdwarden.format.manifest import FORMAT, Manifest
     st = chosen.status.status
     assert st is not None
     versions = sorted({s.status.version for s in pre.statuses if s.status})
@@ -391,7 +442,8 @@ def _manifest(pre: Preflight, chosen: Candidate, names: BackupNames, result: Str
         "snapshot": {"file": names.snapshot, "compression": opts.compress,
                      "encryption": "age" if opts.recipients else None},
         "resources": None if bundle is None else {
-            "file": names.resources, "directory": str(res_dir), "paths": [str(p) for p in opts.resources],
+            "file": names.resources, "directory": str(res_dir) if res_dir is not None else None,
+            "paths": [str(p) for p in opts.resources],
             "files": bundle["files"], "sha256": bundle["sha256"], "size": bundle["size"],
             "skipped": bundle["skipped"],
             "certificates": [n.as_json() for n in notes], "static_pods": opts.static_pods},

@@ -169,3 +169,11 @@ class BackupNames:
 
 def manifest_name(backup_id: str) -> str:
     return BackupNames(backup_id).manifest
+
+
+_INTERNAL = (".etcdwarden", "..etcdwarden")  # the lock, the hash cache and their temporary names
+
+
+def internal(name: str) -> bool:
+    """etcdwarden's own bookkeeping objects in a repository (not backups, not unknown)."""
+    return name.startswith(_INTERNAL)

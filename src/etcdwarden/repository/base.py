@@ -10,10 +10,11 @@ The interface is small and synchronous:
 * :meth:`Repository.list` — every object directly under the location (never below it);
 * :meth:`Repository.stat` — one object's size and modification time, or ``None``;
 * :meth:`Repository.open_read` — the object's bytes as an iterator of chunks (streamed);
-* :meth:`Repository.open_write` — a :class:`Writer`: bytes go to a temporary name (local: ``.part``
-  + fsync + rename + directory fsync) or into a multipart upload (object stores), and the final name
-  appears only on :meth:`Writer.commit`; :meth:`Writer.discard` (or an exception inside ``with``)
-  leaves nothing visible;
+* :meth:`Repository.open_write` — a :class:`Writer`: bytes go to a temporary name (local: ``.part``,
+  written in 1 MiB blocks, + fsync + rename + directory fsync) or into a multipart upload (object
+  stores), and the final name appears only on :meth:`Writer.commit`; :meth:`Writer.discard` (or an
+  exception inside ``with``) leaves nothing visible. This is the one way bytes reach a repository:
+  backups (local or remote), copies between repositories, manifests;
 * :meth:`Repository.delete` — remove one object (a missing one is not an error).
 
 Backends register their URL scheme in :data:`REGISTRY` (scheme → ``module:Class``), imported lazily.
@@ -23,6 +24,7 @@ Credentials never appear in :attr:`Repository.url` or in an error message.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import hashlib
 import importlib
@@ -36,6 +38,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from etcdwarden.errors import EtcdwardenError, UsageError
+from etcdwarden.fsutil import LockInfo
 
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+:-]*$")
@@ -72,6 +75,14 @@ def check_name(name: str) -> str:
     if not name or name in (".", "..") or not _NAME_RE.match(name):
         raise UsageError(f"{name!r} is not a valid object name in a repository (a plain file name)")
     return name
+
+
+@dataclass
+class StaleCleanup:
+    """What :meth:`Repository.remove_stale` did."""
+
+    removed: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)  # name -> why it was left alone
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,19 @@ class Writer(ABC):
         self.size = 0
         self.done = False
 
+    @property
+    def spool(self) -> Path | None:
+        """A local file holding every byte written so far, readable before :meth:`commit` once
+        :meth:`flush` returned (local directories: the ``.part`` file), or ``None`` (object stores)."""
+        return None
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Hand what is buffered to the storage (local: to the ``.part`` file), so :attr:`spool` is whole."""
+
+    def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make what was written so far durable ahead of :meth:`commit` (local: fsync the ``.part`` file), so
+        that this slow step can overlap other work (a verification); :meth:`commit` stays durable anyway."""
+
     def write(self, data: bytes | memoryview) -> int:
         if self.done:
             raise RepositoryError(f"{self.name}: write after commit or discard")
@@ -251,6 +275,22 @@ class Repository(ABC):
     def abort_upload(self, upload: PendingUpload) -> None:
         """Abort one incomplete upload (its parts are freed; no object appears)."""
         raise UploadsUnavailable(f"{self.url}: uploads cannot be aborted here")
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0, create: bool = False) -> Iterator[LockInfo | None]:
+        """The lock every writer of this repository holds (local directories: ``.etcdwarden.lock``, yielding
+        its :class:`~etcdwarden.fsutil.LockInfo`). Object stores have none: ``None`` (one writer per prefix
+        is the deployer's rule; an object appears only whole, so two writers never tear one)."""
+        yield None
+
+    def remove_stale(self, lock: LockInfo) -> StaleCleanup:
+        """Remove the temporary objects a dead writer left (call it holding :meth:`lock`). Object stores
+        keep none visible (see :meth:`incomplete_uploads`)."""
+        return StaleCleanup()
+
+    def local_directory(self) -> Path | None:
+        """The repository as a local directory (``None`` for object stores)."""
+        return None
 
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Make earlier deletions durable (local: fsync the directory). Object stores: nothing to do."""

@@ -50,7 +50,7 @@ from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.format import drill as drill_format
 from etcdwarden.format.drill import DrillRecord, DrillRecordError
 from etcdwarden.format.manifest import Manifest, ManifestError, load
-from etcdwarden.format.names import TEMP_RE, Kind, parse, parse_id
+from etcdwarden.format.names import TEMP_RE, Kind, internal, parse, parse_id
 from etcdwarden.repository.base import ObjectInfo, Repository, RepositoryError
 
 GOOD = "complete"
@@ -58,7 +58,6 @@ CORRUPT = "corrupt"
 UNVERIFIED = "unverified"
 INCOMPLETE = "incomplete"
 UNREADABLE = "unreadable"
-_INTERNAL = (".etcdwarden", "..etcdwarden")  # the lock, the hash cache and their temporary names
 
 __all__ = ["CORRUPT", "GOOD", "TEMP_RE", "BackupUnusable", "Catalog", "CatalogEntry", "NoBackup", "classify",
            "delete_backup", "internal", "load_catalog", "parse_id"]
@@ -70,11 +69,6 @@ class NoBackup(UsageError):
 
 class BackupUnusable(EtcdwardenError):
     """The backup asked for cannot be used: its manifest is unreadable, or a re-hash found it corrupt."""
-
-
-def internal(name: str) -> bool:
-    """etcdwarden's own bookkeeping objects in a repository (not backups, not unknown)."""
-    return name.startswith(_INTERNAL)
 
 
 def classify(name: str) -> tuple[str, str] | None:

@@ -45,7 +45,7 @@ META_PAGE = 0x04
 FREELIST_PAGE = 0x10
 BUCKET_LEAF_FLAG = 0x01
 NO_FREELIST = 0xFFFFFFFFFFFFFFFF
-RSS_BUDGET = 16 * 1024 * 1024
+RSS_BUDGET = 4 * 1024 * 1024  # a backup walks its snapshot within a 64 MiB peak RSS
 
 _PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
 _META = struct.Struct("<IIIIQQQQQQ")  # magic version pageSize flags root sequence freelist pgid txid checksum
@@ -315,6 +315,19 @@ class Walk:
         """``(key, value, flags)`` of ``bucket`` in key order."""
         for leaf in self.leaves(bucket):
             yield from leaf.items()
+
+    def last_key(self, bucket: BucketRef) -> bytes | None:
+        """The greatest key of ``bucket``, reached down the rightmost branch only (a few pages, not a walk)."""
+        where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
+        if bucket.root == 0:
+            _leaf, last = parse_leaf(bucket.inline, _BUCKET_HEADER.size, None, where)
+            return last
+        pgid = bucket.root
+        while True:
+            buf, flags, count = self._page(pgid, where)
+            if flags == LEAF_PAGE:
+                return parse_leaf(buf, 0, None, where, pgid)[1]
+            pgid = parse_branch(buf, count, f"{where}, page {pgid}")[-1][1]
 
     def leaves_of(self, root: int, where: str) -> Iterator[Leaf]:
         prev: bytes | None = None

@@ -31,16 +31,18 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from etcdwarden.etcd.api.mvccpb import kv_pb2
-from etcdwarden.format.manifest import Manifest
 from etcdwarden.snapshot.bbolt import TRAILER_SIZE, BoltFile, BucketRef, Leaf
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 from etcdwarden.snapshot.source import detect_format, open_snapshot
 from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
+
+if TYPE_CHECKING:
+    from etcdwarden.format.manifest import Manifest
 
 NO_TRAILER_NOTE = "no sha256 trailer: structure checked only (--skip-hash-check)"
 SKIP_HASH_FLAG = "--skip-hash-check"
@@ -150,9 +152,13 @@ class _KeyChecker:
 
 
 def verify_db(path: str | os.PathLike[str], display: str | None = None,
-              skip_hash_check: bool = False) -> SnapshotReport:
+              skip_hash_check: bool = False, streamed_sha256: str | None = None) -> SnapshotReport:
     """Verify a plain bbolt file (a snapshot with its trailer; a raw ``member/snap/db`` only with
-    ``skip_hash_check``)."""
+    ``skip_hash_check``).
+
+    ``streamed_sha256``: the sha256 of the database bytes, already computed from the very bytes written to
+    ``path`` (a backup hashes its stream on the way to the file): the trailer must equal it, and the file is
+    not hashed a second time."""
     name = display or str(path)
     try:
         with BoltFile(path) as db:
@@ -163,7 +169,7 @@ def verify_db(path: str | os.PathLike[str], display: str | None = None,
             sha = "absent"
             if db.has_trailer:
                 expected = (db.read_trailer() or b"").hex()
-                actual = file_sha256(db.path, db.file_size - TRAILER_SIZE)
+                actual = streamed_sha256 or file_sha256(db.path, db.file_size - TRAILER_SIZE)
                 if actual != expected:
                     raise SnapshotCorrupt(
                         f"{name}: sha256 mismatch: the trailer says {expected}, the database hashes to {actual}"
