@@ -301,8 +301,9 @@ def test_a_backup_with_auth_enabled_needs_a_root_user(etcd_auth: LocalCluster, t
 
 
 def test_segments_go_through_the_replay_hook(backups: Backups, tmp_path: Path) -> None:
-    """Segments after a backup are not replayed by the drill itself; a replay given as the hook is called once,
-    with the running member, and its verdict is the drill's ``segments`` check."""
+    """Segments after a backup are replayed through the hook (by default the point-in-time restore's engine;
+    None: not replayed): it is called once, with the running member, and its verdict is the drill's
+    ``segments`` check."""
     from etcdwarden.format.drill import Figure
     from etcdwarden.format.names import BackupNames
     from etcdwarden.restore.drill import DrillOptions, ReplayContext, ReplayResult, run_drills
@@ -314,9 +315,13 @@ def test_segments_go_through_the_replay_hook(backups: Backups, tmp_path: Path) -
     (repo / names.segment(first)).write_bytes(b"segment bytes")
     (repo / names.segment_manifest(first)).write_text("{}")
     work = tmp_path / "work"
-    report = run_drills(repo, DrillOptions(work_dir=work))
+    report = run_drills(repo, DrillOptions(work_dir=work, replay=None))
     [o] = report.outcomes
     assert o.ok and "were not replayed" in o.record.checks["segments"].detail
+    # by default the drill replays the chain: this segment's manifest is not one, so the drill fails on it
+    report = run_drills(repo, DrillOptions(work_dir=work))
+    [o] = report.outcomes
+    assert not o.ok and o.record.checks["segments"].ok is False, o.record.checks
     seen: list[ReplayContext] = []
 
     def replay(ctx: ReplayContext) -> ReplayResult:

@@ -4,7 +4,8 @@
 * :mod:`.run` drills one backup, step by step, in a private directory;
 * :mod:`.live` measures the restored member, :mod:`.figures` compares that with the manifest;
 * :mod:`.keys` decodes every Kubernetes value, :mod:`.bundle` opens the resources bundle;
-* :mod:`.segments` is the hook that will replay a backup's segments (continuous backup).
+* :mod:`.segments` is the hook that replays a backup's segments (continuous backup); :mod:`.replay_segments`
+  replays them with the point-in-time restore's engine (the default).
 """
 
 from etcdwarden.restore.drill.campaign import (

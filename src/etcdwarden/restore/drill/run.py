@@ -12,7 +12,8 @@ Steps (durations recorded for each), all inside one private directory (mode 0700
    alone (``--force-new-cluster``); nothing of a real cluster is touched;
 5. ``measure``: revision, HashKV and key count (:mod:`.live`), compared with the manifest (:mod:`.figures`);
 6. ``keys``: every Kubernetes value decodes (:mod:`.keys`);
-7. ``segments``: the replay hook (:mod:`.segments`), when segments follow the backup.
+7. ``segments``: the backup's chain replayed on the same member (:mod:`.replay_segments`), when segments
+   follow the backup.
 
 A problem with the backup itself (a file that does not match, a snapshot that does not restore or
 start, a figure that differs, a value that does not decode, a bundle that lacks a file) fails the drill:
@@ -51,7 +52,9 @@ from etcdwarden.restore.drill.bundle import check_bundle
 from etcdwarden.restore.drill.figures import compare, failures
 from etcdwarden.restore.drill.keys import Decoder
 from etcdwarden.restore.drill.live import DrillAborted, Live, client_config, measure, scan_kubernetes
+from etcdwarden.restore.drill.replay_segments import replay_segments
 from etcdwarden.restore.drill.segments import ReplayContext, SegmentReplay, segment_manifests
+from etcdwarden.restore.replay import REPLAY_ETCD_ARGS
 from etcdwarden.restore.scratch_member import ScratchMember
 from etcdwarden.restore.source import Backup, open_entry
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
@@ -76,7 +79,8 @@ class DrillOptions:
     password: str | None = None
     nice: int = 0  # niceness of etcdutl and etcd (the daemon runs the whole drill niced)
     start_timeout: float = 120.0
-    replay: SegmentReplay | None = None  # continuous backup: replays the segments after the base backup
+    # continuous backup: replays the segments after the base backup (None: the drill proves the base only)
+    replay: SegmentReplay | None = replay_segments
     abort: threading.Event | None = None  # set: the drill stops at its next step, writes nothing
     progress: Callable[[str], None] | None = None
 
@@ -193,7 +197,9 @@ def _in_private_dir(repo: Repository, entry: CatalogEntry, m: Manifest, options:
         data = work / "data"
         if not _restore(backup, m, options, steps, work, tool, data):
             return None
-    member = ScratchMember(data, work / "etcd.log", name=MEMBER, etcd=etcd, nice=options.nice)
+    # a chain to replay: etcd as the point-in-time restore runs it (room for any source revision, no fsync)
+    extra = REPLAY_ETCD_ARGS if options.replay is not None and segment_manifests(entry) else ()
+    member = ScratchMember(data, work / "etcd.log", name=MEMBER, etcd=etcd, nice=options.nice, extra_args=extra)
     with steps.step("start"):
         try:
             member.start(options.start_timeout)

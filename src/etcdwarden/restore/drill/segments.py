@@ -1,12 +1,12 @@
-"""The hook through which a drill will replay a backup's segments (continuous backup, issue 13).
+"""The hook through which a drill replays a backup's segments (continuous backup).
 
 A drill first proves the base backup (revision, keys and HashKV at the backup's revision, every Kubernetes
 value). Then, when segments follow the backup (``segment_<ts>_<rev>.json`` in the catalog entry) and a
 :class:`SegmentReplay` is given (:attr:`etcdwarden.restore.drill.run.DrillOptions.replay`), it is called
 once with the running scratch member; what it returns becomes the drill's ``segments`` check and its
-figures. The replay itself (one Txn per source revision, leases, the chain checks) belongs to the
-point-in-time restore: this module only defines the call, so that wiring it in is one line. Without a
-replay the drill says the segments were not replayed: it proves the base backup only.
+figures. The default replay is :func:`etcdwarden.restore.drill.replay_segments.replay_segments` (the
+point-in-time restore's engine); without one the drill says the segments were not replayed: it proves the
+base backup only.
 """
 
 from __future__ import annotations
