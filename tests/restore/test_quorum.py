@@ -40,7 +40,9 @@ def _fill(c: LocalCluster, names: list[str], count: int, prefix: str) -> None:
     from etcdwarden.local.sample import fill
 
     async def go() -> None:
-        async with EtcdClient(ClientConfig.from_strings([c.member(n).client_url for n in names])) as cl:
+        # (a member was just killed: if it led, the others elect a new leader first, slowly on a loaded machine)
+        urls = [c.member(n).client_url for n in names]
+        async with EtcdClient(ClientConfig.from_strings(urls, command_timeout=60.0)) as cl:
             await fill(cl, count, value_size=64, prefix=prefix, seed=3)
 
     asyncio.run(go())
