@@ -10,10 +10,10 @@ that backup carries it in its name, so a flat listing of a repository groups int
     segment_<ts>_<first-revision>.json        that segment's own manifest, written last   Kind.SEGMENT_MANIFEST
     drill_<ts>.json                           the record of the last restore drill of <ts> Kind.DRILL
 
-Segments and drill records are reserved here (their names, so that the catalog files them under the
-backup they belong to and nobody else takes these names) for the continuous-backup and restore-drill
-work; nothing writes them yet. ``<first-revision>`` is the segment's first revision in 19 decimal
-digits (an int64 fits), so names sort in revision order.
+Segments are written by ``etcdwarden receive`` (continuous backup) and drill records by ``backups drill``;
+their names carry the backup's ID so that the catalog files them under the backup they belong to (and
+retention keeps or deletes them with it). ``<first-revision>`` is the segment's first revision in 19
+decimal digits (an int64 fits), so names sort in revision order.
 
 A writer may leave temporary names behind after a crash (:data:`TEMP_RE`): ``<name>.part`` (local
 writes in progress), ``.<name>.tmp-<pid>`` (atomic rewrites), and ``.<snapshot>.verify.part`` (the
