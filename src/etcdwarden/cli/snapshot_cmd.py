@@ -107,10 +107,19 @@ def _options(args: argparse.Namespace, location: str) -> Any:
 def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
     """The input as a plain database file: a snapshot file as given, or a backup's snapshot (fetched if remote)."""
     from etcdwarden.format.names import Kind, parse
-    from etcdwarden.restore.source import find_backup, is_remote, local_path, stage_dir
 
     temp = Path(args.temp_dir) if args.temp_dir else None
     location: str = args.file
+    # a plain file path (the common case) is opened without loading the repository and manifest machinery
+    # (pydantic's models cost ~0.1 s of start-up, a third of `snapshot status` on a 0.5 GB snapshot)
+    if "://" not in location and args.backup_id is None and Path(location).is_file():
+        n = parse(Path(location).name)
+        if n is None or n.temp or n.kind is not Kind.MANIFEST:
+            with open_snapshot(Path(location), identity=args.identity, work_dir=temp) as plain:
+                yield plain
+            return
+    from etcdwarden.restore.source import find_backup, is_remote, local_path, stage_dir
+
     if not is_remote(location) and args.backup_id is None and local_path(location).is_file():
         n = parse(local_path(location).name)
         if n is None or n.temp or n.kind is not Kind.MANIFEST:
