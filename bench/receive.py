@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,6 +226,8 @@ def main() -> None:
             if p is not None and p.poll() is None:
                 p.kill()
         cluster.stop()
+        if not a.workdir:  # its own temporary directory (a 60 s run leaves ~2 GB): removed
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def report(load: Load, durable: Durable, phases: list[tuple[str, float, float]], rss: list[tuple[float, float]],

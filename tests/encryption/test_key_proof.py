@@ -103,7 +103,10 @@ def test_wrong_key_every_command_fails_before_any_file_changes(etcd1: LocalClust
     assert r.code == 1
     st = json.loads(r.out)
     assert st["conditions"][0]["reason"] == "DecryptionFailed" and st["conditions"][0]["status"] == "False"
-    assert all(x["unreadable"] == x["total"] == 8 for x in st["resources"])
+    # (AES-CBC is unauthenticated: with a wrong key about 1 value in 256 still unpads, into garbage that is not
+    # a Kubernetes object: counted as unverifiable or not-Kubernetes instead of unreadable; never as readable)
+    assert all(x["total"] == 8 and x["unreadable"] + x["unverifiable"] + x["non_kubernetes"] >= 8
+               and x["unreadable"] >= (0 if ptype == "aescbc" else 8) for x in st["resources"]), st["resources"]
     r = cli("encryption", "status", *common)
     assert r.code == 1 and "EncryptionCompleted" not in r.out + r.err
     assert "cannot be decrypted" in r.err
