@@ -56,6 +56,7 @@ from etcdwarden.snapshot.bbolt import BoltFile
 from etcdwarden.snapshot.scratch import existing_dir, scratch_dir
 from etcdwarden.snapshot.source import open_snapshot
 from etcdwarden.snapshot.status import iter_bucket
+from etcdwarden.snapshot.wal import fields
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -229,39 +230,16 @@ def _stop_time(proven: list[ProvenSegment], stop: int) -> dt.datetime | None:
     return None
 
 
-def _varints(data: bytes) -> dict[int, int]:
-    """The varint fields of a protobuf message (field number -> value); other wire types are skipped."""
-    out: dict[int, int] = {}
-    i = 0
-    while i < len(data):
-        tag, i = _varint(data, i)
-        if tag & 7 == 0:
-            out[tag >> 3], i = _varint(data, i)
-        elif tag & 7 == 2:
-            n, i = _varint(data, i)
-            i += n
-        else:
-            break
-    return out
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
-
-
 def snapshot_leases(plain: Path) -> dict[int, int]:
     """The leases of a plain snapshot (its ``lease`` bucket, ``leasepb.Lease``): ID -> TTL."""
     leases = {}
     with BoltFile(plain) as db:
-        for _key, value in iter_bucket(db, b"lease"):
-            f = _varints(value)
+        for key, value in iter_bucket(db, b"lease"):
+            try:
+                f = fields(value)
+            except ValueError as e:
+                raise EtcdwardenError(f"{plain}: the lease record {key.hex()} cannot be read ({e}): the snapshot's "
+                                      "lease bucket is damaged") from None
             if f.get(1):
                 leases[f[1]] = max(1, f.get(2, 1))
     return leases
