@@ -44,7 +44,16 @@ from dataclasses import dataclass, field
 from etcdwarden.backup.receive_lease import ReceiverLease
 from etcdwarden.backup.run import BackupOptions, take_backup
 from etcdwarden.backup.segments import ClosedSegment, OpenSegment, rewrite_manifest, write_segment
-from etcdwarden.errors import Compacted, EtcdError, NoLeader, SafetyRefusal, Timeout, Unreachable, UsageError
+from etcdwarden.errors import (
+    Compacted,
+    EtcdError,
+    EtcdwardenError,
+    NoLeader,
+    SafetyRefusal,
+    Timeout,
+    Unreachable,
+    UsageError,
+)
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient, Watch
 from etcdwarden.format.names import parse_id
@@ -82,20 +91,17 @@ class ReceiveOptions:
 
 @dataclass(frozen=True)
 class Gap:
-    """Revisions that could not be captured: the chain of ``base`` ends at ``last_revision``; the next
-    captured revision follows the new full backup ``new_base`` at ``new_base_revision``."""
+    """Revisions that could not be captured: the chain of ``base`` ends at ``last_revision``; a new chain
+    starts from a new full backup (reported as soon as the gap is known, before that backup is taken)."""
 
     base: str
     last_revision: int
     compact_revision: int
-    new_base: str
-    new_base_revision: int
 
     def __str__(self) -> str:
         return (f"GAP: the revisions after {self.last_revision} were compacted (up to {self.compact_revision}) "
                 f"before they were captured: the chain of {self.base} ends at revision {self.last_revision}; a new "
-                f"chain starts from full backup {self.new_base} at revision {self.new_base_revision}. No point "
-                f"between them can be restored")
+                "chain starts from a new full backup. No point between them can be restored")
 
 
 @dataclass
@@ -214,7 +220,7 @@ class _Receiver:
             if self.writer_error is not None:
                 break
             try:
-                write_segment(self.repo, closed)
+                self._write_segment(closed)
             except Exception as e:
                 self.writer_error = e
                 raise
@@ -443,7 +449,7 @@ class _Receiver:
                 self.queue.task_done()
                 await self._heartbeat()
                 return
-            write = asyncio.ensure_future(asyncio.to_thread(write_segment, self.repo, seg))
+            write = asyncio.ensure_future(asyncio.to_thread(self._write_segment, seg))
             try:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
@@ -459,7 +465,17 @@ class _Receiver:
                 self.queue.task_done()
             self._written(seg)
             if self.queue.empty():
-                await self._heartbeat()
+                try:
+                    await self._heartbeat()
+                except Exception as e:  # (a lost lease, the state not writable): the capture must stop too
+                    self.writer_error = e
+                    raise
+
+    def _write_segment(self, seg: ClosedSegment) -> None:
+        """Write one segment if the lease is still ours *now*: a receiver whose lease another took over never
+        writes (the new one resumes at the same revision, under the same names)."""
+        self.lease.check()
+        write_segment(self.repo, seg)
 
     def _written(self, seg: ClosedSegment) -> None:
         m = seg.manifest
@@ -472,6 +488,9 @@ class _Receiver:
     def _raise_writer_error(self) -> None:
         if self.writer_error is not None:
             raise self.writer_error
+        w = self.writer
+        if w is not None and w.done() and not w.cancelled():
+            raise w.exception() or EtcdwardenError("the segment writer stopped")
 
     def _progress(self) -> tuple[str | None, int, dt.datetime | None]:
         """(base, durable revision, the last time the cluster was known to be at it) for the state object."""
@@ -490,11 +509,11 @@ class _Receiver:
         await self._drain()
         await asyncio.to_thread(self._mark_closed, base.id, "compacted")
         self.stats.breaks += 1
-        last = self.last_seen
-        new = await self._full_backup()
-        gap = Gap(base.id, last, compact, new.id, new.revision)
+        gap = Gap(base.id, self.last_seen, compact)
         self.stats.gaps.append(gap)
-        self.notify(str(gap))
+        self.notify(str(gap))  # now: a full backup that fails (or a stop) must not hide the gap
+        new = await self._full_backup()
+        self.notify(f"after the gap, a new chain starts from full backup {new.id} at revision {new.revision}")
         return self._start(new)
 
     async def _drain(self) -> None:

@@ -138,6 +138,10 @@ class ReceiverLease:
                         "over (this one's lease had expired): this receiver stops; check that only one runs")
 
     # -- while running ----------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless the lease is still ours now (blocking: one read of the state)."""
+        self._check_still_mine()
+
     def _write(self) -> None:
         self.state = self.state.model_copy(update={"heartbeat_at": _now()})
         self.repo.write_bytes(STATE_NAME, dump_state(self.state))

@@ -98,6 +98,9 @@ class Continuous:
                 except EtcdwardenError as e:
                     figures.failures += 1
                     log.warning("continuous backup stopped: %s; starting again in %gs", e, RESTART_PAUSE)
+                except Exception:  # a bug must not end continuous backup for good: logged, counted, restarted
+                    figures.failures += 1
+                    log.exception("continuous backup crashed; starting again in %gs", RESTART_PAUSE)
                 finally:
                     figures.running = False
                     figures.breaks += stats.breaks

@@ -465,7 +465,9 @@ def _checked(resp: pb.WatchResponse, ep: Endpoint) -> pb.WatchResponse:
 
 async def _open_watch(m: _Member, md: list[tuple[str, str]] | None, timeout: float, *, ep: Endpoint,
                       create: pb.WatchCreateRequest) -> Watch:
-    call = m.watch.Watch(metadata=md)
+    # etcd's WithRequireLeader: a member cut off from the quorum ends the watch ("no leader") instead of
+    # answering progress requests with its stale revision (which would pass for a cluster that is idle)
+    call = m.watch.Watch(metadata=[*(md or []), ("hasleader", "true")])
     try:
         await asyncio.wait_for(call.write(pb.WatchRequest(create_request=create)), timeout)
         while True:
