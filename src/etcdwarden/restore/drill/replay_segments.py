@@ -23,6 +23,7 @@ from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.format.drill import Figure
 from etcdwarden.format.segment import decode_segment
 from etcdwarden.repository.window import ReplayPlan, Target, read_window
+from etcdwarden.restore.drill.live import DrillAborted
 from etcdwarden.restore.drill.segments import ReplayContext, ReplayResult
 from etcdwarden.restore.pitr import DECODE_CHUNK, prepare, read_chunks
 from etcdwarden.restore.replay import Replayer
@@ -55,11 +56,14 @@ def replay_segments(ctx: ReplayContext) -> ReplayResult:
     plan = ReplayPlan(base=chain.entry, base_revision=chain.base_revision, segments=chain.segments,
                       stop_revision=end, stop_time=None, target=Target(revision=end))
     replayed = ctx.base_revision
-    with tempfile.TemporaryDirectory(prefix=".etcdwarden-drill-segments-") as staging:
+    # (never the system temp dir: segments hold every value written, Secrets included)
+    with tempfile.TemporaryDirectory(prefix=".etcdwarden-drill-segments-", dir=ctx.work) as staging:
         try:
             proven = prepare(ctx.repo, read_window(ctx.repo, only={ctx.entry.id}), plan, Path(staging))
             with Replayer(url, ctx.base_revision, proven.lease_ttls, member_leases(url)) as rp:
                 for seg in proven.segments:
+                    if ctx.abort is not None and ctx.abort.is_set():
+                        raise DrillAborted("the drill was stopped during its segments step")
                     m = seg.manifest
                     done = rp.apply(decode_segment(read_chunks(seg.path, DECODE_CHUNK), m.file), end)
                     rp.settle_revokes()
@@ -68,6 +72,8 @@ def replay_segments(ctx: ReplayContext) -> ReplayResult:
                         break
                 replayed = rp.revision
                 stats = rp.finish()
+        except DrillAborted:
+            raise
         except (EtcdwardenError, grpc.RpcError) as e:
             detail = e.details() if isinstance(e, grpc.RpcError) else str(e)
             return ReplayResult(replayed, figures={"revision": Figure(recorded=end, measured=replayed, ok=False)},

@@ -208,7 +208,8 @@ def _in_private_dir(repo: Repository, entry: CatalogEntry, m: Manifest, options:
             return None
     try:
         steps.check("start", True, f"etcd served on {member.client_url} (pid {member.pid})")
-        return asyncio.run(_prove(repo, entry, m, options, steps, member.client_url, Decoder(bundle.configs)))
+        return asyncio.run(_prove(repo, entry, m, options, steps, member.client_url, Decoder(bundle.configs),
+                                  work))
     finally:
         member.stop()
 
@@ -281,7 +282,7 @@ def _run_niced(cmd: list[str], nice: int, abort: threading.Event | None, timeout
 
 
 async def _prove(repo: Repository, entry: CatalogEntry, m: Manifest, options: DrillOptions, steps: _Steps,
-                 url: str, decoder: Decoder) -> int:
+                 url: str, decoder: Decoder, work: Path) -> int:
     cfg = client_config(url, options.user, options.password)
     try:
         async with EtcdClient(cfg) as client:
@@ -289,7 +290,7 @@ async def _prove(repo: Repository, entry: CatalogEntry, m: Manifest, options: Dr
     except (PermissionDenied, AuthenticationFailed) as e:
         raise UsageError(f"backup {entry.id} has authentication enabled: give the credentials of a user with the "
                          f"root role (--user, --password; daemon: the etcd section's) ({e.detail})") from None
-    _segments(repo, entry, options, steps, cfg, live)
+    _segments(repo, entry, options, steps, cfg, live, work)
     return live.revision
 
 
@@ -311,7 +312,7 @@ async def _measure_and_scan(client: EtcdClient, url: str, m: Manifest, options: 
 
 
 def _segments(repo: Repository, entry: CatalogEntry, options: DrillOptions, steps: _Steps, cfg: ClientConfig,
-              live: Live) -> None:
+              live: Live, work: Path) -> None:
     names = segment_manifests(entry)
     if not names:
         return
@@ -320,7 +321,7 @@ def _segments(repo: Repository, entry: CatalogEntry, options: DrillOptions, step
                                       "drill proves the base backup)")
         return
     with steps.step("segments"):
-        result = options.replay(ReplayContext(repo, entry, names, cfg, live.revision))
+        result = options.replay(ReplayContext(repo, entry, names, cfg, live.revision, work, options.abort))
     steps.figures.update({f"segments.{k}": v for k, v in result.figures.items()})
     steps.notes.extend(result.notes)
     steps.check("segments", not result.problems, "; ".join(result.problems) or

@@ -11,7 +11,9 @@ base backup only.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from etcdwarden.etcd.config import ClientConfig
@@ -27,6 +29,8 @@ class ReplayContext:
     segments: list[str]  # the backup's segment manifests (object names), in revision order
     client: ClientConfig  # reaches the scratch member (loopback), credentials included
     base_revision: int  # the revision the base backup was proven at
+    work: Path | None = None  # the drill's private directory (segments fetched from an object store go there)
+    abort: threading.Event | None = None  # set: stop between segments (raise DrillAborted), write nothing
 
 
 @dataclass
