@@ -103,6 +103,18 @@ def _options(args: argparse.Namespace, location: str) -> Any:
     return repository_options(args) if is_remote(location) else None
 
 
+def _local_file(location: str) -> Path | None:
+    """The path ``location`` names when it is a path or a ``file://`` URL (``None``: an object store URL).
+
+    A plain path (the common case) is told without loading the repository and manifest machinery:
+    pydantic's models cost ~0.1 s of start-up, a third of ``snapshot status`` on a 0.5 GB snapshot."""
+    if location.lower().startswith("file://"):
+        from etcdwarden.restore.source import local_path
+
+        return local_path(location)
+    return None if "://" in location else Path(location)
+
+
 @contextlib.contextmanager
 def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
     """The input as a plain database file: a snapshot file as given, or a backup's snapshot (fetched if remote)."""
@@ -110,22 +122,14 @@ def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
 
     temp = Path(args.temp_dir) if args.temp_dir else None
     location: str = args.file
-    # a plain file path (the common case) is opened without loading the repository and manifest machinery
-    # (pydantic's models cost ~0.1 s of start-up, a third of `snapshot status` on a 0.5 GB snapshot)
-    if "://" not in location and args.backup_id is None and Path(location).is_file():
-        n = parse(Path(location).name)
+    path = _local_file(location)
+    if path is not None and args.backup_id is None and path.is_file():
+        n = parse(path.name)
         if n is None or n.temp or n.kind is not Kind.MANIFEST:
-            with open_snapshot(Path(location), identity=args.identity, work_dir=temp) as plain:
+            with open_snapshot(path, identity=args.identity, work_dir=temp) as plain:
                 yield plain
             return
-    from etcdwarden.restore.source import find_backup, is_remote, local_path, stage_dir
-
-    if not is_remote(location) and args.backup_id is None and local_path(location).is_file():
-        n = parse(local_path(location).name)
-        if n is None or n.temp or n.kind is not Kind.MANIFEST:
-            with open_snapshot(local_path(location), identity=args.identity, work_dir=temp) as plain:
-                yield plain
-            return
+    from etcdwarden.restore.source import find_backup, stage_dir
     with find_backup(location, args.backup_id, args.identity, options=_options(args, location),
                      stage_near=stage_dir(temp), resources=False) as b:
         for note in b.notes:
