@@ -131,13 +131,15 @@ class BucketRef:
 class Leaf:
     """One leaf page: ``entries`` are ``(flags, key_start, key_end, value_end)`` offsets into ``buf``.
 
-    ``contiguous`` says the key/value bytes of all entries form one run ``k0 v0 k1 v1 ...`` from
-    ``entries[0][1]`` to ``entries[-1][3]`` (how bbolt writes pages), which lets CRCs be fed in one call.
+    ``buf`` is the whole memory-mapped file (offsets are absolute: nothing is copied to parse a page) or,
+    for an inline bucket, the bucket's value. ``contiguous`` says the key/value bytes of all entries form
+    one run ``k0 v0 k1 v1 ...`` from ``entries[0][1]`` to ``entries[-1][3]`` (how bbolt writes pages), which
+    lets CRCs be fed in one call.
     """
 
     __slots__ = ("buf", "contiguous", "entries", "has_subbuckets")
 
-    def __init__(self, buf: bytes, entries: list[tuple[int, int, int, int]], contiguous: bool,
+    def __init__(self, buf: bytes | mmap.mmap, entries: list[tuple[int, int, int, int]], contiguous: bool,
                  has_subbuckets: bool) -> None:
         self.buf = buf
         self.entries = entries
@@ -243,14 +245,6 @@ class BoltFile:
         if hasattr(mmap, "MADV_DONTNEED"):
             self._mm.madvise(mmap.MADV_DONTNEED)
 
-    def _read(self, pgid: int, npages: int) -> bytes:
-        start = pgid * self.page_size
-        n = npages * self.page_size
-        self._touched += n
-        if self._touched > RSS_BUDGET:
-            self._release()
-        return self._mm[start : start + n]
-
 
 def _corrupt(where: str, what: str) -> SnapshotCorrupt:
     return SnapshotCorrupt(f"{where}: {what}")
@@ -265,13 +259,15 @@ class Walk:
         self.pages = 0
         self.branch_pages = 0
 
-    def _page(self, pgid: int, where: str) -> tuple[bytes, int, int]:
-        """Read page ``pgid`` (with its overflow pages) after the bounds / id / revisit / flags checks."""
+    def _page(self, pgid: int, where: str) -> tuple[int, int, int, int]:
+        """Page ``pgid`` (with its overflow pages) after the bounds / id / revisit / flags checks:
+        ``(start, end, flags, count)``, the page's byte range in the mapped file and its header fields."""
         db = self.db
         high = db.meta.pgid
         if not 2 <= pgid < high:
             raise _corrupt(where, f"page {pgid} is outside the database (high-water mark {high})")
-        pid, flags, count, overflow = _PAGE_HEADER.unpack_from(db._mm, pgid * db.page_size)
+        start = pgid * db.page_size
+        pid, flags, count, overflow = _PAGE_HEADER.unpack_from(db._mm, start)
         if pid != pgid:
             raise _corrupt(where, f"page {pgid} has id {pid} in its header")
         seen = self._visited
@@ -291,7 +287,11 @@ class Walk:
         self.pages += overflow + 1
         if flags != LEAF_PAGE and flags != BRANCH_PAGE:  # noqa: PLR1714 - hot path
             raise _corrupt(where, f"page {pgid} has flags 0x{flags:x}, expected a branch or leaf page")
-        return db._read(pgid, overflow + 1), flags, count
+        n = (overflow + 1) * db.page_size
+        db._touched += n
+        if db._touched > RSS_BUDGET:
+            db._release()
+        return start, start + n, flags, count
 
     def buckets(self) -> Iterator[BucketRef]:
         """The top-level buckets in name order (the root bucket's entries)."""
@@ -306,10 +306,9 @@ class Walk:
         """The leaf pages of ``bucket`` in key order."""
         where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
         if bucket.root == 0:
-            leaf, _ = parse_leaf(bucket.inline, _BUCKET_HEADER.size, None, where)
-            yield leaf
-            return
-        yield from self.leaves_of(bucket.root, where)
+            inline = bucket.inline
+            return iter((parse_leaf(inline, _BUCKET_HEADER.size, len(inline), None, where)[0],))
+        return self.leaves_of(bucket.root, where)
 
     def items(self, bucket: BucketRef) -> Iterator[tuple[bytes, bytes, int]]:
         """``(key, value, flags)`` of ``bucket`` in key order."""
@@ -320,36 +319,56 @@ class Walk:
         """The greatest key of ``bucket``, reached down the rightmost branch only (a few pages, not a walk)."""
         where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
         if bucket.root == 0:
-            _leaf, last = parse_leaf(bucket.inline, _BUCKET_HEADER.size, None, where)
-            return last
+            inline = bucket.inline
+            return parse_leaf(inline, _BUCKET_HEADER.size, len(inline), None, where)[1]
+        mm = self.db._mm
         pgid = bucket.root
         while True:
-            buf, flags, count = self._page(pgid, where)
+            start, end, flags, count = self._page(pgid, where)
             if flags == LEAF_PAGE:
-                return parse_leaf(buf, 0, None, where, pgid)[1]
-            pgid = parse_branch(buf, count, f"{where}, page {pgid}")[-1][1]
+                return parse_leaf(mm, start, end, None, where, pgid)[1]
+            pgid = parse_branch(mm, start, end, count, f"{where}, page {pgid}")[-1][1]
 
     def leaves_of(self, root: int, where: str) -> Iterator[Leaf]:
+        # the hot loop of every walk: _page's checks inlined (one function call less per page)
+        db = self.db
+        mm, size, high = db._mm, db.page_size, db.meta.pgid
+        seen = self._visited
+        unpack_header = _PAGE_HEADER.unpack_from
         prev: bytes | None = None
         stack: list[tuple[int, bytes | None]] = [(root, None)]
+        pop, extend = stack.pop, stack.extend
         while stack:
-            pgid, lower = stack.pop()
-            buf, flags, count = self._page(pgid, where)
+            pgid, lower = pop()
+            if not 2 <= pgid < high:
+                raise _corrupt(where, f"page {pgid} is outside the database (high-water mark {high})")
+            start = pgid * size
+            pid, flags, count, overflow = unpack_header(mm, start)
+            if (overflow or pid != pgid or seen[pgid >> 3] & (1 << (pgid & 7))
+                    or (flags != LEAF_PAGE and flags != BRANCH_PAGE)):  # noqa: PLR1714 - hot path
+                start, end, flags, count = self._page(pgid, where)  # the slow path says what is wrong
+            else:
+                seen[pgid >> 3] |= 1 << (pgid & 7)
+                self.pages += 1
+                end = start + size
+                db._touched += size
+                if db._touched > RSS_BUDGET:
+                    db._release()
             if flags == LEAF_PAGE:
                 if count == 0 and pgid != root:
                     raise _corrupt(where, f"leaf page {pgid} is empty")
-                leaf, last = parse_leaf(buf, 0, prev, where, pgid)
-                if lower is not None and leaf.entries and buf[leaf.entries[0][1] : leaf.entries[0][2]] < lower:
+                leaf, last = parse_leaf(mm, start, end, prev, where, pgid)
+                if lower is not None and leaf.entries and mm[leaf.entries[0][1] : leaf.entries[0][2]] < lower:
                     raise _corrupt(where, f"page {pgid} holds keys below its branch key")
                 if last is not None:
                     prev = last
                 yield leaf
             else:
-                children = parse_branch(buf, count, f"{where}, page {pgid}")
+                children = parse_branch(mm, start, end, count, f"{where}, page {pgid}")
                 self.branch_pages += 1
                 if lower is not None and children[0][0] < lower:
                     raise _corrupt(where, f"page {pgid} holds keys below its branch key")
-                stack.extend((child, key) for key, child in reversed(children))
+                extend((child, key) for key, child in reversed(children))
 
 
 def bucket_ref(name: bytes, value: bytes, where: str) -> BucketRef:
@@ -366,11 +385,10 @@ def bucket_ref(name: bytes, value: bytes, where: str) -> BucketRef:
     return BucketRef(name, root, b"")
 
 
-def parse_leaf(buf: bytes, base: int, prev: bytes | None, where: str,
+def parse_leaf(buf: bytes | mmap.mmap, base: int, limit: int, prev: bytes | None, where: str,
                pgid: int | None = None) -> tuple[Leaf, bytes | None]:
-    """Parse the leaf page image at ``buf[base:]``; ``prev`` is the key before it (order check)."""
+    """Parse the leaf page image at ``buf[base:limit]``; ``prev`` is the key before it (order check)."""
     count = _PAGE_HEADER.unpack_from(buf, base)[2]
-    limit = len(buf)
     first = base + _HDR
     data_start = first + _ELEM * count
     if data_start > limit:
@@ -386,7 +404,8 @@ def parse_leaf(buf: bytes, base: int, prev: bytes | None, where: str,
         ke = ks + ksize
         ve = ke + vsize
         if ks < data_start or ve > limit or not ksize or flags > BUCKET_LEAF_FLAG:
-            raise _leaf_error(where, pgid, _bad_element(len(entries), ks, ve, ksize, flags, data_start, limit))
+            raise _leaf_error(where, pgid, _bad_element(len(entries), ks - base, ve - base, ksize, flags,
+                                                        data_start - base, limit - base))
         key = buf[ks:ke]
         if prev is not None and key <= prev:
             raise _leaf_error(where, pgid, f"keys out of order at element {len(entries)}")
@@ -413,18 +432,18 @@ def _bad_element(i: int, ks: int, ve: int, ksize: int, flags: int, data_start: i
     return f"element {i} has unknown flags 0x{flags:x}"
 
 
-def parse_branch(buf: bytes, count: int, where: str) -> list[tuple[bytes, int]]:
-    """``(key, child pgid)`` of a branch page, checked."""
+def parse_branch(buf: bytes | mmap.mmap, base: int, limit: int, count: int, where: str) -> list[tuple[bytes, int]]:
+    """``(key, child pgid)`` of the branch page at ``buf[base:limit]``, checked."""
     if count == 0:
         raise _corrupt(where, "empty branch page")
-    limit = len(buf)
-    data_start = _HDR + _ELEM * count
+    first = base + _HDR
+    data_start = first + _ELEM * count
     if data_start > limit:
         raise _corrupt(where, f"{count} elements do not fit in the page")
     out: list[tuple[bytes, int]] = []
     prev: bytes | None = None
-    eoff = _HDR
-    for pos, ksize, child in _BRANCH_ELEM.iter_unpack(buf[_HDR:data_start]):
+    eoff = first
+    for pos, ksize, child in _BRANCH_ELEM.iter_unpack(buf[first:data_start]):
         ks = eoff + pos
         ke = ks + ksize
         if ks < data_start or ke > limit or ksize == 0:

@@ -14,9 +14,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import crc32c
-
 from etcdwarden.snapshot.bbolt import BoltFile, BucketRef, Leaf, Walk
+from etcdwarden.snapshot.crc import crc32c
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 
 KEY_BUCKET = b"key"
@@ -58,7 +57,7 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
     last_key: bytes | None = None
     compacted = 0
     for bucket in walk.buckets():
-        h = crc32c.crc32c(bucket.name, value=h)
+        h = crc32c(bucket.name, value=h)
         is_key = bucket.name == KEY_BUCKET
         is_meta = bucket.name == META_BUCKET
         for leaf in walk.leaves(bucket):
@@ -67,11 +66,11 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
                 continue
             buf = leaf.buf
             if leaf.contiguous and not leaf.has_subbuckets:
-                h = crc32c.crc32c(memoryview(buf)[entries[0][1] : entries[-1][3]], value=h)
+                h = crc32c(memoryview(buf)[entries[0][1] : entries[-1][3]], value=h)
             else:
                 for flags, ks, ke, ve in entries:
                     # bbolt's ForEach gives a nil value for a nested bucket: only its name is hashed
-                    h = crc32c.crc32c(memoryview(buf)[ks : (ke if flags else ve)], value=h)
+                    h = crc32c(memoryview(buf)[ks : (ke if flags else ve)], value=h)
             total += len(entries)
             if is_key:
                 last_key = buf[entries[-1][1] : entries[-1][2]]

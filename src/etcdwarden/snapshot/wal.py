@@ -45,9 +45,9 @@ class WalCorrupt(SnapshotCorrupt):
 
 
 def _crc32c(data: bytes, value: int) -> int:
-    import crc32c
+    from etcdwarden.snapshot.crc import crc32c
 
-    return int(crc32c.crc32c(data, value=value))
+    return crc32c(data, value=value)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
