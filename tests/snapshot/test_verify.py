@@ -355,6 +355,58 @@ def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
     assert db_status(bad).as_json() == etcdutl_status(bad)  # status falls back to meta 1, like etcdutl
 
 
+def test_leaf_damage_is_named(snap: Path, tmp_path: Path) -> None:
+    """The walk's fast path (pages without overflow) checks leaves as the slow path does: a leaf's header, the
+    order of its keys, and its first key against its branch key (raised above it, still below the leaf's
+    second key and the next branch key)."""
+    import struct
+
+    data = snap.read_bytes()[:-32]
+    with BoltFile(snap) as db:
+        ps = db.page_size
+        key_root = next(b for b in db.walk().buckets() if b.name == b"key").root
+
+    def keys(leaf: int) -> list[int]:  # the absolute offset of each key of a leaf page
+        off = leaf * ps
+        out = []
+        for i in range(struct.unpack_from("<H", data, off + 10)[0]):
+            e = off + 16 + 16 * i
+            out.append(e + struct.unpack_from("<I", data, e + 4)[0])
+        return out
+
+    # down the leftmost branch to the key bucket's lowest branch page and its first two leaves
+    branch = key_root
+    while True:
+        off = branch * ps
+        children = [struct.unpack_from("<IIQ", data, off + 16 + 16 * i)[2]
+                    for i in range(struct.unpack_from("<H", data, off + 10)[0])]
+        if data[children[0] * ps + 8] == 0x02:
+            break
+        branch = children[0]
+    leaf1 = children[1]
+    k1 = keys(leaf1)  # leaf 1's keys: 17-byte revision keys
+    first = data[k1[0] : k1[0] + 17]
+    e1 = branch * ps + 16 + 16  # the branch element of leaf 1: its key := leaf 1's first key + 1
+    raised = first[:16] + bytes([first[16] + 1])
+    assert first[16] < 0xFF and raised < data[k1[1] : k1[1] + 17]
+    cases = {
+        "has id": (leaf1 * ps, (leaf1 + 1).to_bytes(8, "little")),
+        "flags 0x10": (leaf1 * ps + 8, (0x10).to_bytes(2, "little")),
+        "empty key": (leaf1 * ps + 16 + 8, (0).to_bytes(4, "little")),
+        "keys out of order": (k1[1], data[k1[0] : k1[0] + 17]),  # key 1 := key 0
+        "below its branch key": (e1 + struct.unpack_from("<I", data, e1)[0], raised),
+    }
+    bad = tmp_path / "db"
+    for fragment, (off, patch) in cases.items():
+        buf = bytearray(data)
+        buf[off : off + len(patch)] = patch
+        bad.write_bytes(buf)
+        with pytest.raises(SnapshotCorrupt, match=fragment):
+            verify_db(bad, skip_hash_check=True)
+        with pytest.raises(SnapshotCorrupt, match=fragment):
+            db_status(bad)
+
+
 def test_verify_decodes_beside_the_file_and_removes_dead_runs_copies(snap: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 11 item 5: the decoded copy is never in the system temp dir; a killed run's copy is removed."""

@@ -232,6 +232,11 @@ class BoltFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def mapped(self) -> mmap.mmap:
+        """The file, memory-mapped read-only (what :attr:`Leaf.buf` is for every page of the file)."""
+        return self._mm
+
     def walk(self) -> Walk:
         """A new traversal; each page may be reached at most once within it."""
         return Walk(self)
@@ -338,37 +343,41 @@ class Walk:
         prev: bytes | None = None
         stack: list[tuple[int, bytes | None]] = [(root, None)]
         pop, extend = stack.pop, stack.extend
-        while stack:
-            pgid, lower = pop()
-            if not 2 <= pgid < high:
-                raise _corrupt(where, f"page {pgid} is outside the database (high-water mark {high})")
-            start = pgid * size
-            pid, flags, count, overflow = unpack_header(mm, start)
-            if (overflow or pid != pgid or seen[pgid >> 3] & (1 << (pgid & 7))
-                    or (flags != LEAF_PAGE and flags != BRANCH_PAGE)):  # noqa: PLR1714 - hot path
-                start, end, flags, count = self._page(pgid, where)  # the slow path says what is wrong
-            else:
-                seen[pgid >> 3] |= 1 << (pgid & 7)
-                self.pages += 1
-                end = start + size
-                db._touched += size
-                if db._touched > RSS_BUDGET:
-                    db._release()
-            if flags == LEAF_PAGE:
-                if count == 0 and pgid != root:
-                    raise _corrupt(where, f"leaf page {pgid} is empty")
-                leaf, last = parse_leaf(mm, start, end, prev, where, pgid)
-                if lower is not None and leaf.entries and mm[leaf.entries[0][1] : leaf.entries[0][2]] < lower:
-                    raise _corrupt(where, f"page {pgid} holds keys below its branch key")
-                if last is not None:
-                    prev = last
-                yield leaf
-            else:
-                children = parse_branch(mm, start, end, count, f"{where}, page {pgid}")
-                self.branch_pages += 1
-                if lower is not None and children[0][0] < lower:
-                    raise _corrupt(where, f"page {pgid} holds keys below its branch key")
-                extend((child, key) for key, child in reversed(children))
+        pages = touched = 0  # kept in locals, added to the walk's and the file's counters when the walk ends
+        try:
+            while stack:
+                pgid, lower = pop()
+                if not 2 <= pgid < high:
+                    raise _corrupt(where, f"page {pgid} is outside the database (high-water mark {high})")
+                start = pgid * size
+                pid, flags, count, overflow = unpack_header(mm, start)
+                if (overflow or pid != pgid or seen[pgid >> 3] & (1 << (pgid & 7))
+                        or (flags != LEAF_PAGE and flags != BRANCH_PAGE)):  # noqa: PLR1714 - hot path
+                    start, end, flags, count = self._page(pgid, where)  # the slow path says what is wrong
+                else:
+                    seen[pgid >> 3] |= 1 << (pgid & 7)
+                    pages += 1
+                    end = start + size
+                    touched += size
+                    if touched > RSS_BUDGET:
+                        db._release()
+                        touched = 0
+                if flags == LEAF_PAGE:
+                    if count == 0 and pgid != root:
+                        raise _corrupt(where, f"leaf page {pgid} is empty")
+                    leaf, last = parse_leaf(mm, start, end, prev, where, pgid, lower)
+                    if last is not None:
+                        prev = last
+                    yield leaf
+                else:
+                    children = parse_branch(mm, start, end, count, f"{where}, page {pgid}")
+                    self.branch_pages += 1
+                    if lower is not None and children[0][0] < lower:
+                        raise _corrupt(where, f"page {pgid} holds keys below its branch key")
+                    extend((child, key) for key, child in reversed(children))
+        finally:
+            self.pages += pages
+            db._touched += touched
 
 
 def bucket_ref(name: bytes, value: bytes, where: str) -> BucketRef:
@@ -386,8 +395,9 @@ def bucket_ref(name: bytes, value: bytes, where: str) -> BucketRef:
 
 
 def parse_leaf(buf: bytes | mmap.mmap, base: int, limit: int, prev: bytes | None, where: str,
-               pgid: int | None = None) -> tuple[Leaf, bytes | None]:
-    """Parse the leaf page image at ``buf[base:limit]``; ``prev`` is the key before it (order check)."""
+               pgid: int | None = None, lower: bytes | None = None) -> tuple[Leaf, bytes | None]:
+    """Parse the leaf page image at ``buf[base:limit]``: ``prev`` is the key before it (order check),
+    ``lower`` the key of its branch element (no key of the page may be below it)."""
     count = _PAGE_HEADER.unpack_from(buf, base)[2]
     first = base + _HDR
     data_start = first + _ELEM * count
@@ -409,6 +419,10 @@ def parse_leaf(buf: bytes | mmap.mmap, base: int, limit: int, prev: bytes | None
         key = buf[ks:ke]
         if prev is not None and key <= prev:
             raise _leaf_error(where, pgid, f"keys out of order at element {len(entries)}")
+        if lower is not None:
+            if key < lower:
+                raise _corrupt(where, f"page {pgid} holds keys below its branch key")
+            lower = None  # keys ascend: the first one is the one to compare
         prev = key
         if ks != expect:
             contiguous = False

@@ -54,34 +54,41 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
     walk = db.walk()
     h = 0
     total = 0
-    last_key: bytes | None = None
+    last: Leaf | None = None  # the key bucket's last leaf (its last key is the revision)
     compacted = 0
-    for bucket in walk.buckets():
-        h = crc32c(bucket.name, value=h)
-        is_key = bucket.name == KEY_BUCKET
-        is_meta = bucket.name == META_BUCKET
-        for leaf in walk.leaves(bucket):
-            entries = leaf.entries
-            if not entries:
-                continue
-            buf = leaf.buf
-            if leaf.contiguous and not leaf.has_subbuckets:
-                h = crc32c(memoryview(buf)[entries[0][1] : entries[-1][3]], value=h)
-            else:
-                for flags, ks, ke, ve in entries:
-                    # bbolt's ForEach gives a nil value for a nested bucket: only its name is hashed
-                    h = crc32c(memoryview(buf)[ks : (ke if flags else ve)], value=h)
-            total += len(entries)
-            if is_key:
-                last_key = buf[entries[-1][1] : entries[-1][2]]
-            elif is_meta:
-                for key, value, _flags in leaf.items():
-                    if key == FINISHED_COMPACT and len(value) >= 8:
-                        compacted = _INT64.unpack_from(value)[0]
-            if visit is not None:
-                visit(bucket, leaf)
+    mapped = memoryview(db.mapped)  # one view for every page: CRCs read the mapped file in place
+    try:
+        for bucket in walk.buckets():
+            h = crc32c(bucket.name, value=h)
+            is_key = bucket.name == KEY_BUCKET
+            is_meta = bucket.name == META_BUCKET
+            for leaf in walk.leaves(bucket):
+                entries = leaf.entries
+                if not entries:
+                    continue
+                buf = leaf.buf
+                view = mapped if buf is db.mapped else memoryview(buf)
+                if leaf.contiguous and not leaf.has_subbuckets:
+                    h = crc32c(view[entries[0][1] : entries[-1][3]], value=h)
+                else:
+                    for flags, ks, ke, ve in entries:
+                        # bbolt's ForEach gives a nil value for a nested bucket: only its name is hashed
+                        h = crc32c(view[ks : (ke if flags else ve)], value=h)
+                total += len(entries)
+                if is_key:
+                    last = leaf
+                elif is_meta:
+                    for key, value, _flags in leaf.items():
+                        if key == FINISHED_COMPACT and len(value) >= 8:
+                            compacted = _INT64.unpack_from(value)[0]
+                if visit is not None:
+                    visit(bucket, leaf)
+    finally:
+        mapped.release()
     revision = 0
-    if last_key is not None:
+    if last is not None:
+        _flags, ks, ke, _ve = last.entries[-1]
+        last_key = last.buf[ks:ke]
         if len(last_key) < 8:
             raise SnapshotCorrupt(f"key bucket: key {last_key!r} is not a revision")
         revision = _INT64.unpack_from(last_key)[0]
