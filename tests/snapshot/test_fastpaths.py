@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcdwarden.etcd.api.mvccpb import kv_pb2
-from etcdwarden.snapshot.verify import _large_keyvalue
+from etcdwarden.snapshot.kvcheck import _large_keyvalue
 
 pytestmark = pytest.mark.unit
 

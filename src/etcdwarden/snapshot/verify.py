@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import DecodeError
-
-from etcdwarden.etcd.api.mvccpb import kv_pb2
 from etcdwarden.snapshot.bbolt import TRAILER_SIZE, BoltFile, BucketRef, Leaf
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
+from etcdwarden.snapshot.kvcheck import check_key_leaf, check_meta_leaf
 from etcdwarden.snapshot.source import detect_format, open_snapshot
-from etcdwarden.snapshot.status import KEY_BUCKET, SnapshotStatus, scan
+from etcdwarden.snapshot.status import KEY_BUCKET, META_BUCKET, SnapshotStatus, scan
 
 if TYPE_CHECKING:
     from etcdwarden.format.manifest import Manifest
@@ -54,7 +51,6 @@ def missing_trailer(name: str) -> SnapshotCorrupt:
         f"{name}: no sha256 trailer (the snapshot is missing its hash: cut by 32 bytes, or a raw member/snap/db "
         f"copy), so its integrity cannot be proven; pass {SKIP_HASH_FLAG} to accept it on its structure alone"
     )
-_REV = struct.Struct(">qBq")
 _CHUNK = 1 << 20
 
 
@@ -110,93 +106,14 @@ class _KeyChecker:
 
     def __init__(self) -> None:
         self.entries = 0
-        self.meta_ok = False
         self.seen: set[bytes] = set()
 
     def __call__(self, bucket: BucketRef, leaf: Leaf) -> None:
         self.seen.add(bucket.name)
-        if bucket.name == b"meta":
-            for key, value, _ in leaf.items():
-                if key == b"consistent_index" and len(value) != 8:
-                    raise SnapshotCorrupt(f"meta bucket: consistent_index is {len(value)} bytes, expected 8")
-            return
-        if bucket.name != KEY_BUCKET:
-            return
-        # a fresh message per leaf: re-parsing into one message grows its upb arena without bound
-        kv = kv_pb2.KeyValue()
-        buf = leaf.buf
-        for flags, ks, ke, ve in leaf.entries:
-            self.entries += 1
-            key = buf[ks:ke]
-            where = f"key bucket entry {key.hex()}"
-            if flags:
-                raise SnapshotCorrupt(f"{where}: unexpected nested bucket")
-            n = ke - ks
-            if n not in (17, 18) or key[8] != 0x5F or (n == 18 and key[17] != 0x74):
-                raise SnapshotCorrupt(f"{where}: not a revision key (8-byte main, '_', 8-byte sub[, 't'])")
-            main, _, sub = _REV.unpack_from(key)
-            if main < 0 or sub < 0:
-                raise SnapshotCorrupt(f"{where}: negative revision {main}_{sub}")
-            fields = _large_keyvalue(buf, ke, ve) if ve - ke >= LARGE_VALUE else None
-            if fields is None:
-                try:
-                    kv.ParseFromString(buf[ke:ve])
-                except DecodeError as e:
-                    raise SnapshotCorrupt(f"{where} (revision {main}_{sub}): value is not a KeyValue: {e}") from e
-                fields = (kv.key, kv.create_revision, kv.mod_revision, kv.version)
-            kv_key, create, mod, version = fields
-            if n == 18:
-                if not kv_key:
-                    raise SnapshotCorrupt(f"{where} (revision {main}_{sub}): tombstone without a key")
-            # an empty value is the --bump-revision marker of etcdutl restore
-            elif ve > ke and (not kv_key or mod != main or not 0 < create <= main or version < 1):
-                raise SnapshotCorrupt(
-                    f"{where} (revision {main}_{sub}): inconsistent KeyValue (key {kv_key[:64]!r}, "
-                    f"create {create}, mod {mod}, version {version})"
-                )
-
-
-#: values from this size on are read in place (:func:`_large_keyvalue`): parsing them would copy the value twice
-LARGE_VALUE = 16 * 1024
-_KV_FIELDS = (0x0A, 0x10, 0x18, 0x20, 0x2A, 0x30)  # key, create_revision, mod_revision, version, value, lease
-
-
-def _large_keyvalue(buf: Any, start: int, end: int) -> tuple[bytes, int, int, int] | None:
-    """``(key, create_revision, mod_revision, version)`` of the ``mvccpb.KeyValue`` at ``buf[start:end]``, read in
-    place without copying its value, when the message has etcd's own layout (fields in number order, each at
-    most once, lengths inside the message); ``None`` for anything else, which the full protobuf parser then
-    judges (so nothing is accepted here that it would refuse)."""
-    pos, nxt = start, 0
-    key = b""
-    ints = [0, 0, 0, 0]  # [unused], create_revision, mod_revision, version
-    while pos < end:
-        tag = buf[pos]
-        pos += 1
-        try:
-            i = _KV_FIELDS.index(tag, nxt)
-        except ValueError:
-            return None
-        nxt = i + 1
-        num, shift = 0, 0
-        while True:  # a varint: the field's value, or the length of a bytes field
-            if pos >= end or shift > 63:
-                return None
-            b = buf[pos]
-            pos += 1
-            num |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        if tag & 7 == 2:
-            if num > end - pos:
-                return None
-            if i == 0:
-                key = bytes(buf[pos : pos + num])
-            pos += num
-        elif i < 4:
-            num &= (1 << 64) - 1  # bits past 64 are dropped, as protobuf does
-            ints[i] = num - (1 << 64) if num >= 1 << 63 else num  # int64
-    return key, ints[1], ints[2], ints[3]
+        if bucket.name == META_BUCKET:
+            check_meta_leaf(leaf)
+        elif bucket.name == KEY_BUCKET:
+            self.entries += check_key_leaf(leaf)
 
 
 def verify_db(path: str | os.PathLike[str], display: str | None = None,
