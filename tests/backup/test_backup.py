@@ -97,6 +97,30 @@ def test_zstd(etcd1: LocalCluster, tmp_path: Path) -> None:
     plain = tmp_path / "plain.db"
     plain.write_bytes(raw)
     assert json.loads(etcdutl("snapshot", "status", str(plain), "-w", "json").stdout) == m["status"]
+    # walked from the stream (no plain copy was written): every page the walk of the file reaches
+    from etcdwarden.snapshot.verify import verify_db
+
+    assert m["verification"]["structure"] and m["verification"]["pages_checked"] == verify_db(plain).pages
+
+
+def test_zstd_structure_is_checked_from_the_stream(etcd1: LocalCluster, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed backup's structure is walked from the stream itself: damage that only the stream's check
+    sees (a meta page) fails the backup, and nothing is left behind (no snapshot, no summaries file)."""
+    from etcdwarden.snapshot import streamcheck
+
+    feed = streamcheck.StreamCheck.feed
+
+    def damaged(self: streamcheck.StreamCheck, data: bytes) -> None:
+        if self.received == 0:
+            data = bytes([*data[:16], data[16] ^ 0xFF, *data[17:]])  # meta page 0's magic
+        feed(self, data)
+
+    monkeypatch.setattr(streamcheck.StreamCheck, "feed", damaged)
+    out = tmp_path / "z"
+    r = cli("backup", str(out), "--endpoints", etcd1.endpoints[0], "--compress", "zstd")
+    assert r.code != 0 and "meta page 0 is invalid: bad magic" in r.err, r.err
+    assert not [n for n in _files(out) if n.startswith((".snap", "snap", "backup_"))], _files(out)
 
 
 def test_age_encrypted_decrypts_with_age_cli(etcd1: LocalCluster, tmp_path: Path) -> None:

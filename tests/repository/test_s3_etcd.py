@@ -17,7 +17,6 @@ from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.repository.base import open_repository
 from etcdwarden.repository.catalog import load_catalog
 from etcdwarden.snapshot.errors import SnapshotCorrupt
-from etcdwarden.snapshot.verify import verify_db
 from tests.backup.conftest import dump, load, restore_and_dump
 from tests.cli_helpers import cli
 from tests.repository.seaweed import SeaweedS3
@@ -55,24 +54,25 @@ def test_backup_to_s3_list_download_restore(etcd1: LocalCluster, seaweed: Seawee
 
 def test_snapshot_upload_visible_only_after_verification(etcd1: LocalCluster, seaweed: SeaweedS3,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """take_backup into S3 goes through the repository's writer: the structure walk runs while the multipart
-    upload is still incomplete (the object is not visible), its copy is private and gone afterwards; a failed
-    verification leaves no object at all."""
-    import etcdwarden.backup.run as run
+    """take_backup into S3 goes through the repository's writer: the structure walk, made from the stream (no
+    copy of the database is written), ends while the multipart upload is still incomplete (the object is not
+    visible); its summaries file is private and gone afterwards; a failed verification leaves no object."""
+    from etcdwarden.snapshot.streamcheck import StreamCheck
 
     load(etcd1, 2000, value_size=4096)  # ~8 MB: more than one part
     url = seaweed.url("visible-after-verify")
     repo = open_repository(url, seaweed.options())
-    seen: list[tuple[Path, int | None, bool]] = []
+    seen: list[tuple[Path, bool, bool]] = []
+    finish = StreamCheck.finish
 
-    def spy(path: Path, display: str | None = None, **kw: Any) -> object:
-        assert display is not None
-        seen.append((Path(path), None if repo.stat(display) is None else 1, Path(path).is_file()))
+    def spy(self: StreamCheck) -> Any:
+        seen.append((self.spill_path, any(o.name.startswith("snapshot_") for o in repo.list()),
+                     self.spill_path.is_file()))
         if fail:
-            raise SnapshotCorrupt(f"{display}: broken on purpose")
-        return verify_db(path, display, **kw)
+            raise SnapshotCorrupt("broken on purpose")
+        return finish(self)
 
-    monkeypatch.setattr(run, "verify_db", spy)
+    monkeypatch.setattr(StreamCheck, "finish", spy)
 
     def backup() -> str:
         async def go() -> str:
@@ -86,16 +86,17 @@ def test_snapshot_upload_visible_only_after_verification(etcd1: LocalCluster, se
     fail = True
     with pytest.raises(SnapshotCorrupt, match="broken on purpose"):
         backup()
-    assert repo.list() == [] and seen[0][1] is None and seen[0][2]  # verified a real local copy; nothing visible
+    assert repo.list() == [] and seen[0][1] is False and seen[0][2]  # summaries were written; nothing visible
     assert not seen[0][0].exists()
     fail = False
     ts = backup()
     path, visible, existed = seen[1]
-    assert visible is None and existed and not path.exists()
+    assert not visible and existed and not path.exists() and not path.parent.exists()
     cat = load_catalog(repo)
     assert [(e.id, e.state) for e in cat.entries] == [(ts, "complete")]
     m = json.loads(repo.read_bytes(f"backup_{ts}.json"))
     assert m["verification"]["structure"] and m["status"]["totalKey"] > 2000
+    assert m["verification"]["pages_checked"] > 2000
 
 
 @pytest.mark.parametrize("extra", [["--verify", "hash"], ["--compress", "zstd"], []])

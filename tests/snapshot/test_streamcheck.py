@@ -39,7 +39,7 @@ def snaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 def stream(data: bytes, spill: Path, chunk: int | None = None, seed: int = 0) -> tuple[object, int, int]:
     """Feed ``data`` (database + trailer) in chunks of ``chunk`` bytes (random sizes when None)."""
     rnd = random.Random(seed)
-    check = StreamCheck(spill)
+    check = StreamCheck(spill / "summaries")
     try:
         pos = 0
         while pos < len(data):

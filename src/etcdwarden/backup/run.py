@@ -6,10 +6,11 @@ verified, and the manifest (the thing that makes a set of objects "a backup") is
 failure discards every writer of this run (no ``.part`` file, no visible upload) and leaves earlier
 backups untouched.
 
-The structure walk of ``--verify full`` needs the plain database as a local file: the snapshot's own
-``.part`` file when the writer keeps one (:attr:`Writer.spool`, local directories, read back from the
-page cache), else a private verification copy written from the same stream (object stores, encoded
-snapshots), next to the repository when it is local, in the system's temporary directory otherwise.
+The structure walk of ``--verify full`` reads the plain database: the snapshot's own ``.part`` file when
+the writer keeps one (:attr:`Writer.spool`: a local directory, plain snapshot; read back from the page
+cache), else the stream itself as it passes (:mod:`etcdwarden.snapshot.streamcheck`: object stores,
+encoded snapshots), whose page summaries are spilled next to the repository when it is local, in a private
+temporary directory of the system's otherwise. No copy of the database is written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -46,7 +48,9 @@ from etcdwarden.format.names import BackupNames, timestamp
 from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
+from etcdwarden.snapshot.errors import SnapshotCorrupt
 from etcdwarden.snapshot.status import SnapshotStatus, last_revision
+from etcdwarden.snapshot.streamcheck import StreamCheck
 from etcdwarden.snapshot.verify import verify_db
 
 if TYPE_CHECKING:
@@ -226,18 +230,21 @@ class _Run:
         self.roundtrip = opts.compress == "zstd" and not recipients and opts.verify == "full"
         self.final: Writer | None = None  # the snapshot object
         self.encoded: EncodedSink | None = None
-        self.copy: Writer | None = None  # the private plain copy the structure walk reads, when needed
-        self._scratch: Path | None = None  # a temporary directory of ours holding that copy
+        self.check: StreamCheck | None = None  # the structure walk made from the stream, when no plain file is kept
+        self._scratch: Path | None = None  # a temporary directory of ours holding its summaries
 
-    def _copy_writer(self) -> Writer:
-        """A writer for the private plain copy: next to a local repository (same filesystem, cleaned up by the
-        next run if we are killed), else in a private temporary directory of the system's."""
+    def _stream_check(self) -> StreamCheck:
+        """A check of the stream, its summaries next to a local repository (a name the next run removes if we
+        are killed), else in a private temporary directory of the system's."""
         where = self.repo.local_directory()
         if where is None:
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="etcdwarden-backup-"))
-            where = self._scratch
-        return LocalRepository(where).open_write(f".{self.names.snapshot}.verify")
+            return StreamCheck(self._scratch / "summaries")
+        try:
+            return StreamCheck(where / f".{self.names.snapshot}.verify.tmp-{os.getpid()}")
+        except OSError as e:
+            raise_os_error(e, where)
 
     def _open(self) -> StreamPipe:
         self.final = self.repo.open_write(self.names.snapshot)
@@ -250,16 +257,17 @@ class _Run:
             self.final.hashed = False  # StreamResult.file_sha256 is the object's sha256: no second hashing
             sinks.append(self.final.write)
         if self.structure and (self.encode or self.final.spool is None):
-            self.copy = self._copy_writer()
-            self.copy.hashed = False
-            sinks.append(self.copy.write)
+            self.check = self._stream_check()
+            sinks.append(self.check.feed)
         return StreamPipe(sinks)
 
     def discard(self) -> None:
-        for s in (self.encoded, self.final, self.copy):
+        for s in (self.encoded, self.final):
             if s is not None:
                 s.discard()
-        self.final = self.encoded = self.copy = None
+        if self.check is not None:
+            self.check.close()
+        self.final = self.encoded = self.check = None
 
     def close(self) -> None:
         self.discard()
@@ -294,8 +302,8 @@ class _Run:
     def revision_hint(self, chosen: Candidate) -> int | None:
         """The revision the manifest will record, known before the verification: the snapshot's last revision
         key when its structure is to be walked, else the member's revision before the snapshot."""
-        plain = self.copy if self.copy is not None else self.final
-        if self.structure and plain is not None and plain.spool is not None:
+        plain = self.final
+        if self.structure and self.check is None and plain is not None and plain.spool is not None:
             plain.flush()
             return last_revision(plain.spool)
         st = chosen.status.status
@@ -308,9 +316,9 @@ class _Run:
             assert self.final is not None
             self.final.commit()
             self.final = None
-            if self.copy is not None:
-                self.copy.discard()
-                self.copy = None
+            if self.check is not None:
+                self.check.close()
+                self.check = None
             return status, verification
         except BaseException:
             self.discard()
@@ -320,18 +328,25 @@ class _Run:
         v: dict[str, Any] = {"sha256_trailer": True, "structure": False, "roundtrip": None}
         status: SnapshotStatus | None = None
         if self.structure:
-            plain = self.copy if self.copy is not None else self.final
-            assert plain is not None and plain.spool is not None and self.final is not None
-            plain.flush()
+            final = self.final
+            assert final is not None
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etcdwarden-sync") as pool:
                 # the slow part of the commit (fsync of the snapshot) runs while the structure is walked
-                synced = pool.submit(self.final.sync)
-                # the stream hashed these very bytes on their way to the file: no second hashing pass
-                report = verify_db(plain.spool, display=self.names.snapshot, streamed_sha256=result.db_sha256)
+                synced = pool.submit(final.sync)
+                if self.check is not None:
+                    try:
+                        status, pages, _entries = self.check.finish()
+                    except SnapshotCorrupt as e:
+                        raise SnapshotCorrupt(f"{self.names.snapshot}: {e}") from e
+                else:
+                    assert final.spool is not None
+                    final.flush()
+                    # the stream hashed these very bytes on their way to the file: no second hashing pass
+                    report = verify_db(final.spool, display=self.names.snapshot, streamed_sha256=result.db_sha256)
+                    status, pages = report.status, report.pages
                 synced.result()
-            status = report.status
             v["structure"] = True
-            v["pages_checked"] = report.pages
+            v["pages_checked"] = pages
         if self.roundtrip and self.encoded is not None:
             if self.encoded.roundtrip_sha256 != result.file_sha256:
                 raise EtcdwardenError(f"{self.names.snapshot}: the compressed snapshot does not decompress to the "

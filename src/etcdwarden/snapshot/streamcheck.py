@@ -131,11 +131,13 @@ class StreamCheck:
     """Fed the snapshot's bytes in order (:meth:`feed`, the sha256 trailer included); :meth:`finish` walks the
     summaries and returns what :func:`.verify.verify_db` would find, or raises :class:`SnapshotCorrupt`.
 
-    ``spill_dir``: a private directory for the summaries' file (removed by :meth:`close`)."""
+    ``spill``: where to write the summaries (a new file of a private directory, mode 0600; removed by
+    :meth:`close`)."""
 
-    def __init__(self, spill_dir: Path) -> None:
-        self.spill_path = spill_dir / ".streamcheck.summaries"
-        self._spill = open(self.spill_path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed by finish/close
+    def __init__(self, spill: Path) -> None:
+        self.spill_path = spill
+        fd = os.open(spill, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._spill = os.fdopen(fd, "wb", buffering=1 << 20)
         self._spill_size = 0
         self.buf = bytearray()
         self.base = 0  # absolute offset of buf[0]
