@@ -35,15 +35,23 @@ def c3(etcd3: LocalCluster) -> Iterator[LocalCluster]:
 
 def _fill(c: LocalCluster, names: list[str], count: int, prefix: str) -> None:
     """Write ``count`` keys through the members ``names`` only (the others are down)."""
+    from etcdwarden.errors import Unreachable
     from etcdwarden.etcd.client import EtcdClient
     from etcdwarden.etcd.config import ClientConfig
     from etcdwarden.local.sample import fill
 
     async def go() -> None:
-        # (a member was just killed: if it led, the others elect a new leader first, slowly on a loaded machine)
+        # (a member was just killed: if it led, the others elect a new leader first, slowly on a loaded machine;
+        # a proposal made meanwhile ends in etcd's own "request timed out": the same puts are made again)
         urls = [c.member(n).client_url for n in names]
         async with EtcdClient(ClientConfig.from_strings(urls, command_timeout=60.0)) as cl:
-            await fill(cl, count, value_size=64, prefix=prefix, seed=3)
+            for attempt in range(3):
+                try:
+                    await fill(cl, count, value_size=64, prefix=prefix, seed=3)
+                    return
+                except Unreachable as e:
+                    if "request timed out" not in str(e) or attempt == 2:
+                        raise
 
     asyncio.run(go())
 
