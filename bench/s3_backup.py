@@ -1,4 +1,5 @@
-"""Backup to S3 vs backup to a local directory: wall-time ratio and peak RSS (targets ≤ 1.3×, ≤ 128 MiB).
+"""Backup to S3 vs backup to a local directory: wall-time ratio and peak RSS (issue 12: the default ≤ 1.15×
+max(gateway floor, local backup), ≤ 96 MiB).
 
 Usage: python -m bench.s3_backup [--size-mb 1024] [--rounds 2] [--modes shared,pinned] [--streams]
 
