@@ -62,6 +62,7 @@ _HERE = "\x00"  # stands for the bucket in a summary's message; the walk puts th
 _NOT_PAGE = 1 << 63  # index entry of a page start that is no branch or leaf page: flags and id below
 _PAST_END = 1 << 62  # ... a branch or leaf page whose overflow runs past the high-water mark (overflow below)
 _TOO_LARGE = 1 << 61  # ... a run longer than MAX_RUN (overflow below)
+_BAD_ID = 1 << 60  # with _NOT_PAGE: the header names another page
 _ZEROS = bytes(1 << 20)
 
 
@@ -153,10 +154,14 @@ class StreamCheck:
 
     # -- in the stream ----------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        self.buf += data
         self.received += len(data)
-        if self.meta is None and self.error is None:
+        if self.error is not None:
+            return  # already failed (meta pages): nothing more is kept
+        self.buf += data
+        if self.meta is None:
             self._metas()
+            if self.error is not None:
+                self.buf = bytearray()
         if self.meta is not None:
             self._pages()
 
@@ -201,7 +206,7 @@ class StreamCheck:
         while p < upto:
             pid, flags, count, overflow = unpack(buf, p * ps - self.base)
             if pid != p or (flags != LEAF_PAGE and flags != BRANCH_PAGE):  # noqa: PLR1714 - hot path
-                index[p] = _NOT_PAGE | (flags & 0xFFFF) << 32 | (pid & 0xFFFFFFFF)
+                index[p] = _NOT_PAGE | (_BAD_ID if pid != p else 0) | (flags & 0xFFFF) << 32 | (pid & 0xFFFFFFFF)
             elif p + overflow >= high:
                 index[p] = _PAST_END | overflow
             elif (overflow + 1) * ps > MAX_RUN:
@@ -305,7 +310,7 @@ class _Walker:
         entry = self.c.index[p]
         if entry & _NOT_PAGE:
             pid, flags = entry & 0xFFFFFFFF, (entry >> 32) & 0xFFFF
-            if pid != p:
+            if entry & _BAD_ID:
                 raise SnapshotCorrupt(f"{where}: page {p} has id {pid} in its header")
             self._visit(p, 0, where)
             raise SnapshotCorrupt(f"{where}: page {p} has flags 0x{flags:x}, expected a branch or leaf page")
