@@ -111,29 +111,6 @@ def test_combine_is_the_crc_of_the_concatenation() -> None:
         assert combine(crc32c(a), crc32c(b), len(b), cache) == crc32c(a + b)
 
 
-def test_damage_is_named_as_the_file_walk_names_it(snaps: dict[str, Path], tmp_path: Path) -> None:
-    """The messages of the targeted structure damage of test_verify, found in the stream."""
-    data = snaps["many"].read_bytes()[:-32]
-    with BoltFile(snaps["many"]) as db:
-        ps, high = db.page_size, db.meta.pgid
-        key_root = next(b for b in db.walk().buckets() if b.name == b"key").root
-    assert data[key_root * ps + 8] == 0x01  # the key bucket's root is a branch page
-    elem0 = key_root * ps + 16
-    cases = {
-        "reachable twice": (elem0 + 8, key_root.to_bytes(8, "little")),
-        "outside the database": (elem0 + 8, (high + 5).to_bytes(8, "little")),
-        "has id": (key_root * ps, (key_root + 1).to_bytes(8, "little")),
-        "flags 0x10": (key_root * ps + 8, (0x10).to_bytes(2, "little")),
-        "points outside the page": (elem0, (ps * 2).to_bytes(4, "little")),
-        "meta page 0 is invalid: checksum mismatch": (40, bytes([data[40] ^ 1])),
-    }
-    for fragment, (off, patch) in cases.items():
-        buf = bytearray(data)
-        buf[off : off + len(patch)] = patch
-        with pytest.raises(SnapshotCorrupt, match=fragment):
-            stream(bytes(buf) + bytes(32), tmp_path, 1 << 16)
-
-
 @pytest.mark.unit
 def test_a_stream_that_failed_keeps_nothing(tmp_path: Path) -> None:
     """Garbage from the first byte: the meta pages fail, and nothing more of the stream is held."""

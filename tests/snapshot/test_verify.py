@@ -320,6 +320,31 @@ def test_backup_dir_encrypted(snap: Path, tmp_path: Path) -> None:
     assert json.loads(r.out)["snapshots"][0]["hash"] == etcdutl_status(snap)["hash"]
 
 
+def _each_damage_is_named(data: bytes, cases: dict[str, tuple[int, bytes]], tmp_path: Path,
+                          status: bool = True) -> None:
+    """Each patch of a raw database (no trailer) makes the file walk (verify and, with ``status``, status) and
+    the stream check fail, saying ``fragment``."""
+    from etcdwarden.snapshot.streamcheck import StreamCheck
+
+    bad = tmp_path / "db"
+    for fragment, (off, patch) in cases.items():
+        buf = bytearray(data)
+        buf[off : off + len(patch)] = patch
+        bad.write_bytes(buf)
+        with pytest.raises(SnapshotCorrupt, match=fragment):
+            verify_db(bad, skip_hash_check=True)
+        if status:
+            with pytest.raises(SnapshotCorrupt, match=fragment):
+                db_status(bad)
+        check = StreamCheck(tmp_path / "summaries")
+        try:
+            check.feed(bytes(buf) + bytes(32))
+            with pytest.raises(SnapshotCorrupt, match=fragment):
+                check.finish()
+        finally:
+            check.close()
+
+
 def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
     """Damage a raw db (no trailer, so only the page walk can notice) in specific ways."""
     data = snap.read_bytes()[:-32]
@@ -337,22 +362,17 @@ def test_targeted_structure_damage_is_named(snap: Path, tmp_path: Path) -> None:
         "flags 0x10": (key_root * ps + 8, (0x10).to_bytes(2, "little")),
         "points outside the page": (elem0, (ps * 2).to_bytes(4, "little")),
     }
-    bad = tmp_path / "db"
-    for fragment, (off, patch) in cases.items():
-        buf = bytearray(data)
-        buf[off : off + len(patch)] = patch
-        bad.write_bytes(buf)
-        with pytest.raises(SnapshotCorrupt, match=fragment):
-            verify_db(bad, skip_hash_check=True)
-        with pytest.raises(SnapshotCorrupt, match=fragment):
-            db_status(bad)
+    _each_damage_is_named(data, cases, tmp_path)
     # a broken meta page 0 is reported even though bbolt could fall back to meta page 1
     buf = bytearray(data)
     buf[40] ^= 1  # inside meta 0's checksummed area (root)
+    bad = tmp_path / "db"
     bad.write_bytes(buf)
     with pytest.raises(SnapshotCorrupt, match="meta page 0 is invalid: checksum mismatch"):
         verify_db(bad, skip_hash_check=True)
     assert db_status(bad).as_json() == etcdutl_status(bad)  # status falls back to meta 1, like etcdutl
+    _each_damage_is_named(data, {"meta page 0 is invalid: checksum mismatch": (40, bytes([data[40] ^ 1]))},
+                          tmp_path, status=False)  # (status falls back, as just seen)
 
 
 def test_leaf_damage_is_named(snap: Path, tmp_path: Path) -> None:
@@ -396,15 +416,7 @@ def test_leaf_damage_is_named(snap: Path, tmp_path: Path) -> None:
         "keys out of order": (k1[1], data[k1[0] : k1[0] + 17]),  # key 1 := key 0
         "below its branch key": (e1 + struct.unpack_from("<I", data, e1)[0], raised),
     }
-    bad = tmp_path / "db"
-    for fragment, (off, patch) in cases.items():
-        buf = bytearray(data)
-        buf[off : off + len(patch)] = patch
-        bad.write_bytes(buf)
-        with pytest.raises(SnapshotCorrupt, match=fragment):
-            verify_db(bad, skip_hash_check=True)
-        with pytest.raises(SnapshotCorrupt, match=fragment):
-            db_status(bad)
+    _each_damage_is_named(data, cases, tmp_path)
 
 
 def test_verify_decodes_beside_the_file_and_removes_dead_runs_copies(snap: Path, tmp_path: Path,
