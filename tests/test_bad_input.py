@@ -116,8 +116,10 @@ def test_paths_that_cannot_be_used(tmp_path: Path) -> None:
     long = tmp_path / ("n" * 300)
     r = cli("backups", "list", str(long))
     _one_clear_line(r, 2, "name is too long")
-    r = cli("snapshot", "status", str(tmp_path))
+    r = cli("snapshot", "get", str(tmp_path), "/k")
     _one_clear_line(r, 2, "is a directory; name a file")
+    r = cli("snapshot", "status", str(tmp_path))  # a directory is read as a backup directory
+    _one_clear_line(r, 2, "no backup manifest")
 
 
 def test_unreadable_inputs_are_one_line(tmp_path: Path) -> None:

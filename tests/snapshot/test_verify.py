@@ -265,6 +265,11 @@ def test_backup_dir_ok(snap: Path, tmp_path: Path) -> None:
     assert r.code == 0 and f"backup {TS}: ok" in r.out
     r = cli("snapshot", "verify", "-w", "json", str(m))
     assert r.code == 0 and json.loads(r.out)["backups"][0]["timestamp"] == TS
+    # status and inspect take the backup directory too (its newest backup), as their help says
+    r = cli("snapshot", "status", "-w", "json", str(tmp_path / "b"))
+    assert r.code == 0 and json.loads(r.out) == etcdutl_status(snap), r.err
+    r = cli("snapshot", "inspect", "--keys-only", str(tmp_path / "b"))
+    assert r.code == 0 and "/multi/00001" in r.out, r.err
 
 
 def test_backup_dir_problems(snap: Path, tmp_path: Path) -> None:

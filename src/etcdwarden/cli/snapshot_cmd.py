@@ -50,7 +50,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     where = "FILE|DIR|URL"
     q = snap.add_parser("status", parents=parents, help="hash, revision, total keys and size (like etcdutl)")
-    q.add_argument("file", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
+    q.add_argument("path", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
     identity(q)
     backup_input(q, "the newest backup")
     q.set_defaults(func=cmd_status)
@@ -67,7 +67,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=cmd_verify)
 
     q = snap.add_parser("inspect", parents=parents, help="list the keys of a snapshot")
-    q.add_argument("file", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
+    q.add_argument("path", metavar=where, help="snapshot file, manifest, backup directory or repository URL")
     q.add_argument("--prefix", default="", help="only keys starting with this prefix")
     q.add_argument("--keys-only", action="store_true", help="omit values")
     q.add_argument("--rev", type=int, default=None, help="show the key space at this revision")
@@ -121,7 +121,7 @@ def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
     from etcdwarden.format.names import Kind, parse
 
     temp = Path(args.temp_dir) if args.temp_dir else None
-    location: str = args.file
+    location: str = args.path
     path = _local_file(location)
     if path is not None and args.backup_id is None and path.is_file():
         n = parse(path.name)
