@@ -150,3 +150,26 @@ def test_unwritable_repository_is_one_clear_line(etcd1: LocalCluster, tmp_path: 
         r = cli("backup", str(repo / "sub"), "--endpoints", etcd1.endpoints[0])
         assert r.code == 1 and "Traceback" not in r.err and str(repo / "sub") in r.err, r.err
     assert names(repo) == before
+
+
+@pytest.mark.unit
+def test_a_backup_leaves_the_unlocked_writers_of_its_own_process_alone(tmp_path: Path) -> None:
+    """The daemon's receiver and drills write segments, their manifests, drill records and the receiver state
+    without the repository lock: a backup of the same process (the previous lock holder is this very process)
+    removes only backup parts; once the previous holder is gone, all of them go."""
+    from etcdwarden.fsutil import LockInfo
+    from etcdwarden.repository.local import remove_stale_temp
+
+    rev = "0" * 18 + "7"
+    unlocked = [f"segment_{TS}_{rev}.zst.part", f"segment_{TS}_{rev}.json.part", f"drill_{TS}.json.part",
+                ".etcdwarden-receive.json.part"]
+    backup_parts = [f"snapshot_{TS}.db.part", f"backup_{TS}.json.part"]
+    for n in unlocked + backup_parts:
+        (tmp_path / n).write_bytes(b"x")
+    done = remove_stale_temp(tmp_path, LockInfo(tmp_path / ".etcdwarden.lock", Holder.me()))
+    assert sorted(done.removed) == sorted(backup_parts) and names(tmp_path) == set(unlocked)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = Holder(dead.pid, None, Holder.me().host)
+    done = remove_stale_temp(tmp_path, LockInfo(tmp_path / ".etcdwarden.lock", gone))
+    assert sorted(done.removed) == sorted(unlocked) and names(tmp_path) == set()

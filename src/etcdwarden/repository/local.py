@@ -269,12 +269,15 @@ def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
 
     Call it holding the directory's lock (``lock``). Only names of etcdwarden's own temporary pattern are
     touched. A ``.tmp-<pid>`` file names its writer: removed when that process is gone. A ``.part``
-    file is written only under the lock, so its writer is the previous holder recorded in the lock file:
-    removed when that process is gone (dead, or its PID reused), or is this very process (whose earlier
-    run has ended, since we hold the lock now); never when the previous holder is alive, unknown, or on
-    another host.
+    file of a backup (snapshot, resources, manifest) is written only under the lock, so its writer is the
+    previous holder recorded in the lock file: removed when that process is gone (dead, or its PID reused), or
+    is this very process (whose earlier run has ended, since we hold the lock now); never when the previous
+    holder is alive, unknown, or on another host. Segments, segment manifests, drill records and the
+    receiver's state are written without the lock by other tasks of a process (the daemon's receiver and
+    drills): their ``.part`` files are removed only when the previous holder is gone, never because it is
+    this very process (the receiver may be writing one right now).
     """
-    from etcdwarden.format.names import TEMP_RE, internal
+    from etcdwarden.format.names import TEMP_RE, Kind, internal, parse
 
     out = StaleCleanup()
     me = Holder.me()
@@ -299,6 +302,11 @@ def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
             out.left[name] = ("the previous lock holder " + (f"(pid {prev.pid}) is still running or unknown"
                                                               if prev is not None else "is not recorded"))
             continue
+        if m is None and prev == me:
+            n = parse(name)
+            if n is None or n.kind not in (Kind.SNAPSHOT, Kind.RESOURCES, Kind.MANIFEST):
+                out.left[name] = "written without the lock by another task of this process (it may be writing it now)"
+                continue
         try:
             (directory / name).unlink()
         except FileNotFoundError:
