@@ -45,7 +45,7 @@ META_PAGE = 0x04
 FREELIST_PAGE = 0x10
 BUCKET_LEAF_FLAG = 0x01
 NO_FREELIST = 0xFFFFFFFFFFFFFFFF
-RSS_BUDGET = 4 * 1024 * 1024  # a backup walks its snapshot within a 64 MiB peak RSS
+RSS_BUDGET = 1024 * 1024  # mapped pages dropped after each MiB walked (madvise costs what it drops, not more)
 
 _PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
 _META = struct.Struct("<IIIIQQQQQQ")  # magic version pageSize flags root sequence freelist pgid txid checksum
