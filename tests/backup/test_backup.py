@@ -299,3 +299,29 @@ def test_encryption_config_recorded_and_migration_refuses(etcd1: LocalCluster, t
     (tmp_path / "enc.yaml.migration-state.json").write_text('{"version": 1, "complete": false}')
     r = cli("backup", str(tmp_path / "c"), "--endpoints", etcd1.endpoints[0], "--encryption-config", str(cfg))
     assert r.code == 3 and "migration is in progress" in r.err and "--force" in r.err
+
+
+def test_zstd_output_that_decodes_to_other_bytes_fails(etcd1: LocalCluster, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round-trip check: compressed output whose decoding differs from the bytes received (here one byte
+    of each decoded block changed) fails the backup, and nothing is left behind."""
+    import zstandard
+
+    real = zstandard.ZstdDecompressor
+
+    class Garbling:
+        def decompressobj(self) -> object:
+            inner = real().decompressobj()
+
+            class Obj:
+                def decompress(self, data: bytes) -> bytes:
+                    out = inner.decompress(data)
+                    return bytes([out[0] ^ 1]) + out[1:] if out else out
+
+            return Obj()
+
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", Garbling)
+    out = tmp_path / "z"
+    r = cli("backup", str(out), "--endpoints", etcd1.endpoints[0], "--compress", "zstd")
+    assert r.code != 0 and "does not decompress to the bytes received" in r.err, r.err
+    assert not [n for n in _files(out) if n.startswith((".snap", "snap", "backup_"))], _files(out)

@@ -33,7 +33,7 @@ from etcdwarden import __version__
 from etcdwarden.backup.hashkv import HashKVProbe
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
-from etcdwarden.backup.stream import EncodedSink, SnapshotStreamError, StreamPipe, StreamResult
+from etcdwarden.backup.stream import TRAILER, Crc, EncodedSink, SnapshotStreamError, StreamPipe, StreamResult
 from etcdwarden.errors import (
     AuthenticationFailed,
     EtcdError,
@@ -230,6 +230,7 @@ class _Run:
         self.roundtrip = opts.compress == "zstd" and not recipients and opts.verify == "full"
         self.final: Writer | None = None  # the snapshot object
         self.encoded: EncodedSink | None = None
+        self.received = Crc()  # CRC-32C of the bytes received, when the encoded output is decoded to compare
         self.check: StreamCheck | None = None  # the structure walk made from the stream, when no plain file is kept
         self._scratch: Path | None = None  # a temporary directory of ours holding its summaries
 
@@ -253,6 +254,9 @@ class _Run:
             self.final.hashed = True  # the stream's hash covers the plain bytes; the object's bytes are encoded
             self.encoded = EncodedSink(self.final, bool(self.opts.compress), self.recipients, self.roundtrip)
             sinks.append(self.encoded.write)
+            if self.encoded.roundtrip is not None:  # what the decoded output must equal
+                self.received = Crc()
+                sinks.append(self.received)
         else:
             self.final.hashed = False  # StreamResult.file_sha256 is the object's sha256: no second hashing
             sinks.append(self.final.write)
@@ -348,7 +352,7 @@ class _Run:
             v["structure"] = True
             v["pages_checked"] = pages
         if self.roundtrip and self.encoded is not None:
-            if self.encoded.roundtrip_sha256 != result.file_sha256:
+            if self.encoded.roundtrip != self.received or self.received.length != result.db_size + TRAILER:
                 raise EtcdwardenError(f"{self.names.snapshot}: the compressed snapshot does not decompress to the "
                                       "bytes received")
             v["roundtrip"] = True

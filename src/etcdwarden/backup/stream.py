@@ -26,6 +26,7 @@ import zstandard
 
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.repository.base import Writer
+from etcdwarden.snapshot.crc import crc32c
 
 TRAILER = 32
 
@@ -64,8 +65,11 @@ ZSTD_LEVEL = 1  # at level 3 compression costs 4x the CPU (1.3 s vs 0.3 s per 27
 class EncodedSink:
     """zstd and/or age encoding into a repository :class:`Writer` (``file``), in a worker thread.
 
-    ``roundtrip``: the compressed output is also decompressed as it is produced and hashed
-    (:attr:`roundtrip_sha256`), proving it decodes to the bytes received without reading anything back.
+    ``roundtrip``: the compressed output is also decompressed as it is produced and its CRC-32C taken
+    (:attr:`roundtrip`, a :class:`Crc`), which the caller compares with the CRC of the bytes received: proof
+    that it decodes to them, without reading anything back (CRC-32C, computed in hardware, is about five
+    times cheaper here than a second sha256 of the whole database; the received bytes' sha256 is the
+    trailer check's).
     """
 
     def __init__(self, file: Writer, compress: bool, recipients: list[Any], roundtrip: bool = False) -> None:
@@ -74,13 +78,9 @@ class EncodedSink:
         self.error: BaseException | None = None
         self.compress = compress
         self.recipients = recipients
-        self.roundtrip = hashlib.sha256() if roundtrip and compress and not recipients else None
+        self.roundtrip = Crc() if roundtrip and compress and not recipients else None
         self.thread = threading.Thread(target=self._run, name="etcdwarden-encode", daemon=True)
         self.thread.start()
-
-    @property
-    def roundtrip_sha256(self) -> str | None:
-        return self.roundtrip.hexdigest() if self.roundtrip is not None else None
 
     def _run(self) -> None:
         try:
@@ -103,7 +103,7 @@ class EncodedSink:
                 if out:
                     write(out)
                     if check is not None and dec is not None:
-                        check.update(dec.decompress(out))
+                        check(dec.decompress(out))
                 if item is None:
                     return
         except BaseException as e:
@@ -141,6 +141,25 @@ class EncodedSink:
                 self.q.put(None, timeout=1)
             self.thread.join(timeout=10)
         self.file.discard()
+
+
+class Crc:
+    """CRC-32C and length of what passes through it (a sink of :class:`StreamPipe`, or fed by the encoder)."""
+
+    __slots__ = ("length", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.length = 0
+
+    def __call__(self, data: bytes) -> None:
+        self.value = crc32c(data, value=self.value)
+        self.length += len(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Crc) and (self.value, self.length) == (other.value, other.length)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _SinkWriter(io.BufferedIOBase):
