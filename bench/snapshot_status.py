@@ -103,13 +103,13 @@ def main() -> int:
             pass
 
     etcdutl = [str(find_binary("etcdutl")), "snapshot", "status", "-w", "json", str(snap)]
-    # the full CLI (imports every command module) and the library alone (CLI start-up cost excluded)
-    cli = [sys.executable, "-c", "from etcdwarden.cli.main import main; main()",
-           "snapshot", "status", "-w", "json", str(snap)]
+    # the command users run (the installed script beside this interpreter) and the library alone (start-up
+    # cost excluded)
+    script = Path(sys.executable).parent / "etcdwarden"
+    cli = [str(script), "snapshot", "status", "-w", "json", str(snap)]
     lib = [sys.executable, "-c", "import json, sys; from etcdwarden.snapshot.status import db_status; "
            "print(json.dumps(db_status(sys.argv[1]).as_json(), separators=(',', ':')))", str(snap)]
-    verify = [sys.executable, "-c", "from etcdwarden.cli.main import main; main()",
-              "snapshot", "verify", "-w", "json", str(snap)]
+    verify = [str(script), "snapshot", "verify", "-w", "json", str(snap)]
     cmds = {"etcdutl": etcdutl, "etcdwarden": cli, "library": lib}
     results: dict[str, list[tuple[float, float, int, str]]] = {k: [] for k in cmds}
     for _ in range(args.repeat):

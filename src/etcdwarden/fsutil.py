@@ -11,7 +11,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,7 +112,7 @@ class Holder:
 
     @classmethod
     def me(cls) -> Holder:
-        return cls(os.getpid(), process_start(os.getpid()), socket.gethostname())
+        return cls(os.getpid(), process_start(os.getpid()), os.uname().nodename)
 
     @classmethod
     def parse(cls, text: str) -> Holder | None:
@@ -130,7 +129,7 @@ class Holder:
 
     def gone(self) -> bool:
         """True only when this holder's process surely no longer exists (same host; PID dead or reused)."""
-        if self.host != socket.gethostname():
+        if self.host != os.uname().nodename:
             return False  # another machine (a shared mount): its processes are not ours to judge
         try:
             os.kill(self.pid, 0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
 
 MAX_DURATION = 100 * 365.25 * 86400.0  # 100 years, in seconds
 MAX_SIZE = 1024**6  # 1 EiB
@@ -151,6 +150,8 @@ def parse_size(value: object, *, bare_bytes: bool = False) -> int:
     m = _SIZE.fullmatch(text)
     if not m:
         raise UnitError(f"invalid size {value!r}; use a number and a unit ({SIZE_EXAMPLES})")
+    from decimal import Decimal, InvalidOperation  # here: every command imports this module, few parse a size
+
     number, unit = m.group(1), m.group(2)
     if not unit:
         if bare_bytes or Decimal(number) == 0:
@@ -170,6 +171,8 @@ def parse_size(value: object, *, bare_bytes: bool = False) -> int:
 
 
 def _size_hint(number: str) -> str:
+    from decimal import Decimal
+
     if Decimal(number) >= 1024**2 and Decimal(number) == int(Decimal(number)):
         n = int(Decimal(number))
         guess = f"{number}B ({format_size(n)})" if n <= MAX_SIZE else f"{number}B"

@@ -9,17 +9,9 @@ from pathlib import Path
 import pytest
 
 from etcdwarden.errors import UsageError
-from etcdwarden.repository.base import (
-    REGISTRY,
-    ObjectNotFound,
-    Repository,
-    RepositoryError,
-    RepositoryOptions,
-    normalize,
-    open_repository,
-    scheme_of,
-)
+from etcdwarden.repository.base import ObjectNotFound, Repository, RepositoryError, RepositoryOptions, open_repository
 from etcdwarden.repository.local import LocalRepository
+from etcdwarden.repository.location import REGISTRY, normalize, scheme_of
 from etcdwarden.repository.objectstore import AzureRepository, GCSRepository, S3Repository
 from tests.repository.seaweed import SeaweedS3
 

@@ -8,6 +8,7 @@ to clean up. This module imports nothing heavy for that reason.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from types import FrameType
@@ -23,6 +24,7 @@ def _early(signum: int, _frame: FrameType | None) -> None:
 def main() -> None:
     for s in _LINES:
         signal.signal(s, _early)
+    gc.disable()  # while the command line is imported; etcdwarden.cli.main.main turns it on again
     from etcdwarden.cli.main import main as run_main
 
     run_main()

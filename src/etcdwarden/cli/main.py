@@ -9,6 +9,7 @@ a command with its cleanup done, one line and exit 128 + the signal (:mod:`etcdw
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -131,9 +132,26 @@ def _run(arglist: list[str], output: Output) -> int:
         return code
 
 
+def _import_chosen(argv: Sequence[str]) -> None:
+    """Import the chosen command's module with the garbage collector off, then freeze what the imports made.
+
+    Imports allocate tens of thousands of objects that live as long as the process; the collector would
+    walk them again and again while they load and once more at exit (~10 ms of a short command such as
+    ``snapshot status``). Frozen, they are left out of every later collection."""
+    gc.disable()
+    try:
+        chosen = _chosen(argv)
+        if chosen is not None:
+            importlib.import_module(COMMANDS[chosen][0])
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def main() -> None:
     # gRPC's C core logs handshake failures on stderr; our own message already says what failed.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    _import_chosen(sys.argv[1:])
     received: list[int] = []
     quiet_once_interrupted(received)
     try:
@@ -142,4 +160,5 @@ def main() -> None:
         code = SIGNALS[signal.SIGINT][1]
     for s in SIGNALS:  # the command is over: a signal now ends the process as it would any other
         signal.signal(s, signal.SIG_DFL)
+    gc.freeze()  # the interpreter's teardown then does not walk every object once more
     sys.exit(code)

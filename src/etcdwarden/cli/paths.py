@@ -51,7 +51,7 @@ def local_directory(text: str) -> Path | None:
     """The local path of a directory argument (a plain path or ``file://`` URL); ``None`` for object stores."""
     from urllib.parse import unquote, urlsplit
 
-    from etcdwarden.repository.base import scheme_of
+    from etcdwarden.repository.location import scheme_of
 
     if scheme_of(text) != "file":
         return None

@@ -211,7 +211,7 @@ class _Resolver:
 
     def _check_options(self, options: dict[str, Any], doc: Document, loc: Loc) -> None:
         try:
-            from etcdwarden.repository import RepositoryOptions
+            from etcdwarden.repository.base import RepositoryOptions
         except ImportError:  # checked when the repository is opened
             return
         try:

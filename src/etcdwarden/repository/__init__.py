@@ -1,18 +1,6 @@
-"""Where backups live: one small interface (:mod:`.base`), one module per backend (:mod:`.local`,
-:mod:`.objectstore`), the catalog of manifests (:mod:`.catalog`), copying (:mod:`.transfer`), the
-glue ``etcdwarden backup`` uses to write into a repository (:mod:`.target`) and the retention policies
-(:mod:`.retention`)."""
+"""Where backups live: one small interface (:mod:`.base`), URL schemes (:mod:`.location`), one module per
+backend (:mod:`.local`, :mod:`.objectstore`), the catalog of manifests (:mod:`.catalog`), copying
+(:mod:`.transfer`), the glue ``etcdwarden backup`` uses to write into a repository (:mod:`.target`) and the
+retention policies (:mod:`.retention`)."""
 
-from etcdwarden.repository.base import (
-    REGISTRY,
-    ObjectInfo,
-    ObjectNotFound,
-    Repository,
-    RepositoryError,
-    RepositoryOptions,
-    Writer,
-    open_repository,
-)
-
-__all__ = ["REGISTRY", "ObjectInfo", "ObjectNotFound", "Repository", "RepositoryError", "RepositoryOptions",
-           "Writer", "open_repository"]
+# Nothing is imported here: `import etcdwarden.repository.location` must stay cheap (see that module).

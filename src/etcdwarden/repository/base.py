@@ -17,7 +17,7 @@ The interface is small and synchronous:
   backups (local or remote), copies between repositories, manifests;
 * :meth:`Repository.delete` — remove one object (a missing one is not an error).
 
-Backends register their URL scheme in :data:`REGISTRY` (scheme → ``module:Class``), imported lazily.
+Backends register their URL scheme in :data:`.location.REGISTRY` (scheme → ``module:Class``), imported lazily.
 Credentials never appear in :attr:`Repository.url` or in an error message.
 """
 
@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.fsutil import LockInfo
+from etcdwarden.repository.location import REGISTRY, normalize, scheme_of
 
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+:-]*$")
@@ -318,42 +319,6 @@ class Repository(ABC):
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
-
-
-#: URL scheme -> "module:Class" (imported on first use)
-REGISTRY: dict[str, str] = {
-    "file": "etcdwarden.repository.local:LocalRepository",
-    "s3": "etcdwarden.repository.objectstore:S3Repository",
-    "gs": "etcdwarden.repository.objectstore:GCSRepository",
-    "az": "etcdwarden.repository.objectstore:AzureRepository",
-}
-_SCHEME_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-
-
-def scheme_of(location: str | Path) -> str:
-    """``file`` for plain paths; otherwise the URL scheme (``s3``, ``gs``, ``az``)."""
-    text = str(location)
-    m = _SCHEME_RE.match(text)
-    if m is None:
-        # a URL passed through pathlib loses one slash ("s3://b/p" -> "s3:/b/p"): accept it
-        m2 = re.match(r"^([a-z][a-z0-9]*):/[^/]", text)
-        if m2 is not None and m2.group(1).lower() in REGISTRY and m2.group(1).lower() != "file":
-            return m2.group(1).lower()
-        return "file"
-    return m.group(1).lower()
-
-
-def normalize(location: str | Path) -> str:
-    """The location as a URL: plain paths become ``file://`` URLs of their absolute path."""
-    text = str(location)
-    scheme = scheme_of(text)
-    if scheme == "file":
-        if _SCHEME_RE.match(text):
-            return text
-        return "file://" + str(Path(text).expanduser().absolute())
-    if not _SCHEME_RE.match(text):
-        text = text.replace(":/", "://", 1)
-    return text
 
 
 def split_query(url: str) -> tuple[str, dict[str, str]]:

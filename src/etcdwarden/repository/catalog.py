@@ -50,7 +50,7 @@ from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.format import drill as drill_format
 from etcdwarden.format.drill import DrillRecord, DrillRecordError
 from etcdwarden.format.manifest import Manifest, ManifestError, load
-from etcdwarden.format.names import TEMP_RE, Kind, internal, parse, parse_id
+from etcdwarden.format.names import Kind, internal, parse, parse_id
 from etcdwarden.repository.base import ObjectInfo, Repository, RepositoryError
 
 GOOD = "complete"
@@ -59,7 +59,7 @@ UNVERIFIED = "unverified"
 INCOMPLETE = "incomplete"
 UNREADABLE = "unreadable"
 
-__all__ = ["CORRUPT", "GOOD", "TEMP_RE", "BackupUnusable", "Catalog", "CatalogEntry", "NoBackup", "classify",
+__all__ = ["CORRUPT", "GOOD", "BackupUnusable", "Catalog", "CatalogEntry", "NoBackup", "classify",
            "delete_backup", "internal", "load_catalog", "parse_id"]
 
 

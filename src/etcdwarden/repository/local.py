@@ -277,7 +277,7 @@ def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
     drills): their ``.part`` files are removed only when the previous holder is gone, never because it is
     this very process (the receiver may be writing one right now).
     """
-    from etcdwarden.format.names import TEMP_RE, Kind, internal, parse
+    from etcdwarden.format.names import Kind, internal, is_temp, parse
 
     out = StaleCleanup()
     me = Holder.me()
@@ -288,7 +288,7 @@ def remove_stale_temp(directory: Path, lock: LockInfo) -> StaleCleanup:
     except OSError:
         return out
     for name in names:
-        ours = TEMP_RE.match(name) or (internal(name) and (_TMP_PID.search(name) or name.endswith(PART_SUFFIX)))
+        ours = is_temp(name) or (internal(name) and (_TMP_PID.search(name) or name.endswith(PART_SUFFIX)))
         if not ours:
             continue
         m = _TMP_PID.search(name)

@@ -43,7 +43,8 @@ from etcdwarden.format.segment import (
     decode_record,
     decode_segment,
 )
-from etcdwarden.repository.base import Repository, RepositoryError, RepositoryOptions, normalize, open_repository
+from etcdwarden.repository.base import Repository, RepositoryError, RepositoryOptions, open_repository
+from etcdwarden.repository.location import normalize
 from etcdwarden.repository.reverify import read_catalog
 from etcdwarden.repository.window import ReplayPlan, Window, read_window
 from etcdwarden.restore import etcdutl as eu

@@ -32,9 +32,10 @@ from urllib.parse import unquote, urlsplit
 from etcdwarden.errors import UsageError
 from etcdwarden.format.manifest import Manifest
 from etcdwarden.format.names import TS_RE, Kind, parse
-from etcdwarden.repository.base import Repository, RepositoryOptions, normalize, open_repository, scheme_of
+from etcdwarden.repository.base import Repository, RepositoryOptions, open_repository
 from etcdwarden.repository.catalog import Catalog, CatalogEntry
 from etcdwarden.repository.fetch import fetch_files
+from etcdwarden.repository.location import normalize, scheme_of
 from etcdwarden.repository.reverify import read_catalog
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 from etcdwarden.snapshot.scratch import existing_dir, scratch_dir

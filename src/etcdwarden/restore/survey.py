@@ -203,7 +203,8 @@ class BackupPoint:
 
 def newest_backup(location: str, options: Any = None) -> BackupPoint | None:
     """The newest complete backup in ``location`` (a directory or repository URL); ``None`` if there is none."""
-    from etcdwarden.repository.base import normalize, open_repository
+    from etcdwarden.repository.base import open_repository
+    from etcdwarden.repository.location import normalize
     from etcdwarden.repository.reverify import read_catalog
 
     repo = open_repository(normalize(location), options)
