@@ -1,11 +1,12 @@
 """Backup speed and memory: etcdwarden backup vs etcdctl snapshot save, side by side in one run.
 
-Usage: python -m bench.backup [--size-mb 1024] [--rounds 2] [--workdir DIR] [--only TEXT,...]
+Usage: python -m bench.backup [--size-mb 1024] [--rounds 5] [--workdir DIR] [--only TEXT,...]
 
-Starts a 3-member loopback cluster, fills it to --size-mb, then alternates etcdctl snapshot save and
-etcdwarden backup (the default ``--verify full``, ``--verify hash``, zstd with each) from the same
-follower and prints wall times (medians), the ratios to etcdctl, etcdwarden's peak RSS and the load
-average before and after. ``--only`` keeps the variants whose name contains one of the texts (etcdctl,
+Starts a 3-member loopback cluster, fills it to --size-mb (or uses the member ``--follower URL`` of a
+cluster already running), then alternates etcdctl snapshot save and etcdwarden backup (the default
+``--verify full``, ``--verify hash``, zstd with each) from the same follower, the order turning by one
+variant per round, and prints wall times (medians), the ratios to etcdctl, etcdwarden's peak RSS and the
+load average before and after. ``--only`` keeps the variants whose name contains one of the texts (etcdctl,
 the reference, always runs).
 Targets (issue 12): default ≤ 1.05× etcdctl, ``--verify hash`` ≤ 1.0×, zstd ≤ 1.15×; peak RSS ≤ 64 MiB.
 """
@@ -27,17 +28,23 @@ from etcdwarden.binaries import find_binary
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="a multiple of the number of variants + 1 puts each "
+                    "in every position equally often")
     ap.add_argument("--workdir")
     ap.add_argument("--only", default="")
     ap.add_argument("--ref-src", help="also run each etcdwarden variant with this src/ directory first on "
                     "PYTHONPATH (e.g. a checkout of main), alternated with the current code: before and after")
+    ap.add_argument("--follower", help="a member of a running cluster to back up (no cluster is started)")
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="etcdwarden-bench-"))
-    cluster = big_cluster(base / "cluster")
+    base.mkdir(parents=True, exist_ok=True)
+    cluster = big_cluster(base / "cluster") if a.follower is None else None
     try:
-        fill_bytes(cluster, a.size_mb * 1024 * 1024)
-        follower = cluster.members[1].client_url
+        if cluster is not None:
+            fill_bytes(cluster, a.size_mb * 1024 * 1024)
+            follower = cluster.members[1].client_url
+        else:
+            follower = a.follower
         etcdctl = str(find_binary("etcdctl"))
         me = [sys.executable, "-m", "etcdwarden"]
         variants: dict[str, list[str]] = {
@@ -63,12 +70,18 @@ def main() -> None:
         load_before = os.getloadavg()
         results: dict[str, list[Run]] = {k: [] for k in variants}
         out = base / "out"
+        # Position matters on this kind of machine: the run right after another 1 GiB write (etcdctl's file
+        # deleted, its pages reclaimed) used ~1 s more CPU than the same command one slot later, in every
+        # round. So the order turns by one group per round (etcdctl, then each variant with its [ref] twin):
+        # over a multiple of the group count every group runs in every slot once.
+        groups = [[name] for name in variants if not name.startswith("[ref] ")]
+        for g in groups:
+            if "[ref] " + g[0] in variants:
+                g.append("[ref] " + g[0])
         for rnd in range(a.rounds):
-            names = list(variants)
-            if rnd % 2:  # odd rounds: each [ref] variant before its pair, so that order effects hit both alike
-                for i, name in enumerate(names):
-                    if name.startswith("[ref] "):
-                        names[i - 1], names[i] = name, names[i - 1]
+            turned = groups[rnd % len(groups):] + groups[:rnd % len(groups)]
+            # odd rounds: each [ref] variant before its pair, so that order effects hit both alike
+            names = [n for g in turned for n in (g[::-1] if rnd % 2 else g)]
             for name in names:
                 extra = variants[name]
                 shutil.rmtree(out, ignore_errors=True)
@@ -92,7 +105,8 @@ def main() -> None:
             rss = max(r.max_rss_mib for r in runs)
             print(f"{name:50} {w:8.2f} {w / ref:6.2f} {rss:13.1f}")
     finally:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         if not a.workdir:
             shutil.rmtree(base, ignore_errors=True)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
@@ -34,16 +34,31 @@ log = logging.getLogger(__name__)
 TIMEOUT = 300.0
 
 
-async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: float = TIMEOUT) -> HashKV:
+class Measured(NamedTuple):
+    """What :func:`measure` got; :meth:`as_hash_kv` is the manifest's record of it.
+
+    A plain tuple on purpose: the probe runs while the backup walks its snapshot, and building the manifest's
+    (pydantic) model here would load pydantic (~9 MiB) during the walk, the backup's peak of memory."""
+
+    hash: int
+    revision: int
+    compact_revision: int
+    keys: int
+
+    def as_hash_kv(self) -> HashKV:
+        from etcdwarden.format.manifest import HashKV
+
+        return HashKV(hash=self.hash, revision=self.revision, compact_revision=self.compact_revision, keys=self.keys)
+
+
+async def measure(client: EtcdClient, ep: Endpoint, revision: int, timeout: float = TIMEOUT) -> Measured:
     """``HashKV`` at ``revision`` and the live key count at it, both asked of the member at ``ep``."""
-    from etcdwarden.format.manifest import HashKV
     hreq = pb.HashKVRequest(revision=revision)
     h = await client.call(ep, lambda m, md, t: m.maintenance.HashKV(hreq, metadata=md, timeout=t), timeout)
     count = await client.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,
                                                       revision=revision, serializable=True), timeout)
     # etcd says -1 when nothing was ever compacted
-    return HashKV(hash=int(h.hash), revision=revision, compact_revision=max(0, int(h.compact_revision)),
-                  keys=int(count.count))
+    return Measured(int(h.hash), revision, max(0, int(h.compact_revision)), int(count.count))
 
 
 class HashKVProbe:
@@ -54,11 +69,11 @@ class HashKVProbe:
                  timeout: float = TIMEOUT) -> None:
         self.loop, self.client, self.chosen, self.timeout = loop, client, chosen, timeout
         self.revision = revision
-        self.future: concurrent.futures.Future[HashKV] | None = None
+        self.future: concurrent.futures.Future[Measured] | None = None
         if revision is not None and revision > 0:
             self.future = self._start(revision)
 
-    def _start(self, revision: int) -> concurrent.futures.Future[HashKV]:
+    def _start(self, revision: int) -> concurrent.futures.Future[Measured]:
         return asyncio.run_coroutine_threadsafe(measure(self.client, self.chosen.endpoint, revision, self.timeout),
                                                 self.loop)
 
@@ -79,7 +94,7 @@ class HashKVProbe:
             self.cancel()
             self.revision, self.future = revision, self._start(revision)
         try:
-            return self.future.result(self.timeout + 30.0)
+            measured = self.future.result(self.timeout + 30.0)
         except Exception as e:  # never fails the backup: the field is optional, and a warning says why
             self.future.cancel()
             if isinstance(e, concurrent.futures.TimeoutError):
@@ -90,3 +105,4 @@ class HashKVProbe:
                             "backup compares its revision and key counts only")
             log.warning("HashKV at revision %d not recorded: %s", revision, why)
             return None
+        return measured.as_hash_kv()

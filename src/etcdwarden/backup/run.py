@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etcdwarden import __version__
+from etcdwarden import __version__, memory
 from etcdwarden.backup.hashkv import HashKVProbe
 from etcdwarden.backup.preflight import Candidate, Preflight, preflight
 from etcdwarden.backup.resources import CertificateNote, certificate_notes, check_paths, write_bundle
@@ -315,6 +315,7 @@ class _Run:
 
     def verify_and_commit(self, result: StreamResult) -> tuple[SnapshotStatus | None, dict[str, Any]]:
         """Verify, then commit the snapshot object (an object store completes its upload only now)."""
+        memory.trim()  # what the stream's buffers occupied goes back before the walk and the manifest add theirs
         try:
             status, verification = self._verify(result)
             assert self.final is not None

@@ -265,6 +265,7 @@ class StreamPipe:
                     continue
                 blobs, remaining = item
                 data = blobs[0] if len(blobs) == 1 else b"".join(blobs)
+                del item, blobs  # the messages go back to the allocator now, not after the batch is written
                 checker.feed(data, remaining)
                 for write in sinks:
                     write(data)
