@@ -99,11 +99,12 @@ def main() -> None:
         print(f"database ~{a.size_mb} MB; snapshot file {db.stat().st_size / 1e6:.0f} MB" if db else "")
         print("load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}; rounds {}; medians".format(
             *load_before, *os.getloadavg(), a.rounds))
-        print(f"{'variant':50} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13}")
+        print(f"{'variant':50} {'wall s':>8} {'ratio':>6} {'peak RSS MiB':>13} {'CPU s':>6}")
         for name, runs in results.items():
             w = statistics.median(r.wall for r in runs)
             rss = max(r.max_rss_mib for r in runs)
-            print(f"{name:50} {w:8.2f} {w / ref:6.2f} {rss:13.1f}")
+            cpu = statistics.median(r.cpu for r in runs)  # the command's own user + system time
+            print(f"{name:50} {w:8.2f} {w / ref:6.2f} {rss:13.1f} {cpu:6.2f}")
     finally:
         if cluster is not None:
             cluster.stop()

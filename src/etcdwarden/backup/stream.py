@@ -74,7 +74,7 @@ class EncodedSink:
 
     def __init__(self, file: Writer, compress: bool, recipients: list[Any], roundtrip: bool = False) -> None:
         self.file = file
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # chunks of up to 1 MiB (StreamPipe.BATCH)
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # chunks of StreamPipe.BATCH bytes
         self.error: BaseException | None = None
         self.compress = compress
         self.recipients = recipients
@@ -236,13 +236,16 @@ class StreamPipe:
     bytes and queues them; the worker joins a batch into one buffer, hashes it (:class:`TrailerChecker`)
     and hands it to every sink (``write`` of a :class:`Writer` or an :class:`EncodedSink`). ``hashlib``
     and ``os.write`` release the GIL, so the next messages are received and parsed while the last ones are
-    hashed and written; joining first means the worker takes the GIL back twice per MiB, not twice per
+    hashed and written; joining first means the worker takes the GIL back twice per batch, not twice per
     message (a thread that keeps taking it back waits for the busy event loop each time). The queue is
     bounded (:data:`DEPTH` batches): memory stays flat. A failure in the worker (disk full, an upload that
     failed) is raised by the next :meth:`feed` or by :meth:`close`.
     """
 
-    BATCH = 1 << 20
+    # 512 KiB, not 1 MiB: the batch being gathered, the queued ones and the one in the worker (its messages
+    # and their join) are what the stream holds beyond gRPC's window; at 1 MiB the default backup's peak RSS
+    # was ~4 MiB higher (65-69 vs 61-63 MiB, 1 GiB database) for no measurable gain in speed.
+    BATCH = 1 << 19
     DEPTH = 2
 
     def __init__(self, sinks: list[Callable[[bytes], object]]) -> None:

@@ -63,7 +63,7 @@ _NOT_PAGE = 1 << 63  # index entry of a page start that is no branch or leaf pag
 _PAST_END = 1 << 62  # ... a branch or leaf page whose overflow runs past the high-water mark (overflow below)
 _TOO_LARGE = 1 << 61  # ... a run longer than MAX_RUN (overflow below)
 _BAD_ID = 1 << 60  # with _NOT_PAGE: the header names another page
-_ZEROS = bytes(1 << 20)
+_ZEROS = bytes(1 << 18)
 
 
 def _zeros_crc(n: int, value: int) -> int:
@@ -138,7 +138,7 @@ class StreamCheck:
     def __init__(self, spill: Path) -> None:
         self.spill_path = spill
         fd = os.open(spill, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._spill = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._spill = os.fdopen(fd, "wb", buffering=1 << 18)
         self._spill_size = 0
         self.buf = bytearray()
         self.base = 0  # absolute offset of buf[0]
@@ -195,7 +195,7 @@ class StreamCheck:
         assert m0 is not None and m1 is not None
         self.meta = max((m0, m1), key=lambda m: m.txid)
         self.page_size, self.high = self.meta.page_size, self.meta.pgid
-        self.index = array("Q", bytes(8 * self.high))
+        self.index = array("Q", [0]) * self.high  # made in place: no zero-filled bytes copied in
 
     def _pages(self) -> None:
         ps, high, buf, index = self.page_size, self.high, self.buf, self.index
