@@ -14,8 +14,10 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class SeaweedS3:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     proc: subprocess.Popen[bytes] | None = None
     volume_max: int = 40  # volumes of 256 MB: ~10 GB of objects (the benchmark asks for more)
+    _tmp: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer, self.filer_grpc,
@@ -86,8 +89,29 @@ class SeaweedS3:
                 "-master.volumeSizeLimitMB=256", f"-volume.max={self.volume_max}", "-volume.preStopSeconds=0",
                 f"-filer.localSocket={sock / 'filer.sock'}", f"-s3.localSocket={sock / 's3.sock'}"]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def _weed_env(self) -> dict[str, str]:
+        """No AWS_* of ours; TMPDIR inside the test's directory: weed puts its gRPC sockets and glog files in
+        the temp dir and leaves them there when stopped (they piled up in /tmp, one set per test)."""
+        if self._tmp is None:  # short (a unix socket's path is at most 107 bytes), removed when weed stops
+            self._tmp = Path(tempfile.mkdtemp(prefix="weed-"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["TMPDIR"] = str(self._tmp)
+        return env
+
+    def _drop_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        # the gRPC local sockets ignore TMPDIR (/tmp/seaweedfs-<server>-grpc-<port>.sock) and outlive the server
+        for server, port in (("master", self.master_grpc), ("volume", self.volume_grpc),
+                             ("filer", self.filer_grpc), ("s3", self.s3_grpc)):
+            path = Path(f"/tmp/seaweedfs-{server}-grpc-{port}.sock")
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = self._weed_env()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.base, start_new_session=True)
@@ -121,7 +145,7 @@ class SeaweedS3:
             r = subprocess.run([str(weed_binary()), "shell", f"-master=127.0.0.1:{self.master}.{self.master_grpc}",
                                 f"-filer=127.0.0.1:{self.filer}.{self.filer_grpc}"],
                                input=f"s3.bucket.create -name {self.bucket}\n", capture_output=True, text=True,
-                               timeout=30, cwd=self.base, check=False)
+                               timeout=30, cwd=self.base, check=False, env=self._weed_env())
             out = r.stdout + r.stderr
             if "created bucket" in out or "already exist" in out:
                 return
@@ -148,6 +172,7 @@ class SeaweedS3:
     def stop(self, timeout: float = 5.0) -> None:
         p, self.proc = self.proc, None
         stop_process(p, timeout)
+        self._drop_tmp()
 
     def kill(self) -> None:
         """Stop at once (SIGKILL): the server vanishes in the middle of whatever it was doing."""
@@ -155,6 +180,7 @@ class SeaweedS3:
         if p is not None and p.poll() is None:
             p.kill()
             p.wait(10)
+        self._drop_tmp()
 
     def tail(self, n: int = 4000) -> str:
         return tail_log(self.log, n)
