@@ -103,7 +103,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     repo_opts(q)
     q.set_defaults(func=cmd_prune)
 
-    q = cmds.add_parser("copy", parents=parents, help="copy verified backups from SRC to DST (e.g. local -> S3)")
+    q = cmds.add_parser("copy", parents=parents,
+                        help="copy verified backups, their segments and drill records from SRC to DST (local -> S3)")
     q.add_argument("src", metavar="SRC")
     q.add_argument("dst", metavar="DST")
     q.add_argument("--id", action="append", default=[], metavar="ID", help="only this backup (repeatable)")
@@ -395,7 +396,11 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
         out.line(f"{verb} {i}")
     for i, why in report.skipped.items():
         out.line(f"skipped {i}: {why}")
-    out.info(f"{where}: {verb} {len(report.copied)} backup(s), {humanize_bytes(report.bytes)}; "
+    for note in report.notes:
+        out.warn(note)
+    filed = "".join(f", {len(items)} {what}" for items, what in ((report.segments, "segment(s)"),
+                                                                  (report.drills, "drill record(s)")) if items)
+    out.info(f"{where}: {verb} {len(report.copied)} backup(s){filed}, {humanize_bytes(report.bytes)}; "
              f"{len(report.skipped)} skipped")
     return EXIT_OK
 
