@@ -61,12 +61,14 @@ def test_a_segment_not_as_recorded_ends_the_chain_in_the_copy_with_a_note(tmp_pa
     data = bytearray((src / s2.file).read_bytes())
     data[len(data) // 2] ^= 0x01
     (src / s2.file).write_bytes(bytes(data))
+    (src / BackupNames(B1).drill).write_text('{"format": 1, "backup": "not this one"}')
     r = cli("backups", "copy", str(src), str(dst), "-w", "json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
-    assert doc["copied"] == [B1] and doc["segments"] == [s1.name]
-    (note,) = doc["notes"]
+    assert doc["copied"] == [B1] and doc["segments"] == [s1.name] and doc["drills"] == []
+    note, drill_note = doc["notes"]
     assert s2.file in note and "sha256" in note and "up to the one before" in note
+    assert "drill record is not copied" in drill_note and not (dst / BackupNames(B1).drill).exists()
     assert not (dst / s2.file).exists() and not (dst / s2.name).exists()
     assert _ends(open_repository(dst)) == [(100, 110)]
     r = cli("backups", "copy", str(src), str(tmp_path / "dst2"))

@@ -72,12 +72,18 @@ def is_temp(name: str) -> bool:
     """Whether ``name`` is a temporary name a writer may leave behind (never a backup; see the module docstring):
     ``[.]<final name>.part`` or ``[.]<final name>.tmp-<pid>``, and for snapshots also ``[.]<snapshot>.verify``
     followed by either suffix. (One regex for all of them cost ~5 ms of every command's start-up to compile.)"""
+    return _temp_core(name) is not None
+
+
+def _temp_core(name: str) -> str | None:
+    """The final name inside temporary name ``name`` (``None``: not a temporary name)."""
     m = _TEMP_SUFFIX_RE.search(name)
     if m is None:
-        return False
+        return None
     core = name[1 if name.startswith(".") else 0:m.start()]
     final = _final(core)
-    return final is Kind.SNAPSHOT if m.group().startswith(".verify") else final is not None
+    ok = final is Kind.SNAPSHOT if m.group().startswith(".verify") else final is not None
+    return core if ok else None
 
 
 def _final(name: str) -> Kind | None:
@@ -141,8 +147,8 @@ def parse(name: str) -> Name | None:
         g = m.groupdict()
         return Name(name, kind, g["id"], compression="zstd" if g.get("zst") else None, encrypted=bool(g.get("age")),
                     revision=int(g["rev"]) if g.get("rev") else None)
-    if is_temp(name):
-        core = _TEMP_SUFFIX_RE.sub("", name[1:] if name.startswith(".") else name)
+    core = _temp_core(name)
+    if core is not None:
         final = parse(core)
         if final is not None:  # always, for a temporary name
             return Name(name, final.kind, final.id, temp=True, compression=final.compression,

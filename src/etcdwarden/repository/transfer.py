@@ -106,6 +106,7 @@ def copy_filed(src: Repository, dst: Repository, entry: CatalogEntry, present: s
     """Copy the segments and the drill record filed under ``entry`` that ``dst`` lacks (``present``: the
     names ``dst`` holds), into ``report``."""
     sizes = {o.name: o.size for o in entry.objects}
+    wrote = False
     for name in sorted(n for n in sizes if classify(n) == ("segment-manifest", entry.id)):  # revision order
         try:
             raw = src.read_bytes(name)
@@ -136,6 +137,7 @@ def copy_filed(src: Repository, dst: Repository, entry: CatalogEntry, present: s
             raise
         report.segments.append(name)
         report.bytes += len(raw)
+        wrote = True
     drill = BackupNames(entry.id).drill
     if drill in sizes and drill not in present:
         try:
@@ -143,12 +145,13 @@ def copy_filed(src: Repository, dst: Repository, entry: CatalogEntry, present: s
             load_drill(raw, entry.id)
         except (DrillRecordError, RepositoryError) as e:
             report.notes.append(f"backup {entry.id}: its drill record is not copied ({e})")
-            return
-        if not dry_run:
-            dst.write_bytes(drill, raw)
-        report.drills.append(drill)
-        report.bytes += len(raw)
-    if report.segments and not dry_run:
+        else:
+            if not dry_run:
+                dst.write_bytes(drill, raw)
+                wrote = True
+            report.drills.append(drill)
+            report.bytes += len(raw)
+    if wrote:  # (also after a drill record that could not be copied: the segments before it were)
         dst.sync()
 
 
