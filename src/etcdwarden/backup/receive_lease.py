@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +76,9 @@ class ReceiverLease:
         self.state = ReceiverState(cluster_id=cluster_id, holder=self.holder, heartbeat_at=_now())
         self.previous: ReceiverState | None = None  # the state found on acquiring (progress of the last run)
         self._flock: contextlib.ExitStack | None = None
+        # one write of the state at a time: a heartbeat's thread goes on after its task is cancelled (at
+        # shutdown), and two writes of one name would share its temporary file (the second rename: ENOENT)
+        self._lock = threading.RLock()
 
     # -- acquiring ---------------------------------------------------------------------------------------------
     def _read(self) -> ReceiverState | None:
@@ -143,19 +147,30 @@ class ReceiverLease:
         self._check_still_mine()
 
     def _write(self) -> None:
-        self.state = self.state.model_copy(update={"heartbeat_at": _now()})
-        self.repo.write_bytes(STATE_NAME, dump_state(self.state))
+        with self._lock:
+            self.state = self.state.model_copy(update={"heartbeat_at": _now()})
+            self.repo.write_bytes(STATE_NAME, dump_state(self.state))
 
     def heartbeat(self, base: str | None, revision: int, confirmed_at: dt.datetime | None) -> None:
-        """Renew the lease and record the durable progress (blocking: run it in a thread)."""
-        self._check_still_mine()
-        self.state = self.state.model_copy(update={"base": base, "revision": revision, "confirmed_at": confirmed_at})
-        self._write()
+        """Renew the lease and record the durable progress (blocking: run it in a thread; thread-safe).
+
+        A late heartbeat (its thread outlived its cancelled task) never moves the recorded progress of the
+        same chain backwards."""
+        with self._lock:
+            self._check_still_mine()
+            s = self.state
+            if base == s.base and revision < s.revision:
+                revision, confirmed_at = s.revision, s.confirmed_at
+            elif base == s.base and revision == s.revision and s.confirmed_at is not None and (
+                    confirmed_at is None or confirmed_at < s.confirmed_at):
+                confirmed_at = s.confirmed_at
+            self.state = s.model_copy(update={"base": base, "revision": revision, "confirmed_at": confirmed_at})
+            self._write()
 
     def release(self) -> None:
         """Mark the lease free (a clean stop), keeping the progress recorded."""
         try:
-            with contextlib.suppress(LeaseLost):
+            with self._lock, contextlib.suppress(LeaseLost):
                 self._check_still_mine()
                 self.state = self.state.model_copy(update={"stopped": True})
                 self._write()
