@@ -70,16 +70,16 @@ def test_local_writer_buffers_small_writes_and_keeps_every_byte(tmp_path: Path) 
     buf = LocalWriter.BUFFER
     data = os.urandom(3 * buf + 12345)
     w = LocalRepository(tmp_path).open_write("x.db")
-    assert isinstance(w, LocalWriter) and w.spool == tmp_path / "x.db.part"
+    assert isinstance(w, LocalWriter) and w.part == tmp_path / "x.db.part"
     pieces = [data[i: i + 32768] for i in range(0, 2 * buf, 32768)]
     for p in pieces:
         w.write(p)
-    assert w.spool.stat().st_size == 2 * buf  # whole 1 MiB blocks, not one write per piece
+    assert w.part.stat().st_size == 2 * buf  # whole 1 MiB blocks, not one write per piece
     w.write(data[2 * buf: 3 * buf + 100])  # a large write after buffered ones
     w.write(data[3 * buf + 100:])
-    assert w.spool.stat().st_size < len(data)  # the tail is still buffered in memory
+    assert w.part.stat().st_size < len(data)  # the tail is still buffered in memory
     w.flush()
-    assert w.spool.read_bytes() == data  # flush makes the spool whole (what --verify full reads)
+    assert w.part.read_bytes() == data  # flush makes the .part file whole
     assert not (tmp_path / "x.db").exists()
     w.commit()
     assert (tmp_path / "x.db").read_bytes() == data and [p.name for p in tmp_path.iterdir()] == ["x.db"]

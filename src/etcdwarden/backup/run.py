@@ -6,11 +6,11 @@ verified, and the manifest (the thing that makes a set of objects "a backup") is
 failure discards every writer of this run (no ``.part`` file, no visible upload) and leaves earlier
 backups untouched.
 
-The structure walk of ``--verify full`` reads the plain database: the snapshot's own ``.part`` file when
-the writer keeps one (:attr:`Writer.spool`: a local directory, plain snapshot; read back from the page
-cache), else the stream itself as it passes (:mod:`etcdwarden.snapshot.streamcheck`: object stores,
-encoded snapshots), whose page summaries are spilled next to the repository when it is local, in a private
-temporary directory of the system's otherwise. No copy of the database is written.
+The structure walk of ``--verify full`` reads the stream itself as it passes
+(:mod:`etcdwarden.snapshot.streamcheck`), for every repository and encoding: nothing is read back, so a local
+snapshot is written past the page cache (``open_write(..., bulk=True)``: filling the page cache was most of
+a local backup's CPU time). The page summaries are spilled next to the repository when it is local, in a
+private temporary directory of the system's otherwise. No copy of the database is written.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
 from etcdwarden.snapshot.errors import SnapshotCorrupt
-from etcdwarden.snapshot.status import SnapshotStatus, last_revision
+from etcdwarden.snapshot.status import SnapshotStatus
 from etcdwarden.snapshot.streamcheck import StreamCheck
-from etcdwarden.snapshot.verify import verify_db
 
 if TYPE_CHECKING:
     from etcdwarden.format.manifest import HashKV, Manifest
@@ -248,7 +247,7 @@ class _Run:
             raise_os_error(e, where)
 
     def _open(self) -> StreamPipe:
-        self.final = self.repo.open_write(self.names.snapshot)
+        self.final = self.repo.open_write(self.names.snapshot, bulk=True)
         sinks: list[Callable[[bytes], object]] = []
         if self.encode:
             self.final.hashed = True  # the stream's hash covers the plain bytes; the object's bytes are encoded
@@ -260,7 +259,7 @@ class _Run:
         else:
             self.final.hashed = False  # StreamResult.file_sha256 is the object's sha256: no second hashing
             sinks.append(self.final.write)
-        if self.structure and (self.encode or self.final.spool is None):
+        if self.structure:
             self.check = self._stream_check()
             sinks.append(self.check.feed)
         return StreamPipe(sinks)
@@ -305,11 +304,10 @@ class _Run:
 
     def revision_hint(self, chosen: Candidate) -> int | None:
         """The revision the manifest will record, known before the verification: the snapshot's last revision
-        key when its structure is to be walked, else the member's revision before the snapshot."""
-        plain = self.final
-        if self.structure and self.check is None and plain is not None and plain.spool is not None:
-            plain.flush()
-            return last_revision(plain.spool)
+        key as the stream showed it when its structure is to be walked, else the member's revision before the
+        snapshot."""
+        if self.check is not None and self.check.revision_seen > 0:
+            return self.check.revision_seen
         st = chosen.status.status
         return int(st.header.revision) if st is not None else None
 
@@ -338,17 +336,11 @@ class _Run:
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etcdwarden-sync") as pool:
                 # the slow part of the commit (fsync of the snapshot) runs while the structure is walked
                 synced = pool.submit(final.sync)
-                if self.check is not None:
-                    try:
-                        status, pages, _entries = self.check.finish()
-                    except SnapshotCorrupt as e:
-                        raise SnapshotCorrupt(f"{self.names.snapshot}: {e}") from e
-                else:
-                    assert final.spool is not None
-                    final.flush()
-                    # the stream hashed these very bytes on their way to the file: no second hashing pass
-                    report = verify_db(final.spool, display=self.names.snapshot, streamed_sha256=result.db_sha256)
-                    status, pages = report.status, report.pages
+                assert self.check is not None
+                try:
+                    status, pages, _entries = self.check.finish()
+                except SnapshotCorrupt as e:
+                    raise SnapshotCorrupt(f"{self.names.snapshot}: {e}") from e
                 synced.result()
             v["structure"] = True
             v["pages_checked"] = pages

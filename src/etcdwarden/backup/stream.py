@@ -92,20 +92,21 @@ class EncodedSink:
 
                 pyrage.encrypt_io(src, _SinkWriter(self.file), self.recipients)
                 return
-            # zstd alone: chunk in, compressed blocks out (no reader pipeline, nothing buffered but zstd's own)
-            cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+            # zstd alone: chunk in, compressed blocks out to the writer (and through the round-trip decoder),
+            # each block as zstd emits it: no batch-sized output is ever joined or held
+            out: Any = self.file
             check = self.roundtrip
-            dec = zstandard.ZstdDecompressor().decompressobj() if check is not None else None
-            get, write = self.q.get, self.file.write
-            while True:
-                item = get()
-                out = cobj.compress(item) if item is not None else cobj.flush()
-                if out:
-                    write(out)
-                    if check is not None and dec is not None:
-                        check(dec.decompress(out))
-                if item is None:
-                    return
+            if check is not None:
+                crc: Any = _CrcWriter(check)
+                out = _Tee(self.file, zstandard.ZstdDecompressor().stream_writer(crc, closefd=False))
+            enc = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(out, closefd=False)
+            get = self.q.get
+            while (item := get()) is not None:
+                enc.write(item)
+                del item
+            enc.flush(zstandard.FLUSH_FRAME)
+            if check is not None:
+                out.decoder.flush()
         except BaseException as e:
             self.error = e
             # drain so the producer never blocks on a dead consumer
@@ -160,6 +161,33 @@ class Crc:
         return isinstance(other, Crc) and (self.value, self.length) == (other.value, other.length)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class _CrcWriter:
+    """A file-like end of the round-trip decoder: what it decodes goes into a :class:`Crc`."""
+
+    __slots__ = ("crc",)
+
+    def __init__(self, crc: Crc) -> None:
+        self.crc = crc
+
+    def write(self, data: bytes) -> int:
+        self.crc(data)
+        return len(data)
+
+
+class _Tee:
+    """The compressor's output, to the repository writer and to the round-trip decoder."""
+
+    __slots__ = ("decoder", "file")
+
+    def __init__(self, file: Writer, decoder: Any) -> None:
+        self.file, self.decoder = file, decoder
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data)
+        self.decoder.write(data)
+        return len(data)
 
 
 class _SinkWriter(io.BufferedIOBase):

@@ -174,14 +174,8 @@ class Writer(ABC):
         self.size = 0
         self.done = False
 
-    @property
-    def spool(self) -> Path | None:
-        """A local file holding every byte written so far, readable before :meth:`commit` once
-        :meth:`flush` returned (local directories: the ``.part`` file), or ``None`` (object stores)."""
-        return None
-
     def flush(self) -> None:  # noqa: B027 - optional hook
-        """Hand what is buffered to the storage (local: to the ``.part`` file), so :attr:`spool` is whole."""
+        """Hand what is buffered to the storage (local: to the ``.part`` file)."""
 
     def sync(self) -> None:  # noqa: B027 - optional hook
         """Make what was written so far durable ahead of :meth:`commit` (local: fsync the ``.part`` file), so
@@ -253,7 +247,9 @@ class Repository(ABC):
         """The object's bytes in chunks; raises :class:`ObjectNotFound` if it does not exist."""
 
     @abstractmethod
-    def open_write(self, name: str) -> Writer: ...
+    def open_write(self, name: str, bulk: bool = False) -> Writer:
+        """A new object (visible on commit). ``bulk``: a large object written once and not read back soon (a
+        backup's snapshot): a local directory writes it past the page cache."""
 
     @abstractmethod
     def delete(self, name: str) -> None: ...

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import io
+import mmap
 import os
 import re
 import stat
@@ -57,26 +59,38 @@ class LocalWriter(Writer):
     The snapshot arrives in 32 KiB messages, and one ``write(2)`` per message costs several times the CPU
     of the copy itself: small writes are gathered until they make 1 MiB and handed to the kernel in one
     ``writev(2)`` (the pieces are kept as they came, not copied into a buffer first).
+
+    ``bulk`` (a large object written once, not read back by this process: a backup's snapshot): written past
+    the page cache (``O_DIRECT``) from one page-aligned 1 MiB buffer. Filling the page cache is most of what
+    writing a file costs the CPU (measured on this project's 2-core machine: 1.6-2.9 s of system time per GiB
+    buffered, 0.1 s direct, the disk itself at ~2 GB/s), and those pages would only push the cluster's own
+    out of memory. The end of the object (less than a block) is written through the page cache; a file
+    system without direct I/O gets every byte that way. ``fsync`` on commit makes either durable.
     """
 
     BUFFER = 1 << 20
     _IOV_MAX = 1024
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, bulk: bool = False) -> None:
         super().__init__(name)
         self.path = directory / name
         self.part = directory / (name + PART_SUFFIX)
         self.fd: int | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
+        self.direct: mmap.mmap | None = None  # the aligned buffer, while writing past the page cache
+        self.fill = 0
         try:
             self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
             self._os_error(e)
-
-    @property
-    def spool(self) -> Path:
-        return self.part
+        if bulk and hasattr(os, "O_DIRECT"):
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
+            except OSError:
+                pass  # a file system without direct I/O: through the page cache
+            else:
+                self.direct = mmap.mmap(-1, self.BUFFER)
 
     def _os_error(self, e: OSError) -> NoReturn:
         try:
@@ -87,13 +101,64 @@ class LocalWriter(Writer):
             raise RepositoryError(str(err)) from None
 
     def _write(self, data: bytes | memoryview) -> None:
+        if self.direct is not None:
+            self._write_direct(data)
+            return
         # a caller may reuse a buffer it lent us: keep only immutable bytes
         self.pending.append(data if isinstance(data, bytes) else bytes(data))
         self.pending_size += len(data)
         if self.pending_size >= self.BUFFER or len(self.pending) >= self._IOV_MAX:
             self.flush()
 
+    def _write_direct(self, data: bytes | memoryview) -> None:
+        buf, size = self.direct, self.BUFFER
+        assert buf is not None
+        view = memoryview(data)
+        pos, n = 0, len(view)
+        while pos < n:
+            k = min(n - pos, size - self.fill)
+            buf[self.fill : self.fill + k] = view[pos : pos + k]
+            self.fill += k
+            pos += k
+            if self.fill == size:
+                self._put_direct(size)
+
+    def _put_direct(self, upto: int) -> None:
+        """Write the buffer's first ``upto`` bytes (whole blocks) past the page cache; what a short write or a
+        refusal of direct I/O leaves goes through the page cache, and so does everything after it."""
+        assert self.direct is not None and self.fd is not None
+        written = 0
+        try:
+            written = os.write(self.fd, memoryview(self.direct)[:upto])
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: this file system wants other alignment, or no direct I/O
+                self._os_error(e)
+        if written < upto:
+            self._end_direct(written)
+            return
+        self.direct[: self.fill - upto] = self.direct[upto : self.fill]
+        self.fill -= upto
+
+    def _end_direct(self, start: int) -> None:
+        """Leave direct I/O; what the buffer holds from ``start`` on goes on through the page cache."""
+        assert self.direct is not None and self.fd is not None
+        buf, self.direct = self.direct, None
+        rest, self.fill = buf[start : self.fill], 0
+        buf.close()
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        except OSError as e:
+            self._os_error(e)
+        if rest:
+            self._write(rest)
+
     def flush(self) -> None:
+        if self.direct is not None:
+            whole = self.fill - self.fill % 4096
+            if whole:
+                self._put_direct(whole)
+            if self.direct is not None and self.fill:  # the end of the object: not a whole block
+                self._end_direct(0)
         if not self.pending:
             return
         if self.fd is None:
@@ -136,6 +201,9 @@ class LocalWriter(Writer):
 
     def _discard(self) -> None:
         self.pending, self.pending_size = [], 0
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -221,8 +289,8 @@ class LocalRepository(Repository):
             raise RepositoryError(f"cannot read {path}: {e.strerror}") from None
         return _chunks(f, chunk_size)
 
-    def open_write(self, name: str) -> Writer:
-        return LocalWriter(self._dir_for_write(), check_name(name))
+    def open_write(self, name: str, bulk: bool = False) -> Writer:
+        return LocalWriter(self._dir_for_write(), check_name(name), bulk)
 
     def delete(self, name: str) -> None:
         path = self.directory / check_name(name)

@@ -303,7 +303,7 @@ class ObjectStoreRepository(Repository):
         except Exception as e:
             self.fail("download failed for", name, e)
 
-    def open_write(self, name: str) -> Writer:
+    def open_write(self, name: str, bulk: bool = False) -> Writer:
         return ObjectStoreWriter(self, check_name(name))
 
     def delete(self, name: str) -> None:

@@ -151,6 +151,9 @@ class StreamCheck:
         self.next = 2  # the next page start to summarise
         self.pending: list[tuple[int, int]] = []  # (page, end offset) of runs still arriving
         self.error: str | None = None  # a problem found before the walk (meta pages)
+        #: the highest revision among the last keys of the leaves that look like the ``key`` bucket's: before
+        #: :meth:`finish`, what the snapshot's revision will be found to be (a freed page holds older ones)
+        self.revision_seen = 0
 
     # -- in the stream ----------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -240,6 +243,8 @@ class StreamCheck:
             try:
                 leaf, last = parse_leaf(run, 0, len(run), None, _HERE, p)
                 record = _summarise_leaf(leaf, last, overflow)
+                if record[7] is None and last is not None and len(last) >= 8:  # a key bucket leaf
+                    self.revision_seen = max(self.revision_seen, int.from_bytes(last[:8], "big", signed=True))
             except SnapshotCorrupt as e:
                 record = ("E", overflow, str(e))
         else:
