@@ -1,6 +1,6 @@
 """Backup speed and memory: etcdwarden backup vs etcdctl snapshot save, side by side in one run.
 
-Usage: python -m bench.backup [--size-mb 1024] [--rounds 5] [--workdir DIR] [--only TEXT,...]
+Usage: python -m bench.backup [--size-mb 1024] [--value-size 65536] [--rounds 5] [--workdir DIR] [--only TEXT,...]
 
 Starts a 3-member loopback cluster, fills it to --size-mb (or uses the member ``--follower URL`` of a
 cluster already running), then alternates etcdctl snapshot save and etcdwarden backup (the default
@@ -28,6 +28,8 @@ from etcdwarden.binaries import find_binary
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--value-size", type=int, default=64 * 1024, help="bytes per value written by the fill (a "
+                    "Kubernetes-like database: 2048; many small leaves make the structure check cost more)")
     ap.add_argument("--rounds", type=int, default=5, help="a multiple of the number of variants + 1 puts each "
                     "in every position equally often")
     ap.add_argument("--workdir")
@@ -41,7 +43,7 @@ def main() -> None:
     cluster = big_cluster(base / "cluster") if a.follower is None else None
     try:
         if cluster is not None:
-            fill_bytes(cluster, a.size_mb * 1024 * 1024)
+            fill_bytes(cluster, a.size_mb * 1024 * 1024, a.value_size)
             follower = cluster.members[1].client_url
         else:
             follower = a.follower

@@ -71,7 +71,7 @@ def big_cluster(base: Path, size: int = 3) -> LocalCluster:
 
 async def _fill_bytes(endpoints: list[str], total: int, value_size: int) -> None:
     async with EtcdClient(ClientConfig.from_strings(endpoints, command_timeout=60)) as c:
-        per_txn = max(1, (1024 * 1024) // value_size)
+        per_txn = max(1, min(128, (1024 * 1024) // value_size))  # etcd refuses more than 128 operations
         n = 0
         written = 0
         while written < total:

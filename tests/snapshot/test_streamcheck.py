@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdwarden.snapshot import SnapshotCorrupt
+from etcdwarden.snapshot import SnapshotCorrupt, streamcheck
 from etcdwarden.snapshot.bbolt import BoltFile
 from etcdwarden.snapshot.crc import crc32c
 from etcdwarden.snapshot.streamcheck import StreamCheck, combine
@@ -60,6 +60,30 @@ def test_same_findings_as_the_file_walk(snaps: dict[str, Path], name: str, tmp_p
     for chunk in (None, 1000, 32 * 1024 + 1):
         status, pages, entries = stream(data, tmp_path, chunk)
         assert (status, pages, entries) == (report.status, report.pages, report.key_entries)
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, 64])
+def test_an_index_spilled_window_by_window_finds_the_same(snaps: dict[str, Path], tmp_path: Path, window: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page index goes to the spill file a window at a time (memory stays flat); an entry settled after
+    its window left (an overflow run arriving across the window's end) is kept aside: same findings."""
+    monkeypatch.setattr(streamcheck, "WINDOW", window)
+    late = 0
+    for name in ("mixed", "many", "large"):
+        path = snaps[name]
+        report = verify_db(path)
+        data = path.read_bytes()
+        for chunk in (4096, 5000, 1 << 16):
+            check = StreamCheck(tmp_path / "summaries")
+            try:
+                for pos in range(0, len(data), chunk):
+                    check.feed(data[pos : pos + chunk])
+                assert len(check.window) <= window
+                late += len(check.late)
+                assert check.finish() == (report.status, report.pages, report.key_entries), (name, chunk)
+            finally:
+                check.close()
+    assert late > 0, "the case of a run settled after its window was spilled was met"
 
 
 def test_every_damage_the_file_walk_finds_is_found(snaps: dict[str, Path], tmp_path: Path) -> None:

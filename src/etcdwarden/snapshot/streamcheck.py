@@ -22,7 +22,9 @@ tree order from the per-leaf CRCs: CRC-32C is linear, so ``crc(aâ€–b) = crc(b) â
 with ``n = |b|`` (:func:`combine`).
 
 Memory: the pages of one overflow run being assembled (a large value; runs over :data:`MAX_RUN` are not
-buffered and cannot be checked here), the index (8 bytes per database page), and a window of the spill file.
+buffered and cannot be checked here), one window of the index (:data:`WINDOW` pages; the index holds 8 bytes
+per database page, so it is spilled too, window by window, into the same file), and a window of the spill
+file while the tree is walked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import marshal
 import mmap
 import os
+import struct
 from array import array
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,11 @@ _PAST_END = 1 << 62  # ... a branch or leaf page whose overflow runs past the hi
 _TOO_LARGE = 1 << 61  # ... a run longer than MAX_RUN (overflow below)
 _BAD_ID = 1 << 60  # with _NOT_PAGE: the header names another page
 _ZEROS = bytes(1 << 18)
+#: index entries held in memory while the stream passes (512 KiB); the full windows go to the spill file
+WINDOW = 1 << 16
+_ENTRY = struct.Struct("<Q")
+#: what one index lookup counts for towards the walk's RSS budget (it maps a page of the spilled index)
+_LOOKUP_COST = 1024
 
 
 def _zeros_crc(n: int, value: int) -> int:
@@ -147,7 +155,13 @@ class StreamCheck:
         self.metas: tuple[Meta | None, Meta | None] = (None, None)
         self.page_size = 0
         self.high = 0
-        self.index = array("Q")
+        # the index: entries of the pages from `wbase` on in `window`; the windows before it in the spill file
+        # (at the offsets in `windows`); an entry settled only after its window was spilled (an overflow run
+        # that arrived across the window's end) in `late`
+        self.window = array("Q")
+        self.wbase = 0
+        self.windows: list[int] = []
+        self.late: dict[int, int] = {}
         self.next = 2  # the next page start to summarise
         self.pending: list[tuple[int, int]] = []  # (page, end offset) of runs still arriving
         self.error: str | None = None  # a problem found before the walk (meta pages)
@@ -198,27 +212,33 @@ class StreamCheck:
         assert m0 is not None and m1 is not None
         self.meta = max((m0, m1), key=lambda m: m.txid)
         self.page_size, self.high = self.meta.page_size, self.meta.pgid
-        self.index = array("Q", [0]) * self.high  # made in place: no zero-filled bytes copied in
+        self.window = array("Q", [0]) * min(WINDOW, self.high)  # made in place: no zero-filled bytes copied in
 
     def _pages(self) -> None:
-        ps, high, buf, index = self.page_size, self.high, self.buf, self.index
+        ps, high, buf = self.page_size, self.high, self.buf
         avail = self.received
         upto = min(high, avail // ps)
         unpack = _PAGE_HEADER.unpack_from
         p = self.next
         while p < upto:
-            pid, flags, count, overflow = unpack(buf, p * ps - self.base)
-            if pid != p or (flags != LEAF_PAGE and flags != BRANCH_PAGE):  # noqa: PLR1714 - hot path
-                index[p] = _NOT_PAGE | (_BAD_ID if pid != p else 0) | (flags & 0xFFFF) << 32 | (pid & 0xFFFFFFFF)
-            elif p + overflow >= high:
-                index[p] = _PAST_END | overflow
-            elif (overflow + 1) * ps > MAX_RUN:
-                index[p] = _TOO_LARGE | overflow
-            elif (p + overflow + 1) * ps <= avail:
-                self._summarise(p, flags, count, overflow)
-            else:
-                self.pending.append((p, (p + overflow + 1) * ps))
-            p += 1
+            if p >= self.wbase + WINDOW:
+                self._spill_window()
+            index, wbase = self.window, self.wbase
+            stop = min(upto, wbase + WINDOW)
+            while p < stop:
+                pid, flags, count, overflow = unpack(buf, p * ps - self.base)
+                if pid != p or (flags != LEAF_PAGE and flags != BRANCH_PAGE):  # noqa: PLR1714 - hot path
+                    index[p - wbase] = (_NOT_PAGE | (_BAD_ID if pid != p else 0) | (flags & 0xFFFF) << 32
+                                        | (pid & 0xFFFFFFFF))
+                elif p + overflow >= high:
+                    index[p - wbase] = _PAST_END | overflow
+                elif (overflow + 1) * ps > MAX_RUN:
+                    index[p - wbase] = _TOO_LARGE | overflow
+                elif (p + overflow + 1) * ps <= avail:
+                    self._summarise(p, flags, count, overflow)
+                else:
+                    self.pending.append((p, (p + overflow + 1) * ps))
+                p += 1
         self.next = p
         if self.pending:
             still = []
@@ -253,10 +273,24 @@ class StreamCheck:
             except SnapshotCorrupt as e:
                 record = ("E", overflow, str(e))
         blob = marshal.dumps(record)
-        self.index[p] = self._spill_size + 1
+        if p >= self.wbase:
+            self.window[p - self.wbase] = self._spill_size + 1
+        else:
+            self.late[p] = self._spill_size + 1
         self._spill.write(len(blob).to_bytes(4, "little"))
         self._spill.write(blob)
         self._spill_size += 4 + len(blob)
+
+    def _spill_window(self) -> None:
+        """Append the index window to the spill file; the next one starts empty."""
+        n = min(WINDOW, self.high - self.wbase)
+        if n <= 0:
+            return
+        self.windows.append(self._spill_size)
+        self._spill.write(memoryview(self.window)[:n])
+        self._spill_size += 8 * n
+        self.wbase += WINDOW
+        self.window = array("Q", [0]) * min(WINDOW, max(0, self.high - self.wbase))
 
     # -- at the end -------------------------------------------------------------------------------------------
     def finish(self) -> tuple[SnapshotStatus, int, int]:
@@ -273,6 +307,7 @@ class StreamCheck:
                                   f"{meta.page_size}) but the stream holds {data_size} before the sha256 trailer")
         if data_size != size:
             raise SnapshotCorrupt(f"{data_size - size} bytes between the database end and the sha256 trailer")
+        self._spill_window()
         self._spill.close()
         self.buf = bytearray()
         if self._spill_size == 0:
@@ -312,7 +347,7 @@ class _Walker:
         high = self.meta.pgid
         if not 2 <= p < high:
             raise SnapshotCorrupt(f"{where}: page {p} is outside the database (high-water mark {high})")
-        entry = self.c.index[p]
+        entry = self._entry(p)
         if entry & _NOT_PAGE:
             pid, flags = entry & 0xFFFFFFFF, (entry >> 32) & 0xFFFF
             if entry & _BAD_ID:
@@ -338,6 +373,17 @@ class _Walker:
             if hasattr(mmap, "MADV_DONTNEED"):
                 self.spill.madvise(mmap.MADV_DONTNEED)
         return record
+
+    def _entry(self, p: int) -> int:
+        c = self.c
+        late = c.late.get(p) if c.late else None
+        if late is not None:
+            return late
+        w, i = divmod(p, WINDOW)
+        if w >= len(c.windows):
+            return 0  # (never: the stream held every page, or the walk did not start)
+        self.touched += _LOOKUP_COST
+        return int(_ENTRY.unpack_from(self.spill, c.windows[w] + 8 * i)[0])
 
     def _visit(self, p: int, overflow: int, where: str) -> None:
         seen = self.visited
