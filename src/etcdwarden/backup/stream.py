@@ -74,7 +74,7 @@ class EncodedSink:
 
     def __init__(self, file: Writer, compress: bool, recipients: list[Any], roundtrip: bool = False) -> None:
         self.file = file
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # chunks of StreamPipe.BATCH bytes
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # chunks of StreamPipe.BATCH bytes
         self.error: BaseException | None = None
         self.compress = compress
         self.recipients = recipients

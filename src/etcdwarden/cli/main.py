@@ -148,9 +148,17 @@ def _import_chosen(argv: Sequence[str]) -> None:
         gc.enable()
 
 
+#: the commands that stream a database through several threads: one malloc arena (see etcdwarden.memory)
+STREAMING = frozenset({"backup", "receive", "restore", "backups", "daemon", "demo"})
+
+
 def main() -> None:
     # gRPC's C core logs handshake failures on stderr; our own message already says what failed.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    if _chosen(sys.argv[1:]) in STREAMING:
+        from etcdwarden import memory
+
+        memory.one_arena()
     _import_chosen(sys.argv[1:])
     received: list[int] = []
     quiet_once_interrupted(received)
