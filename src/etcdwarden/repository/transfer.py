@@ -50,14 +50,19 @@ class CopyReport:
                 "bytes": self.bytes, "segments": self.segments, "drills": self.drills, "notes": self.notes}
 
 
+#: objects from this size on are written as bulk (see Repository.open_write)
+BULK = 1 << 20
+
+
 class NotAsRecorded(RepositoryError):
     """The source's bytes are not what its manifest records (nothing was committed)."""
 
 
 def _copy_file(src: Repository, dst: Repository, name: str, size: int, sha256: str, progress: Progress | None,
                chunk_size: int) -> int:
-    """Stream ``name`` into ``dst``, committed only if it has the recorded size and sha256."""
-    with dst.open_write(name) as w:
+    """Stream ``name`` into ``dst``, committed only if it has the recorded size and sha256 (a large object past
+    a local destination's page cache: nothing reads it back)."""
+    with dst.open_write(name, bulk=size >= BULK) as w:
         for chunk in src.open_read(name, chunk_size):
             w.write(chunk)
             if progress is not None:
