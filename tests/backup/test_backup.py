@@ -32,7 +32,17 @@ def _files(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if not p.name.startswith(".etcdwarden.lock"))
 
 
-def test_backup_restores_with_etcdutl(etcd3: LocalCluster, tmp_path: Path) -> None:
+def test_backup_restores_with_etcdutl(etcd3: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etcdwarden.repository.local import LocalWriter
+
+    direct: list[str] = []  # the objects written past the page cache (whole blocks, O_DIRECT)
+    put = LocalWriter._put_direct
+
+    def spy(self: LocalWriter, upto: int) -> None:
+        direct.append(self.name)
+        put(self, upto)
+
+    monkeypatch.setattr(LocalWriter, "_put_direct", spy)
     load(etcd3, 500)
     before = dump(etcd3.endpoints)
     pki = tmp_path / "pki"
@@ -41,6 +51,7 @@ def test_backup_restores_with_etcdutl(etcd3: LocalCluster, tmp_path: Path) -> No
     out = tmp_path / "backups"
     r = cli("backup", str(out), "--endpoints", ",".join(etcd3.endpoints), "--resources", str(pki))
     assert r.code == 0, r.err
+    assert set(direct) == {n for n in _files(out) if n.startswith("snapshot_")}, direct
     names = _files(out)
     assert len(names) == 3, names
     snap = out / next(n for n in names if n.startswith("snapshot_"))
@@ -104,10 +115,12 @@ def test_zstd(etcd1: LocalCluster, tmp_path: Path) -> None:
     assert m["verification"]["structure"] and m["verification"]["pages_checked"] == verify_db(plain).pages
 
 
-def test_zstd_structure_is_checked_from_the_stream(etcd1: LocalCluster, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A compressed backup's structure is walked from the stream itself: damage that only the stream's check
-    sees (a meta page) fails the backup, and nothing is left behind (no snapshot, no summaries file)."""
+@pytest.mark.parametrize("compress", [[], ["--compress", "zstd"]])
+def test_structure_is_checked_from_the_stream(etcd1: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              compress: list[str]) -> None:
+    """A backup's structure (plain or compressed) is walked from the stream itself: damage that only the
+    stream's check sees (a meta page) fails the backup, and nothing is left behind (no snapshot, no summaries
+    file)."""
     from etcdwarden.snapshot import streamcheck
 
     feed = streamcheck.StreamCheck.feed
@@ -119,7 +132,7 @@ def test_zstd_structure_is_checked_from_the_stream(etcd1: LocalCluster, tmp_path
 
     monkeypatch.setattr(streamcheck.StreamCheck, "feed", damaged)
     out = tmp_path / "z"
-    r = cli("backup", str(out), "--endpoints", etcd1.endpoints[0], "--compress", "zstd")
+    r = cli("backup", str(out), "--endpoints", etcd1.endpoints[0], *compress)
     assert r.code != 0 and "meta page 0 is invalid: bad magic" in r.err, r.err
     assert not [n for n in _files(out) if n.startswith((".snap", "snap", "backup_"))], _files(out)
 
