@@ -62,6 +62,21 @@ def test_same_findings_as_the_file_walk(snaps: dict[str, Path], name: str, tmp_p
         assert (status, pages, entries) == (report.status, report.pages, report.key_entries)
 
 
+def test_the_revision_seen_in_the_stream_is_the_walks(snaps: dict[str, Path], tmp_path: Path) -> None:
+    """What a backup asks HashKV at before its walk ends: the stream's highest key-bucket revision, equal to
+    the revision the walk of the whole snapshot finds."""
+    for name in ("mixed", "many", "large"):
+        data = snaps[name].read_bytes()
+        check = StreamCheck(tmp_path / "summaries")
+        try:
+            for pos in range(0, len(data), 65536):
+                check.feed(data[pos : pos + 65536])
+            seen = check.revision_seen
+            assert seen > 1 and seen == check.finish()[0].revision, name
+        finally:
+            check.close()
+
+
 @pytest.mark.parametrize("window", [1, 3, 7, 64])
 def test_an_index_spilled_window_by_window_finds_the_same(snaps: dict[str, Path], tmp_path: Path, window: int,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:

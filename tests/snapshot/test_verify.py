@@ -23,12 +23,11 @@ from etcdwarden.restore.source import verify_location
 from etcdwarden.snapshot import SnapshotCorrupt
 from etcdwarden.snapshot.bbolt import BoltFile
 from etcdwarden.snapshot.scratch import process_start
-from etcdwarden.snapshot.status import db_status, last_revision
+from etcdwarden.snapshot.status import db_status
 from etcdwarden.snapshot.verify import (
     NO_TRAILER_NOTE,
     BackupReport,
     SnapshotReport,
-    file_sha256,
     verify_db,
     verify_path,
 )
@@ -82,32 +81,6 @@ def test_good_snapshot(snap: Path) -> None:
     assert r.code == 0 and ": ok (sha256 ok" in r.out
     r = cli("snapshot", "verify", "-w", "json", str(snap))
     assert r.code == 0 and json.loads(r.out)["ok"] is True
-
-
-def test_streamed_sha256_replaces_the_second_hashing_pass_but_still_binds_the_trailer(snap: Path,
-                                                                                     tmp_path: Path) -> None:
-    """A backup passes the sha256 it computed on the stream: the file is not hashed again, but the trailer
-    on disk must equal it (a different stream, or a trailer damaged on the way to the file, fails)."""
-    db_sha = file_sha256(snap, snap.stat().st_size - 32)
-    assert verify_db(snap, streamed_sha256=db_sha).sha256 == "ok"
-    with pytest.raises(SnapshotCorrupt, match="sha256 mismatch"):
-        verify_db(snap, streamed_sha256="0" * 64)
-    bad = tmp_path / "bad.db"
-    data = bytearray(snap.read_bytes())
-    data[-1] ^= 1
-    bad.write_bytes(data)
-    with pytest.raises(SnapshotCorrupt, match="sha256 mismatch"):
-        verify_db(bad, streamed_sha256=db_sha)
-
-
-def test_last_revision_is_what_the_walk_finds(snap: Path, tmp_path: Path) -> None:
-    """The revision read down the rightmost branch (what a backup asks HashKV at before its walk) equals the
-    full walk's; a file that does not tell gives None, never an exception."""
-    report = verify_db(snap)
-    assert report.pages > 50 and last_revision(snap) == report.status.revision > 1  # a multi-page key bucket
-    junk = tmp_path / "junk.db"
-    junk.write_bytes(b"\0" * 8192)
-    assert last_revision(junk) is None and last_revision(tmp_path / "missing.db") is None
 
 
 def test_no_trailer_fails_unless_skip_hash_check(snap: Path, tmp_path: Path, etcd1: LocalCluster) -> None:

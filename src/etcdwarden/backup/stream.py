@@ -95,18 +95,15 @@ class EncodedSink:
             # zstd alone: chunk in, compressed blocks out to the writer (and through the round-trip decoder),
             # each block as zstd emits it: no batch-sized output is ever joined or held
             out: Any = self.file
-            check = self.roundtrip
-            if check is not None:
-                crc: Any = _CrcWriter(check)
+            if self.roundtrip is not None:
+                crc: Any = _CrcWriter(self.roundtrip)
                 out = _Tee(self.file, zstandard.ZstdDecompressor().stream_writer(crc, closefd=False))
             enc = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(out, closefd=False)
             get = self.q.get
             while (item := get()) is not None:
                 enc.write(item)
                 del item
-            enc.flush(zstandard.FLUSH_FRAME)
-            if check is not None:
-                out.decoder.flush()
+            enc.flush(zstandard.FLUSH_FRAME)  # the decoder takes every block as it is written: nothing to flush
         except BaseException as e:
             self.error = e
             # drain so the producer never blocks on a dead consumer

@@ -132,7 +132,7 @@ def _run(arglist: list[str], output: Output) -> int:
         return code
 
 
-def _import_chosen(argv: Sequence[str]) -> None:
+def _import_chosen(chosen: str | None) -> None:
     """Import the chosen command's module with the garbage collector off, then freeze what the imports made.
 
     Imports allocate tens of thousands of objects that live as long as the process; the collector would
@@ -140,7 +140,6 @@ def _import_chosen(argv: Sequence[str]) -> None:
     ``snapshot status``). Frozen, they are left out of every later collection."""
     gc.disable()
     try:
-        chosen = _chosen(argv)
         if chosen is not None:
             importlib.import_module(COMMANDS[chosen][0])
     finally:
@@ -155,11 +154,12 @@ STREAMING = frozenset({"backup", "receive", "restore", "backups", "daemon", "dem
 def main() -> None:
     # gRPC's C core logs handshake failures on stderr; our own message already says what failed.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    if _chosen(sys.argv[1:]) in STREAMING:
+    chosen = _chosen(sys.argv[1:])
+    if chosen in STREAMING:
         from etcdwarden import memory
 
         memory.one_arena()
-    _import_chosen(sys.argv[1:])
+    _import_chosen(chosen)
     received: list[int] = []
     quiet_once_interrupted(received)
     try:

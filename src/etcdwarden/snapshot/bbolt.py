@@ -320,20 +320,6 @@ class Walk:
         for leaf in self.leaves(bucket):
             yield from leaf.items()
 
-    def last_key(self, bucket: BucketRef) -> bytes | None:
-        """The greatest key of ``bucket``, reached down the rightmost branch only (a few pages, not a walk)."""
-        where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
-        if bucket.root == 0:
-            inline = bucket.inline
-            return parse_leaf(inline, _BUCKET_HEADER.size, len(inline), None, where)[1]
-        mm = self.db._mm
-        pgid = bucket.root
-        while True:
-            start, end, flags, count = self._page(pgid, where)
-            if flags == LEAF_PAGE:
-                return parse_leaf(mm, start, end, None, where, pgid)[1]
-            pgid = parse_branch(mm, start, end, count, f"{where}, page {pgid}")[-1][1]
-
     def leaves_of(self, root: int, where: str) -> Iterator[Leaf]:
         # the hot loop of every walk: _page's checks inlined (one function call less per page)
         db = self.db

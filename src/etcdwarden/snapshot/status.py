@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from etcdwarden.snapshot.bbolt import BoltFile, BucketRef, Leaf, Walk
 from etcdwarden.snapshot.crc import crc32c
-from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
+from etcdwarden.snapshot.errors import SnapshotCorrupt
 
 KEY_BUCKET = b"key"
 META_BUCKET = b"meta"
@@ -93,21 +93,6 @@ def scan(db: BoltFile, visit: LeafVisitor | None = None) -> tuple[SnapshotStatus
             raise SnapshotCorrupt(f"key bucket: key {last_key!r} is not a revision")
         revision = _INT64.unpack_from(last_key)[0]
     return SnapshotStatus(h, revision, total, db.size, compacted), walk
-
-
-def last_revision(path: str | os.PathLike[str]) -> int | None:
-    """The revision a plain bbolt file ends at (its last ``key`` bucket key), read down the rightmost branch:
-    what :func:`scan` will say, known in a few page reads (``None`` if the file does not tell)."""
-    try:
-        with BoltFile(path) as db:
-            walk = db.walk()
-            for bucket in walk.buckets():
-                if bucket.name == KEY_BUCKET:
-                    key = walk.last_key(bucket)
-                    return _INT64.unpack_from(key)[0] if key is not None and len(key) >= 8 else None
-    except (SnapshotCorrupt, SnapshotInputError, OSError, struct.error):
-        return None
-    return None
 
 
 def db_status(path: str | os.PathLike[str]) -> SnapshotStatus:

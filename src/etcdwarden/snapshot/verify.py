@@ -117,13 +117,9 @@ class _KeyChecker:
 
 
 def verify_db(path: str | os.PathLike[str], display: str | None = None,
-              skip_hash_check: bool = False, streamed_sha256: str | None = None) -> SnapshotReport:
+              skip_hash_check: bool = False) -> SnapshotReport:
     """Verify a plain bbolt file (a snapshot with its trailer; a raw ``member/snap/db`` only with
-    ``skip_hash_check``).
-
-    ``streamed_sha256``: the sha256 of the database bytes, already computed from the very bytes written to
-    ``path`` (a backup hashes its stream on the way to the file): the trailer must equal it, and the file is
-    not hashed a second time."""
+    ``skip_hash_check``)."""
     name = display or str(path)
     try:
         with BoltFile(path) as db:
@@ -134,7 +130,7 @@ def verify_db(path: str | os.PathLike[str], display: str | None = None,
             sha = "absent"
             if db.has_trailer:
                 expected = (db.read_trailer() or b"").hex()
-                actual = streamed_sha256 or file_sha256(db.path, db.file_size - TRAILER_SIZE)
+                actual = file_sha256(db.path, db.file_size - TRAILER_SIZE)
                 if actual != expected:
                     raise SnapshotCorrupt(
                         f"{name}: sha256 mismatch: the trailer says {expected}, the database hashes to {actual}"
