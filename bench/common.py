@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
@@ -32,13 +33,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None,
-          watch: dict[str, int] | None = None) -> Run:
+          watch: dict[str, int] | None = None, stdout: IO[bytes] | None = None) -> Run:
     """Run ``cmd``: wall time, and the command's own peak RSS and CPU time.
 
     The command is started through GNU time when it is installed: a child forked straight from this
     (large) bench process would count the pages it shares with its parent before ``exec`` in its peak
     RSS, so every small command would report this process's size. ``cpus`` pins the command to those
-    CPUs; ``watch`` names other processes (label → PID) whose CPU time meanwhile goes to :attr:`Run.others`.
+    CPUs; ``watch`` names other processes (label → PID) whose CPU time meanwhile goes to :attr:`Run.others`;
+    the command's output goes to ``stdout`` (default: nowhere). Peak RSS is that of the command's largest
+    process (its children's included: GNU time and ``wait4`` report the maximum), CPU time that of all.
     """
     watch = watch or {}
     before = {k: cpu_seconds(pid) for k, pid in watch.items()}
@@ -49,7 +52,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, cpus: set[int] | No
         if gnu_time.exists():
             cmd = [str(gnu_time), "-q", "-f", "%M %U %S", "-o", report.name, *cmd]
         start = time.monotonic()
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        p = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _pid, status, usage = os.wait4(p.pid, 0)
         wall = time.monotonic() - start
         rss, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime

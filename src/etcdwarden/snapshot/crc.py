@@ -40,3 +40,48 @@ def _load() -> Crc:
 
 crc32c: Crc = _load()
 
+
+
+# -- combining CRCs ---------------------------------------------------------------------------------------------
+# CRC-32C is linear over GF(2): crc(a ‖ b) = crc(a)·x^(8·|b|) mod P ⊕ crc(b), for the conditioned CRC too (the
+# initial and final inversions cancel). Polynomials are held bit-reflected, as the CRC itself: bit 31 is x^0.
+_POLY = 0x82F63B78  # the Castagnoli polynomial, reflected
+_X0 = 1 << 31  # the polynomial 1
+
+
+def _multiply(a: int, b: int) -> int:
+    """``a(x)·b(x) mod P`` (reflected)."""
+    product = 0
+    bit = _X0
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+def _powers() -> list[int]:
+    """``x^(2^k) mod P`` for k = 0..63."""
+    out = [_X0 >> 1]  # x^1
+    for _ in range(63):
+        out.append(_multiply(out[-1], out[-1]))
+    return out
+
+
+_X_POW2 = _powers()
+
+
+def combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """``crc32c(a + b)`` from ``crc_a = crc32c(a)``, ``crc_b = crc32c(b)`` and ``len_b = len(b)``, in time
+    logarithmic in ``len_b`` (equally: ``crc32c(b, value=h)`` from ``h`` and ``crc32c(b)``)."""
+    shift = _X0
+    bits = 8 * len_b
+    k = 0
+    while bits:
+        if bits & 1:
+            shift = _multiply(_X_POW2[k], shift)
+        bits >>= 1
+        k += 1
+    return _multiply(shift, crc_a) ^ crc_b

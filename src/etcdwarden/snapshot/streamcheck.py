@@ -50,6 +50,7 @@ from etcdwarden.snapshot.bbolt import (
     Leaf,
     Meta,
     _read_meta,
+    bucket_label,
     bucket_ref,
     parse_branch,
     parse_leaf,
@@ -451,7 +452,7 @@ class _Walker:
         return out
 
     def _leaves(self, bucket: BucketRef) -> Any:
-        where = f"bucket {bucket.name.decode('utf-8', 'backslashreplace')!r}"
+        where = bucket_label(bucket)
         if bucket.root != 0:
             return self._leaves_of(bucket.root, where)
         leaf, last = parse_leaf(bucket.inline, _BUCKET_HEADER.size, len(bucket.inline), None, where)
