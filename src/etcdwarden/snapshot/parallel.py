@@ -35,6 +35,9 @@ from etcdwarden.snapshot.errors import SnapshotCorrupt
 
 Starts = list[tuple[int, bytes | None]]  # subtree roots in key order: (page, lowest key allowed)
 Work = Callable[[Walk, Starts], Any]  # walks one group; returns what marshal can carry
+# a group's outcome: ("ok", result, pages reached | None, pages, branch pages) or ("corrupt", message, None, 0, 0);
+# the pages reached (the walk's bitmap) are a worker's, None for a group walked in this process
+_Outcome = tuple[str, Any, bytes | None, int, int]
 
 
 def split(starts: Starts, groups: int) -> list[Starts]:
@@ -59,7 +62,7 @@ class _Worker:
         self.pid = pid
         self.fd = fd
 
-    def collect(self) -> tuple[Any, ...] | None:
+    def collect(self) -> _Outcome | None:
         """The worker's report (``None`` if it has none), once it has exited."""
         chunks = []
         try:
@@ -76,7 +79,7 @@ class _Worker:
             report = marshal.loads(b"".join(chunks))  # noqa: S302 - written by our own forked worker
         except (EOFError, ValueError, TypeError):
             return None
-        return report if isinstance(report, tuple) and report else None
+        return report if isinstance(report, tuple) and len(report) == 5 else None
 
     def stop(self) -> None:
         """Kill and reap a worker still running (the caller is leaving early)."""
@@ -91,7 +94,11 @@ class _Worker:
 
 
 def _fork(walk: Walk, group: Starts, work: Work) -> _Worker | None:
-    read_fd, write_fd = os.pipe()
+    """A worker running ``work(walk, group)``, or ``None`` if the system refuses one (no pipe, no process)."""
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return None
     try:
         pid = os.fork()
     except OSError:
@@ -104,10 +111,10 @@ def _fork(walk: Walk, group: Starts, work: Work) -> _Worker | None:
             os.close(read_fd)
             pages, branches = walk.pages, walk.branch_pages
             try:
-                report: tuple[Any, ...] = ("ok", work(walk, group), walk.visited(),
-                                           walk.pages - pages, walk.branch_pages - branches)
+                report: _Outcome = ("ok", work(walk, group), walk.visited(), walk.pages - pages,
+                                    walk.branch_pages - branches)
             except SnapshotCorrupt as e:
-                report = ("corrupt", str(e))
+                report = ("corrupt", str(e), None, 0, 0)
             view = memoryview(marshal.dumps(report))
             while view:
                 view = view[os.write(write_fd, view) :]
@@ -129,7 +136,7 @@ def run_groups(walk: Walk, groups: list[Starts], work: Work, where: str) -> list
     try:
         for g in groups[:-1]:
             workers.append(_fork(walk, g, work))
-        outcomes: list[tuple[Any, ...] | None] = [None] * len(groups)
+        outcomes: list[_Outcome | None] = [None] * len(groups)
         outcomes[-1] = _here(walk, groups[-1], work)
         for i, w in enumerate(workers):
             outcomes[i] = w.collect() if w is not None else None
@@ -140,19 +147,19 @@ def run_groups(walk: Walk, groups: list[Starts], work: Work, where: str) -> list
     for i, outcome in enumerate(outcomes):
         if outcome is None:  # the worker could not report: its group is walked here
             outcomes[i] = _here(walk, groups[i], work)
-    for outcome in outcomes:
-        assert outcome is not None
-        if outcome[0] == "corrupt":
-            raise SnapshotCorrupt(outcome[1])
-    for outcome in outcomes:
-        assert outcome is not None
-        if len(outcome) == 5:  # a worker's: its pages join this walk
-            walk.absorb(outcome[2], since, outcome[3], outcome[4], where)
-    return [outcome[1] for outcome in outcomes if outcome is not None]
+    done = [o for o in outcomes if o is not None]
+    for kind, message, _visited, _pages, _branches in done:
+        if kind == "corrupt":
+            raise SnapshotCorrupt(message)
+    for _kind, _result, visited, pages, branches in done:
+        if visited is not None:  # a worker's: its pages join this walk
+            walk.absorb(visited, since, pages, branches, where)
+    return [result for _kind, result, *_rest in done]
 
 
-def _here(walk: Walk, group: Starts, work: Work) -> tuple[Any, ...]:
+def _here(walk: Walk, group: Starts, work: Work) -> _Outcome:
+    """A group walked in this process (its pages are this walk's already)."""
     try:
-        return ("ok", work(walk, group))
+        return ("ok", work(walk, group), None, 0, 0)
     except SnapshotCorrupt as e:
-        return ("corrupt", str(e))
+        return ("corrupt", str(e), None, 0, 0)
