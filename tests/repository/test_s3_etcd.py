@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,12 @@ def test_backup_command_streams_into_s3(etcd1: LocalCluster, seaweed: SeaweedS3,
     """``etcdwarden backup s3://...`` streams the snapshot into the bucket; the manifest comes last."""
     for k, v in seaweed.env().items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the staging dir must be gone afterwards
+    # the check's summaries go to a private directory of the system's temp dir, removed afterwards; one that
+    # a killed run left (its process gone) is removed by the next run that checks a stream there
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / ".etcdwarden-tmp-999999999-1-0123456789ab"
+    stale.mkdir()
+    (stale / "summaries").write_bytes(b"x" * 100)
     load(etcd1, 400)
     before = dump(etcd1.endpoints)
     res_file = tmp_path / "manifest.yaml"
@@ -117,7 +123,11 @@ def test_backup_command_streams_into_s3(etcd1: LocalCluster, seaweed: SeaweedS3,
     assert url in r.err  # says where the manifest went
     [b] = json.loads(cli("backups", "list", url, *ep, "-w", "json").out)["backups"]
     assert b["state"] == "complete" and b["verified"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("etcdwarden-backup-")]
+    checked = "--verify" not in extra  # with --verify hash nothing is walked: no summaries
+    assert stale.exists() is not checked
+    assert (f"removed {stale}: a backup's check summaries (etcd keys) left by an interrupted run (PID 999999999, "
+            "gone)" in r.err) is checked, r.err
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".etcdwarden-tmp-")] == ([] if checked else [stale])
     down = tmp_path / "download"
     assert cli("backups", "copy", url, str(down), *ep).code == 0
     assert cli("snapshot", "verify", str(down)).code == 0

@@ -49,6 +49,7 @@ from etcdwarden.fsutil import DiskFull, LockInfo, private_dir, raise_os_error
 from etcdwarden.repository.base import Repository, RepositoryError, Writer, open_repository
 from etcdwarden.repository.local import LocalRepository
 from etcdwarden.snapshot.errors import SnapshotCorrupt
+from etcdwarden.snapshot.scratch import new_private_dir, sweep
 from etcdwarden.snapshot.status import SnapshotStatus
 from etcdwarden.snapshot.streamcheck import StreamCheck
 
@@ -235,11 +236,19 @@ class _Run:
 
     def _stream_check(self) -> StreamCheck:
         """A check of the stream, its summaries next to a local repository (a name the next run removes if we
-        are killed), else in a private temporary directory of the system's."""
+        are killed), else in a private directory of the system's temporary directory, named after this process:
+        the next run removes one whose process is gone (killed outright, it could not)."""
         where = self.repo.local_directory()
         if where is None:
             if self._scratch is None:
-                self._scratch = Path(tempfile.mkdtemp(prefix="etcdwarden-backup-"))
+                tmp = Path(tempfile.gettempdir())
+                what = "a backup's check summaries (etcd keys)"
+                for note in sweep(tmp, what):
+                    self.warnings.append(note)
+                try:
+                    self._scratch = new_private_dir(tmp)
+                except OSError as e:
+                    raise_os_error(e, tmp)
             return StreamCheck(self._scratch / "summaries")
         try:
             return StreamCheck(where / f".{self.names.snapshot}.verify.tmp-{os.getpid()}")

@@ -8,6 +8,9 @@ mistaken for the owner). It is removed when the block using it ends, however it 
 signal turned into one, ``KeyboardInterrupt``). A run killed outright (SIGKILL, power loss) cannot clean
 up: the next run that uses the same place finds the directory, sees that its owner is gone, removes it
 and says so.
+
+A backup into an object store keeps its stream check's summaries (keys of the database) in such a directory
+of the system's temp dir (:func:`new_private_dir`), swept the same way by the next backup that needs one.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ def _owner_alive(pid: int, start: int) -> bool:
     return process_start(pid) == start
 
 
-def sweep(where: Path) -> list[str]:
-    """Remove the scratch directories in ``where`` whose owner process is gone; one note per directory."""
+def sweep(where: Path, what: str = "a decoded snapshot copy") -> list[str]:
+    """Remove the scratch directories in ``where`` whose owner process is gone; one note per directory, naming
+    the directory as ``what``."""
     notes: list[str] = []
     try:
         entries = list(where.iterdir())
@@ -61,11 +65,24 @@ def sweep(where: Path) -> list[str]:
 
         shutil.rmtree(entry, ignore_errors=True)
         if entry.exists():
-            notes.append(f"{entry}: a decoded snapshot copy left by an interrupted run (PID {pid}, gone) could not "
-                         "be removed; remove it by hand (it holds plaintext etcd data)")
+            notes.append(f"{entry}: {what} left by an interrupted run (PID {pid}, gone) could not be removed; "
+                         "remove it by hand (it holds etcd data)")
         else:
-            notes.append(f"removed {entry}: a decoded snapshot copy left by an interrupted run (PID {pid}, gone)")
+            notes.append(f"removed {entry}: {what} left by an interrupted run (PID {pid}, gone)")
     return notes
+
+
+def new_private_dir(near: Path) -> Path:
+    """A new directory in ``near``, mode 0700 whatever the umask, named after this process (so that
+    :func:`sweep` removes it once the process is gone). Raises ``OSError``."""
+    path = near / f"{PREFIX}{os.getpid()}-{process_start(os.getpid()) or 0}-{os.urandom(6).hex()}"
+    os.mkdir(path, 0o700)
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        os.rmdir(path)
+        raise
+    return path
 
 
 def existing_dir(path: Path) -> Path:
@@ -89,10 +106,8 @@ def scratch_dir(near: Path, notes: list[str] | None = None) -> Iterator[Path]:
     else:
         for n in found:
             log.warning(n)
-    path = near / f"{PREFIX}{os.getpid()}-{process_start(os.getpid()) or 0}-{os.urandom(6).hex()}"
     try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)  # whatever the umask
+        path = new_private_dir(near)
     except OSError as e:
         raise EtcdwardenError(f"cannot create a private temporary directory in {near} for the decoded copy of the "
                               f"snapshot ({e.strerror or e}); decoded copies are kept next to their target, never in "
