@@ -5,7 +5,10 @@ second receiver refused."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -169,3 +172,94 @@ def test_a_repository_of_encrypted_backups_is_refused(etcd1: LocalCluster, tmp_p
     finally:
         code, err = stop(proc, signal.SIGINT)
     assert code == 130, err
+
+
+# the receiver, its full backups recorded: "start N", then "end N" or "stop N" (cancelled or failed); the first
+# rotation's backup (the second call) waits until the test creates "release" beside the record
+_RECORDED = r'''
+import asyncio, sys
+from pathlib import Path
+import etcdwarden.backup.receive as receive
+record = Path(sys.argv.pop(1))
+release = record.with_name("release")
+real = receive.take_backup
+calls = 0
+def note(line):
+    with record.open("a") as f:
+        f.write(line + "\n")
+async def recorded(*args, **kwargs):
+    global calls
+    calls += 1
+    n = calls
+    note(f"start {n}")
+    try:
+        while n == 2 and not release.exists():
+            await asyncio.sleep(0.05)
+        result = await real(*args, **kwargs)
+    except BaseException:
+        note(f"stop {n}")
+        raise
+    note(f"end {n}")
+    return result
+receive.take_backup = recorded
+from etcdwarden.cli.entry import main
+main()
+'''
+
+
+def test_a_gap_found_while_a_rotation_runs_takes_one_full_backup_at_a_time(etcd3: LocalCluster,
+                                                                           tmp_path: Path) -> None:
+    """The watch's member dies while the next chain's full backup runs, and the revisions after the last one
+    received were compacted meanwhile: the rotation's backup is stopped before the gap's is taken (two full
+    backups at once would double the load on etcd, and wait on each other's repository lock)."""
+    from tests.restore.helpers import statuses
+
+    sts = statuses(etcd3)
+    watched = next(i for i, st in enumerate(sts) if st.leader != st.header.member_id)  # a follower
+    others = [u for i, u in enumerate(etcd3.endpoints) if i != watched]
+    record = tmp_path / "calls"
+    repo_dir = tmp_path / "repo"
+    proc = subprocess.Popen([sys.executable, "-c", _RECORDED, str(record), "--endpoints",
+                             ",".join([etcd3.endpoints[watched], *others]), "receive", str(repo_dir),
+                             "--segment-seconds", "0.5", "--full-every", "2s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        repo = open_repository(repo_dir)
+        wait_receiving(repo, proc)
+
+        def lines() -> list[str]:
+            return record.read_text().splitlines() if record.exists() else []
+
+        deadline = time.monotonic() + 60
+        while "start 2" not in lines() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "start 2" in lines(), lines()
+        member = etcd3.members[watched]
+        assert member.process is not None
+        os.kill(member.process.pid, signal.SIGSTOP)  # the watch stalls: nothing more reaches the receiver
+        end = workload(others, 12, "gap")
+
+        async def compact() -> None:
+            async with EtcdClient(ClientConfig.from_strings(others)) as c:
+                await c.compact(end)
+
+        asyncio.run(compact())
+        etcd3.stop_member(member.name, kill=True)  # the watch fails; reopened on another member: compacted
+        while "end 3" not in lines() and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        (tmp_path / "release").touch()
+        code, err = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 143 and "GAP: the revisions after" in err, err
+    running: set[str] = set()
+    for line in lines():
+        what, n = line.split()
+        if what == "start":
+            assert not running, f"full backup {n} started while {running} ran: {lines()}"
+            running.add(n)
+        else:
+            running.discard(n)
+    assert lines()[:4] == ["start 1", "end 1", "start 2", "stop 2"] and "end 3" in lines(), lines()

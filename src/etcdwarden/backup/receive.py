@@ -285,15 +285,16 @@ class _Receiver:
     async def _capture(self, base: _Base) -> _Base:
         """Capture the chain of ``base`` until it ends (rotation or compaction); returns the next base."""
         await self._record_all_leases(base)
-        watch = await self._open_watch(base)
-        if isinstance(watch, _Base):
-            return watch
+        watch = await self._open_watch()
+        if isinstance(watch, Compacted):
+            return await self._compacted(base, watch)
         o = self.opts
         rotation: asyncio.Task[_Base] | None = None
         next_base: _Base | None = None
         tick = min(o.segment_seconds, 1.0)
         beat = min(o.segment_seconds, o.lease_seconds / 3)  # heartbeats and lease polls
         last_progress = last_leases = last_beat = time.monotonic()
+        compacted: Compacted | None = None
         await self._heartbeat()
         try:
             while True:
@@ -301,13 +302,15 @@ class _Receiver:
                 try:
                     resp = await watch.next(tick)
                 except Compacted as e:
-                    return await self._compacted(base, e)
+                    compacted = e  # handled below, once the rotation's full backup (if one runs) is stopped:
+                    break  # the gap's full backup is the only one
                 except (Unreachable, Timeout, NoLeader, EtcdError) as e:
                     self.notify(f"the watch on {watch.ep.raw} failed ({e}): reconnecting")
                     watch.close()
-                    reopened = await self._open_watch(base)
-                    if isinstance(reopened, _Base):
-                        return reopened
+                    reopened = await self._open_watch()
+                    if isinstance(reopened, Compacted):
+                        compacted = reopened
+                        break
                     watch = reopened
                     continue
                 if resp is not None:
@@ -347,10 +350,11 @@ class _Receiver:
                 rotation.cancel()
                 with contextlib.suppress(BaseException):
                     await rotation
+        return await self._compacted(base, compacted)
 
-    async def _open_watch(self, base: _Base) -> Watch | _Base:
-        """A watch from the revision after the last one received (retried across members, with backoff);
-        a new base when that revision was compacted."""
+    async def _open_watch(self) -> Watch | Compacted:
+        """A watch from the revision after the last one received (retried across members, with backoff), or
+        what etcd answered when that revision was compacted."""
         delay = 0.2
         while True:
             create = pb.WatchCreateRequest(key=b"\x00", range_end=b"\x00", start_revision=self.last_seen + 1,
@@ -358,7 +362,7 @@ class _Receiver:
             try:
                 return await self.client.watch(create)
             except Compacted as e:
-                return await self._compacted(base, e)
+                return e
             except (Unreachable, Timeout, NoLeader) as e:
                 log.warning("cannot open the watch: %s", e)
                 await asyncio.sleep(delay)
