@@ -5,6 +5,7 @@ second receiver refused."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -263,3 +264,62 @@ def test_a_gap_found_while_a_rotation_runs_takes_one_full_backup_at_a_time(etcd3
         else:
             running.discard(n)
     assert lines()[:4] == ["start 1", "end 1", "start 2", "stop 2"] and "end 3" in lines(), lines()
+
+
+# the receiver, writing each segment 1.5 s slower than it is (a slow object store): closed segments queue up
+_SLOW_STORE = r'''
+import sys, time
+import etcdwarden.backup.receive as receive
+real = receive.write_segment
+def slow(*args, **kwargs):
+    time.sleep(1.5)
+    return real(*args, **kwargs)
+receive.write_segment = slow
+from etcdwarden.cli.entry import main
+main()
+'''
+
+
+@pytest.mark.slow
+def test_the_lease_is_renewed_while_segments_queue_up(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """A store slower than the segments close: the queue never empties, and the receiver still renews its lease
+    on time (a lease left to expire lets another receiver take over a running one)."""
+    from etcdwarden.repository.window import read_state
+
+    repo_dir = tmp_path / "repo"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STORE, "--endpoints", etcd1.endpoints[0], "receive",
+                             str(repo_dir), "--segment-seconds", "0.3", "--lease", "3s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        repo = open_repository(repo_dir)
+        wait_receiving(repo, proc)
+        done = threading.Event()
+
+        def writes() -> None:
+            n = 0
+            while not done.is_set():
+                workload(etcd1.endpoints, 5, "busy", seed=n)
+                n += 1
+
+        writer = threading.Thread(target=writes)
+        writer.start()
+        oldest = 0.0
+        try:
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                st = read_state(repo)
+                assert st is not None
+                oldest = max(oldest, (dt.datetime.now(dt.UTC) - st.heartbeat_at).total_seconds())
+                time.sleep(0.2)
+        finally:
+            done.set()
+            writer.join()
+        durable = read_state(repo)
+        code, err = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 143, err
+    assert durable is not None and durable.revision > 0, "segments were written meanwhile"
+    assert oldest < 3, f"the lease (3 s) went {oldest:.1f} s without a heartbeat"  # (renewed every second)

@@ -324,7 +324,7 @@ class _Receiver:
                     last_leases = now
                     await self._poll_leases()
                 await self._maybe_close()
-                if now - last_beat >= beat and self.queue.empty():
+                if now - last_beat >= beat:  # also while segments queue up: the lease must not lapse
                     last_beat = now
                     await self._heartbeat()
                 if rotation is None and next_base is None and _since(base.time) > o.full_every:
