@@ -52,6 +52,7 @@ from etcdwarden.restore.backup import verify
 from etcdwarden.restore.pitr_target import Target, fmt_time, refuse_break, resolve_target
 from etcdwarden.restore.replay import REPLAY_ETCD_ARGS, Replayer, ReplayStats
 from etcdwarden.restore.scratch_member import ScratchMember
+from etcdwarden.restore.scratch_tls import create_scratch_tls
 from etcdwarden.restore.source import Backup, is_remote, local_path, open_entry
 from etcdwarden.snapshot.bbolt import BoltFile
 from etcdwarden.snapshot.scratch import existing_dir, scratch_dir
@@ -254,10 +255,12 @@ def replay_into(plan: Plan, base: Backup, work: Path, etcd: Path | None, etcdutl
     with open_snapshot(base.snapshot, base.identity, work) as plain:
         existing = snapshot_leases(Path(plain))
         eu.run(args.command(str(etcdutl.path), str(plain), str(data)))
-    member = ScratchMember(data, work / "replay.log", name="replay", etcd=etcd, extra_args=REPLAY_ETCD_ARGS)
+    tls = create_scratch_tls(work)  # no password needed for a base with authentication enabled; no other reader
+    member = ScratchMember(data, work / "replay.log", name="replay", etcd=etcd, extra_args=REPLAY_ETCD_ARGS,
+                           tls=tls)
     member.start()
     try:
-        with Replayer(member.client_url, plan.base_revision, plan.lease_ttls, existing) as rp:
+        with Replayer(member.client_url, plan.base_revision, plan.lease_ttls, existing, tls=tls) as rp:
             for seg in plan.segments:
                 m = seg.manifest
                 done = rp.apply(decode_segment(read_chunks(seg.path, DECODE_CHUNK), m.file), plan.stop_revision)

@@ -36,6 +36,7 @@ from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdwarden.format.segment import LeaseRecord, Record, RevisionRecord
+from etcdwarden.restore.scratch_tls import ScratchTLS
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,19 @@ class _KeepAlive:
 
 
 class Replayer:
-    """Apply records to the member at ``url`` (plain http on loopback: a scratch member)."""
+    """Apply records to the member at ``url`` (a scratch member on loopback; over TLS with its client
+    certificate when ``tls`` is given)."""
 
     def __init__(self, url: str, base_revision: int, lease_ttls: dict[int, int] | None = None,
-                 existing_leases: dict[int, int] | None = None) -> None:
+                 existing_leases: dict[int, int] | None = None, tls: ScratchTLS | None = None) -> None:
         target = url.split("://", 1)[-1]
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)])
+        options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+        if tls is not None:
+            ca, key, cert = tls.client_credentials()
+            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from types import TracebackType
 from etcdwarden.binaries import find_binary
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.processes import free_ports, spawn, stop_pid
+from etcdwarden.restore.scratch_tls import ScratchTLS
 
 
 @dataclass
@@ -34,13 +36,14 @@ class ScratchMember:
     force_new_cluster: bool = True
     extra_args: tuple[str, ...] = ()
     nice: int = 0  # niceness of the etcd process (restore drills run within a CPU/IO budget)
+    tls: ScratchTLS | None = None  # serve clients over TLS, to holders of its client certificate only
     client_port: int = 0  # chosen by start()
     peer_port: int = 0
     _proc: Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -58,6 +61,8 @@ class ScratchMember:
                 "--log-level", "warn"]
         if self.force_new_cluster:
             args.append("--force-new-cluster")
+        if self.tls is not None:
+            args += self.tls.member_args()
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 60.0) -> str:
@@ -94,8 +99,13 @@ class ScratchMember:
         """Whether the member answers healthy on its client URL (it has a leader: itself)."""
         if self._proc is None:
             return False
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=2) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=2,  # noqa: S310 - loopback
+                                        context=context) as r:
                 return str(json.loads(r.read() or b"{}").get("health")) == "true"
         except (urllib.error.URLError, OSError, ValueError):
             return False
