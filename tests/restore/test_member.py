@@ -7,6 +7,8 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import zstandard
@@ -199,3 +201,26 @@ def test_refuses_data_dir_of_running_etcd(etcd1: LocalCluster, tmp_path: Path) -
     etcd1.stop()
     r = restore(d)
     assert r.code == 0, r.err
+
+
+def test_a_caller_naming_the_data_dir_is_no_etcd_on_it(etcd1: LocalCluster, tmp_path: Path) -> None:
+    """``sudo etcdwarden restore member --data-dir D`` (or ``time``, ``sh -c``): the processes the restore runs
+    under name D in their command lines too; they are not an etcd on it. Any other process that names D as its
+    ``--data-dir`` still is."""
+    b = backup_of(etcd1, tmp_path / "bk")
+    m = etcd1.members[0]
+    d = tmp_path / "member.etcd"
+    args = ["restore", "member", str(b.directory), "--data-dir", str(d), "--name", m.name,
+            "--initial-cluster", etcd1.initial_cluster]
+    assert cli(*args).code == 0  # D exists now: the next restore asks who uses it
+    wrapped = ["sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "etcdwarden", *args]
+    res = subprocess.run(wrapped, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "is in use" not in res.stderr
+    other = subprocess.Popen(["sh", "-c", "sleep 60", "sh", "--data-dir", str(d)])
+    try:
+        r = cli(*args)
+        assert r.code == 3 and f"PID {other.pid} (sh" in r.err and f"runs with --data-dir {d}" in r.err, r.err
+    finally:
+        other.kill()
+        other.wait()

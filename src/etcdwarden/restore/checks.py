@@ -193,10 +193,3 @@ def db_locked(data_dir: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def etcd_pids_using(data_dir: Path) -> list[int]:
-    """PIDs of local processes whose command line names ``data_dir`` as their ``--data-dir``."""
-    from etcdwarden.restore.procs import running_on
-
-    return running_on(data_dir)

@@ -124,8 +124,11 @@ def local_users(data_dir: Path, exclude: set[int] | None = None) -> list[User]:
     for pid, link in sorted(procs.open_below(data_dir, skip).items()):
         out.append(User(pid, f"has {link} open"))
         seen.add(pid)
+    # the command line of a process we descend from may name the directory too (``sudo etcdwarden restore member
+    # --data-dir DIR``, ``time ...``, ``sh -c ...``): etcd starts no etcdwarden, so none of them is an etcd on it
+    callers = procs.ancestors(os.getpid())
     for pid in procs.running_on(data_dir):
-        if pid not in seen and pid not in skip:
+        if pid not in seen and pid not in skip and pid not in callers:
             out.append(User(pid, f"runs with --data-dir {data_dir}"))
             seen.add(pid)
     if not out and db_locked(data_dir):

@@ -53,6 +53,24 @@ def fd_links(pid: int) -> Iterator[str]:
             yield os.readlink(f"{base}/{fd}")
 
 
+def parent(pid: int) -> int | None:
+    """The parent of ``pid`` (``None``: no such process)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def ancestors(pid: int) -> set[int]:
+    """The processes ``pid`` descends from (its parent, the parent's parent... up to PID 1)."""
+    out: set[int] = set()
+    p = parent(pid)
+    while p is not None and p > 0 and p not in out:
+        out.add(p)
+        p = parent(p)
+    return out
+
+
 def open_below(path: Path, exclude: set[int] | None = None) -> dict[int, str]:
     """PIDs with a file descriptor on ``path`` or anything below it, each with one such file."""
     roots = {str(path.absolute()).rstrip("/"), os.path.realpath(path).rstrip("/")}
