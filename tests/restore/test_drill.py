@@ -284,7 +284,8 @@ def test_an_encrypted_backup_needs_its_identity(backups: Backups, tmp_path: Path
     assert list((tmp_path / "work").iterdir()) == []  # the decoded copies went with the private directory
 
 
-def test_a_backup_with_auth_enabled_needs_a_root_user(etcd_auth: LocalCluster, tmp_path: Path) -> None:
+def test_a_backup_with_auth_enabled_is_drilled_without_a_password(etcd_auth: LocalCluster, tmp_path: Path) -> None:
+    """The scratch member serves over TLS to the drill's own client certificate (common name root)."""
     async def go() -> None:
         cfg = ClientConfig.from_strings(etcd_auth.endpoints, user="root", password=ROOT_PASSWORD)
         async with EtcdClient(cfg) as c:
@@ -293,11 +294,10 @@ def test_a_backup_with_auth_enabled_needs_a_root_user(etcd_auth: LocalCluster, t
 
     asyncio.run(go())
     assert json.loads(next((tmp_path / "repo").glob("backup_*.json")).read_text())["hash_kv"]["keys"] == 50
-    r = cli("backups", "drill", str(tmp_path / "repo"), "--temp-dir", str(tmp_path))
-    assert r.code == 2 and "root role" in r.err and not list((tmp_path / "repo").glob("drill_*"))
-    code, doc, err = _drill(tmp_path / "repo", tmp_path / "work", "--user", f"root:{ROOT_PASSWORD}")
+    code, doc, err = _drill(tmp_path / "repo", tmp_path / "work")
     assert code == 0, err
     assert doc["drills"][0]["figures"]["keys"]["measured"] == 50
+    assert list((tmp_path / "work").iterdir()) == []  # the certificates went with the private directory
 
 
 def test_segments_go_through_the_replay_hook(backups: Backups, tmp_path: Path) -> None:
@@ -326,7 +326,8 @@ def test_segments_go_through_the_replay_hook(backups: Backups, tmp_path: Path) -
 
     def replay(ctx: ReplayContext) -> ReplayResult:
         seen.append(ctx)
-        assert ctx.base_revision == m["revision"] and ctx.client.endpoints[0].raw.startswith("http://127.0.0.1:")
+        assert ctx.base_revision == m["revision"] and ctx.client.endpoints[0].raw.startswith("https://127.0.0.1:")
+        assert ctx.tls is not None and ctx.client.cert == ctx.tls.client_cert
         return ReplayResult(last_revision=first + 9, figures={"revision": Figure(recorded=first + 9, measured=first,
                                                                                   ok=False)},
                             problems=[f"stopped at revision {first}"])

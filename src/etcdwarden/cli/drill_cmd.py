@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
-from etcdwarden.cli.common import duration_arg, resolve
+from etcdwarden.cli.common import duration_arg
 from etcdwarden.cli.output import Output
 from etcdwarden.cli.repo_options import repo_opts, repository_options
 from etcdwarden.errors import EXIT_FAILED, EXIT_OK, UsageError
@@ -53,15 +52,10 @@ def cmd_drill(args: argparse.Namespace, out: Output) -> int:
 
     if args.temp_dir and not Path(args.temp_dir).is_dir():
         raise UsageError(f"--temp-dir {args.temp_dir}: no such directory")
-    user = resolve(args, os.environ, "user")
-    password = resolve(args, os.environ, "password")
-    if isinstance(user, str) and ":" in user and password is None:
-        user, password = user.split(":", 1)
     options = DrillOptions(
         identity=Path(args.identity) if args.identity else None,
         work_dir=Path(args.temp_dir) if args.temp_dir else Path.cwd(),
         etcd=Path(args.etcd) if args.etcd else None, etcdutl=Path(args.etcdutl) if args.etcdutl else None,
-        user=str(user) if user else None, password=str(password) if password is not None else None,
         nice=int(args.nice), progress=None if out.is_json else lambda step: out.info(f"  ... {step}"))
     report = run_drills(args.repo, options, backup_id=args.id, all_unproven=bool(args.all_unproven),
                         max_age=dt.timedelta(seconds=args.max_age), repository_options=repository_options(args))

@@ -29,7 +29,6 @@ from etcdwarden.daemon.spec import DrillSpec
 from etcdwarden.errors import EtcdwardenError
 
 if TYPE_CHECKING:
-    from etcdwarden.etcd.config import ClientConfig
     from etcdwarden.repository.base import RepositoryOptions
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,8 @@ async def _wait_stopped(done: asyncio.Future[Any]) -> None:
         await asyncio.wait_for(asyncio.shield(done), STOP_WAIT)
 
 
-async def run_drill_job(job: DrillSpec, url: str, repository_options: RepositoryOptions | None,
-                        client: ClientConfig | None) -> DrillJobOutcome:
-    """Drill the backups ``job`` selects in the repository at ``url`` (credentials for a backup with auth
-    enabled: those the agent uses for the cluster)."""
+async def run_drill_job(job: DrillSpec, url: str, repository_options: RepositoryOptions | None) -> DrillJobOutcome:
+    """Drill the backups ``job`` selects in the repository at ``url``."""
     from etcdwarden.restore.drill import DrillOptions, run_drills
 
     o = job.options
@@ -108,7 +105,6 @@ async def run_drill_job(job: DrillSpec, url: str, repository_options: Repository
         identity=Path(o.identity_file) if o.identity_file else None,
         work_dir=Path(o.work_dir) if o.work_dir else None,
         etcd=Path(o.etcd) if o.etcd else None, etcdutl=Path(o.etcdutl) if o.etcdutl else None,
-        user=client.user if client is not None else None, password=client.password if client is not None else None,
         nice=o.nice, abort=abort)
 
     def work() -> Any:

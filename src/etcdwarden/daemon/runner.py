@@ -267,7 +267,7 @@ class DefaultRunner:
         from etcdwarden.daemon.drills import run_drill_job
 
         name = job.repository
-        return await run_drill_job(job, self._repo(name).url, self._options(name), self.client.config)
+        return await run_drill_job(job, self._repo(name).url, self._options(name))
 
 
 async def rotate_keys(client: EtcdClient, job: RotationSpec, config: DaemonConfig,

@@ -17,6 +17,7 @@ from etcdwarden.etcd.client import EtcdClient, prefix_end
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.format.manifest import HashKV
 from etcdwarden.restore.drill.keys import KUBERNETES_PREFIXES, Decoder, KeyDecoding
+from etcdwarden.restore.scratch_tls import ScratchTLS
 
 PAGE = 500
 TIMEOUT = 300.0  # HashKV and counting read the whole database
@@ -37,8 +38,10 @@ class Live:
     decoding: KeyDecoding = field(default_factory=KeyDecoding)
 
 
-def client_config(url: str, user: str | None, password: str | None) -> ClientConfig:
-    return ClientConfig.from_strings([url], user=user, password=password, dial_timeout=5.0, command_timeout=60.0)
+def client_config(url: str, tls: ScratchTLS) -> ClientConfig:
+    """How the drill reaches its scratch member: over TLS, with the member's own client certificate."""
+    return ClientConfig.from_strings([url], cacert=tls.ca, cert=tls.client_cert, key=tls.client_key,
+                                     dial_timeout=5.0, command_timeout=60.0)
 
 
 async def measure(client: EtcdClient, url: str, recorded: HashKV | None) -> Live:

@@ -27,13 +27,21 @@ from etcdwarden.restore.drill.live import DrillAborted
 from etcdwarden.restore.drill.segments import ReplayContext, ReplayResult
 from etcdwarden.restore.pitr import DECODE_CHUNK, prepare, read_chunks
 from etcdwarden.restore.replay import Replayer
+from etcdwarden.restore.scratch_tls import ScratchTLS
 
 CALL_TIMEOUT = 30.0
 
 
-def member_leases(url: str) -> dict[int, int]:
+def member_leases(url: str, tls: ScratchTLS | None) -> dict[int, int]:
     """The leases the scratch member holds (ID -> granted TTL): the base snapshot's, kept alive by the replay."""
-    with grpc.insecure_channel(url.split("://", 1)[-1]) as channel:
+    target = url.split("://", 1)[-1]
+    if tls is not None:
+        ca, key, cert = tls.client_credentials()
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         stub = rpc.LeaseStub(channel)
         ids = [int(lease.ID) for lease in stub.LeaseLeases(pb.LeaseLeasesRequest(), timeout=CALL_TIMEOUT).leases]
         return {lid: max(1, int(stub.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid),
@@ -60,7 +68,7 @@ def replay_segments(ctx: ReplayContext) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix=".etcdwarden-drill-segments-", dir=ctx.work) as staging:
         try:
             proven = prepare(ctx.repo, read_window(ctx.repo, only={ctx.entry.id}), plan, Path(staging))
-            with Replayer(url, ctx.base_revision, proven.lease_ttls, member_leases(url)) as rp:
+            with Replayer(url, ctx.base_revision, proven.lease_ttls, member_leases(url, ctx.tls), tls=ctx.tls) as rp:
                 for seg in proven.segments:
                     if ctx.abort is not None and ctx.abort.is_set():
                         raise DrillAborted("the drill was stopped during its segments step")

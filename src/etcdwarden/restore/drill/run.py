@@ -17,9 +17,11 @@ Steps (durations recorded for each), all inside one private directory (mode 0700
 
 A problem with the backup itself (a file that does not match, a snapshot that does not restore or
 start, a figure that differs, a value that does not decode, a bundle that lacks a file) fails the drill:
-the record says which. Problems of the drill's own setting (no age identity for an encrypted backup, no
-credentials for a backup with auth enabled, an etcd older than the backup's, the repository unreachable)
-raise instead: no record is written, the backup is not marked. etcdutl and etcd run with ``nice``.
+the record says which. Problems of the drill's own setting (no age identity for an encrypted backup, an etcd
+older than the backup's, the repository unreachable) raise instead: no record is written, the backup is not
+marked. etcdutl and etcd run with ``nice``. The scratch etcd serves over TLS to the drill's own client
+certificate (:mod:`etcdwarden.restore.scratch_tls`): no other local user reads the copy, and a backup with
+authentication enabled needs no password.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 
 from etcdwarden import __version__
 from etcdwarden.binaries import binary_version, find_binary
-from etcdwarden.errors import AuthenticationFailed, EtcdwardenError, PermissionDenied, UsageError
+from etcdwarden.errors import EtcdwardenError, UsageError
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.format.drill import FAILED, PASSED, Check, DrillRecord, Figure
@@ -56,6 +58,7 @@ from etcdwarden.restore.drill.replay_segments import replay_segments
 from etcdwarden.restore.drill.segments import ReplayContext, SegmentReplay, segment_manifests
 from etcdwarden.restore.replay import REPLAY_ETCD_ARGS
 from etcdwarden.restore.scratch_member import ScratchMember
+from etcdwarden.restore.scratch_tls import ScratchTLS, create_scratch_tls
 from etcdwarden.restore.source import Backup, open_entry
 from etcdwarden.snapshot.errors import SnapshotCorrupt, SnapshotInputError
 from etcdwarden.snapshot.scratch import existing_dir, scratch_dir
@@ -75,8 +78,6 @@ class DrillOptions:
     work_dir: Path | None = None  # where the private directory goes (None: see run_drill)
     etcd: Path | None = None
     etcdutl: Path | None = None
-    user: str | None = None  # for a backup with auth enabled: a user with the root role
-    password: str | None = None
     nice: int = 0  # niceness of etcdutl and etcd (the daemon runs the whole drill niced)
     start_timeout: float = 120.0
     # continuous backup: replays the segments after the base backup (None: the drill proves the base only)
@@ -199,7 +200,11 @@ def _in_private_dir(repo: Repository, entry: CatalogEntry, m: Manifest, options:
             return None
     # a chain to replay: etcd as the point-in-time restore runs it (room for any source revision, no fsync)
     extra = REPLAY_ETCD_ARGS if options.replay is not None and segment_manifests(entry) else ()
-    member = ScratchMember(data, work / "etcd.log", name=MEMBER, etcd=etcd, nice=options.nice, extra_args=extra)
+    # TLS to our client certificate alone: no other local reader of the copy, and a backup with authentication
+    # enabled needs no password (the certificate's common name is root; see etcdwarden.restore.scratch_tls)
+    tls = create_scratch_tls(work)
+    member = ScratchMember(data, work / "etcd.log", name=MEMBER, etcd=etcd, nice=options.nice, extra_args=extra,
+                           tls=tls)
     with steps.step("start"):
         try:
             member.start(options.start_timeout)
@@ -209,7 +214,7 @@ def _in_private_dir(repo: Repository, entry: CatalogEntry, m: Manifest, options:
     try:
         steps.check("start", True, f"etcd served on {member.client_url} (pid {member.pid})")
         return asyncio.run(_prove(repo, entry, m, options, steps, member.client_url, Decoder(bundle.configs),
-                                  work))
+                                  work, tls))
     finally:
         member.stop()
 
@@ -282,15 +287,11 @@ def _run_niced(cmd: list[str], nice: int, abort: threading.Event | None, timeout
 
 
 async def _prove(repo: Repository, entry: CatalogEntry, m: Manifest, options: DrillOptions, steps: _Steps,
-                 url: str, decoder: Decoder, work: Path) -> int:
-    cfg = client_config(url, options.user, options.password)
-    try:
-        async with EtcdClient(cfg) as client:
-            live = await _measure_and_scan(client, url, m, options, steps, decoder)
-    except (PermissionDenied, AuthenticationFailed) as e:
-        raise UsageError(f"backup {entry.id} has authentication enabled: give the credentials of a user with the "
-                         f"root role (--user, --password; daemon: the etcd section's) ({e.detail})") from None
-    _segments(repo, entry, options, steps, cfg, live, work)
+                 url: str, decoder: Decoder, work: Path, tls: ScratchTLS) -> int:
+    cfg = client_config(url, tls)
+    async with EtcdClient(cfg) as client:
+        live = await _measure_and_scan(client, url, m, options, steps, decoder)
+    _segments(repo, entry, options, steps, cfg, tls, live, work)
     return live.revision
 
 
@@ -312,7 +313,7 @@ async def _measure_and_scan(client: EtcdClient, url: str, m: Manifest, options: 
 
 
 def _segments(repo: Repository, entry: CatalogEntry, options: DrillOptions, steps: _Steps, cfg: ClientConfig,
-              live: Live, work: Path) -> None:
+              tls: ScratchTLS, live: Live, work: Path) -> None:
     names = segment_manifests(entry)
     if not names:
         return
@@ -321,7 +322,7 @@ def _segments(repo: Repository, entry: CatalogEntry, options: DrillOptions, step
                                       "drill proves the base backup)")
         return
     with steps.step("segments"):
-        result = options.replay(ReplayContext(repo, entry, names, cfg, live.revision, work, options.abort))
+        result = options.replay(ReplayContext(repo, entry, names, cfg, live.revision, work, options.abort, tls))
     steps.figures.update({f"segments.{k}": v for k, v in result.figures.items()})
     steps.notes.extend(result.notes)
     steps.check("segments", not result.problems, "; ".join(result.problems) or

@@ -20,6 +20,7 @@ from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.format.drill import Figure
 from etcdwarden.repository.base import Repository
 from etcdwarden.repository.catalog import CatalogEntry, classify
+from etcdwarden.restore.scratch_tls import ScratchTLS
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,11 @@ class ReplayContext:
     repo: Repository
     entry: CatalogEntry
     segments: list[str]  # the backup's segment manifests (object names), in revision order
-    client: ClientConfig  # reaches the scratch member (loopback), credentials included
+    client: ClientConfig  # reaches the scratch member (loopback, TLS)
     base_revision: int  # the revision the base backup was proven at
     work: Path | None = None  # the drill's private directory (segments fetched from an object store go there)
     abort: threading.Event | None = None  # set: stop between segments (raise DrillAborted), write nothing
+    tls: ScratchTLS | None = None  # the scratch member's TLS (its client certificate)
 
 
 @dataclass
