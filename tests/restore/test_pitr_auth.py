@@ -107,3 +107,17 @@ def test_the_scratch_certificates_name_loopback_and_root(tmp_path: Path) -> None
     usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert server.issuer == client.issuer == ca.subject
+
+
+def test_verify_start_of_a_backup_with_auth_enabled(etcd_auth: LocalCluster, tmp_path: Path) -> None:
+    """``restore member --verify-start`` counts the keys of the started copy: with authentication enabled that
+    needs a user, and the copy's own client certificate is one (no password asked)."""
+    for i in range(7):
+        etcdctl(etcd_auth, "put", f"/k/{i}", "v", user=ROOT)
+    r = cli("--user", ROOT, "backup", str(tmp_path / "repo"), "--endpoints", etcd_auth.endpoints[0])
+    assert r.code == 0, r.err
+    r = cli("restore", "member", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "d.etcd"), "--name", "m0",
+            "--initial-cluster", "m0=http://127.0.0.1:2380", "--verify-start", "-w", "json")
+    assert r.code == 0, r.err
+    check = json.loads(r.out)["verify_start"]
+    assert check["ok"] and check["keys"] == check["expected_keys"] >= 7, check

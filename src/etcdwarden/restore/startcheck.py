@@ -20,6 +20,7 @@ from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
 from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore.scratch_member import ScratchMember
+from etcdwarden.restore.scratch_tls import ScratchTLS, create_scratch_tls
 
 
 @dataclass
@@ -41,8 +42,10 @@ class StartCheck:
                 "seconds": round(self.seconds, 3), "problems": self.problems}
 
 
-async def _measure(url: str) -> tuple[int, int]:
-    async with EtcdClient(ClientConfig.from_strings([url], command_timeout=30.0)) as c:
+async def _measure(url: str, tls: ScratchTLS) -> tuple[int, int]:
+    cfg = ClientConfig.from_strings([url], cacert=tls.ca, cert=tls.client_cert, key=tls.client_key,
+                                    command_timeout=30.0)
+    async with EtcdClient(cfg) as c:
         ep = c.endpoint(url)
         st = await c.status(ep)
         r = await c.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,
@@ -60,13 +63,14 @@ def start_check(data_dir: Path, name: str, work: Path, etcd: Path | None, expect
     try:
         scratch = work / "data"
         shutil.copytree(data_dir, scratch, symlinks=True)
-        member = ScratchMember(scratch, work / f"{name}.log", name=name, etcd=etcd)
+        tls = create_scratch_tls(work)  # no other reader of the copy; authentication enabled needs no password
+        member = ScratchMember(scratch, work / f"{name}.log", name=name, etcd=etcd, tls=tls)
         try:
             try:
                 url = member.start(timeout=timeout)
             except EtcdwardenError as e:
                 raise EtcdwardenError(f"the restored data directory does not start: {e}") from None
-            revision, keys = asyncio.run(_measure(url))
+            revision, keys = asyncio.run(_measure(url, tls))
         finally:
             member.stop()
     finally:
