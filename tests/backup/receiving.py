@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
@@ -42,6 +44,18 @@ def wait_receiving(repo: Repository, proc: subprocess.Popen[str], revision: int 
                 return
         time.sleep(0.1)
     raise AssertionError(f"the receiver did not reach revision {revision} within {timeout}s")
+
+
+@contextlib.contextmanager
+def running(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A receiver (or a wrapper of it) started with ``argv``; killed and reaped if it still runs at the end."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:

@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from tests.backup.receiving import (
     captured,
     current_revision,
     history,
+    running,
     start_receiver,
     stop,
     wait_receiving,
@@ -220,11 +220,9 @@ def test_a_gap_found_while_a_rotation_runs_takes_one_full_backup_at_a_time(etcd3
     others = [u for i, u in enumerate(etcd3.endpoints) if i != watched]
     record = tmp_path / "calls"
     repo_dir = tmp_path / "repo"
-    proc = subprocess.Popen([sys.executable, "-c", _RECORDED, str(record), "--endpoints",
-                             ",".join([etcd3.endpoints[watched], *others]), "receive", str(repo_dir),
-                             "--segment-seconds", "0.5", "--full-every", "2s"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running([sys.executable, "-c", _RECORDED, str(record), "--endpoints",
+                  ",".join([etcd3.endpoints[watched], *others]), "receive", str(repo_dir),
+                  "--segment-seconds", "0.5", "--full-every", "2s"]) as proc:
         repo = open_repository(repo_dir)
         wait_receiving(repo, proc)
 
@@ -250,19 +248,15 @@ def test_a_gap_found_while_a_rotation_runs_takes_one_full_backup_at_a_time(etcd3
             time.sleep(0.1)
         (tmp_path / "release").touch()
         code, err = stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 143 and "GAP: the revisions after" in err, err
-    running: set[str] = set()
+    active: set[str] = set()
     for line in lines():
         what, n = line.split()
         if what == "start":
-            assert not running, f"full backup {n} started while {running} ran: {lines()}"
-            running.add(n)
+            assert not active, f"full backup {n} started while {active} ran: {lines()}"
+            active.add(n)
         else:
-            running.discard(n)
+            active.discard(n)
     assert lines()[:4] == ["start 1", "end 1", "start 2", "stop 2"] and "end 3" in lines(), lines()
 
 
@@ -287,10 +281,8 @@ def test_the_lease_is_renewed_while_segments_queue_up(etcd1: LocalCluster, tmp_p
     from etcdwarden.repository.window import read_state
 
     repo_dir = tmp_path / "repo"
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STORE, "--endpoints", etcd1.endpoints[0], "receive",
-                             str(repo_dir), "--segment-seconds", "0.3", "--lease", "3s"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running([sys.executable, "-c", _SLOW_STORE, "--endpoints", etcd1.endpoints[0], "receive",
+                  str(repo_dir), "--segment-seconds", "0.3", "--lease", "3s"]) as proc:
         repo = open_repository(repo_dir)
         wait_receiving(repo, proc)
         done = threading.Event()
@@ -316,10 +308,6 @@ def test_the_lease_is_renewed_while_segments_queue_up(etcd1: LocalCluster, tmp_p
             writer.join()
         durable = read_state(repo)
         code, err = stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 143, err
     assert durable is not None and durable.revision > 0, "segments were written meanwhile"
     assert oldest < 3, f"the lease (3 s) went {oldest:.1f} s without a heartbeat"  # (renewed every second)

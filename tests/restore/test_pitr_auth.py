@@ -16,7 +16,7 @@ from etcdwarden.local.cluster import LocalCluster
 from etcdwarden.repository.base import open_repository
 from etcdwarden.restore.scratch_member import ScratchMember
 from etcdwarden.restore.scratch_tls import create_scratch_tls
-from tests.backup.receiving import stop, wait_receiving
+from tests.backup.receiving import running, stop, wait_receiving
 from tests.cli_helpers import cli
 from tests.conftest import ROOT_PASSWORD, etcdctl
 
@@ -35,10 +35,8 @@ def test_restore_to_a_revision_of_a_cluster_with_auth_enabled(etcd_auth: LocalCl
     for i in range(5):
         etcdctl(etcd_auth, "put", f"/before/{i}", f"v{i}", user=ROOT)
     repo_dir = tmp_path / "repo"
-    proc = subprocess.Popen([sys.executable, "-m", "etcdwarden", "--endpoints", ep, "--user", ROOT, "receive",
-                             str(repo_dir), "--segment-seconds", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running([sys.executable, "-m", "etcdwarden", "--endpoints", ep, "--user", ROOT, "receive",
+                  str(repo_dir), "--segment-seconds", "0.3"]) as proc:
         repo = open_repository(repo_dir)
         wait_receiving(repo, proc)
         for i in range(6):
@@ -49,10 +47,6 @@ def test_restore_to_a_revision_of_a_cluster_with_auth_enabled(etcd_auth: LocalCl
         last = int(got["header"]["revision"])
         wait_receiving(repo, proc, last)
         code, err = stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 143, err
     data = tmp_path / "restored.etcd"
     r = cli("restore", "member", str(repo_dir), "--data-dir", str(data), "--name", "m0",
