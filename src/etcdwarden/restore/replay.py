@@ -149,14 +149,9 @@ class Replayer:
 
     def __init__(self, url: str, base_revision: int, lease_ttls: dict[int, int] | None = None,
                  existing_leases: dict[int, int] | None = None, tls: ScratchTLS | None = None) -> None:
-        target = url.split("://", 1)[-1]
         options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
-        if tls is not None:
-            ca, key, cert = tls.client_credentials()
-            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = (tls.channel(url, options) if tls is not None
+                         else grpc.insecure_channel(url.split("://", 1)[-1], options=options))
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)

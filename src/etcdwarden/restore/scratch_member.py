@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -99,10 +98,7 @@ class ScratchMember:
         """Whether the member answers healthy on its client URL (it has a leader: itself)."""
         if self._proc is None:
             return False
-        context = None
-        if self.tls is not None:
-            context = ssl.create_default_context(cafile=str(self.tls.ca))
-            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        context = self.tls.ssl_context() if self.tls is not None else None
         try:
             with urllib.request.urlopen(f"{self.client_url}/health", timeout=2,  # noqa: S310 - loopback
                                         context=context) as r:

@@ -17,13 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from etcdwarden.etcd.config import ClientConfig
 
 #: the user etcd sees in the client certificate (its common name)
 ROOT_USER = "root"
@@ -44,9 +50,23 @@ class ScratchTLS:
         return ["--cert-file", str(self.server_cert), "--key-file", str(self.server_key),
                 "--trusted-ca-file", str(self.ca), "--client-cert-auth"]
 
-    def client_credentials(self) -> tuple[bytes, bytes, bytes]:
-        """(CA, client key, client certificate), PEM, for a gRPC or TLS client."""
-        return self.ca.read_bytes(), self.client_key.read_bytes(), self.client_cert.read_bytes()
+    def channel(self, url: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A synchronous gRPC channel to the member at ``url``, with the client certificate."""
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes(),
+                                             private_key=self.client_key.read_bytes(),
+                                             certificate_chain=self.client_cert.read_bytes())
+        return grpc.secure_channel(url.split("://", 1)[-1], creds, options=list(options))
+
+    def client_config(self, url: str, **timeouts: float) -> ClientConfig:
+        """etcdwarden's client configuration for the member at ``url``, with the client certificate."""
+        return ClientConfig.from_strings([url], cacert=self.ca, cert=self.client_cert, key=self.client_key,
+                                         **timeouts)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context for HTTPS requests to the member (``/health``), with the client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
 
 
 def _name(common_name: str) -> x509.Name:

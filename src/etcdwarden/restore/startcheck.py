@@ -18,7 +18,6 @@ from typing import Any
 from etcdwarden.errors import EtcdwardenError
 from etcdwarden.etcd.api.etcdserverpb import rpc_pb2 as pb
 from etcdwarden.etcd.client import EtcdClient
-from etcdwarden.etcd.config import ClientConfig
 from etcdwarden.restore.scratch_member import ScratchMember
 from etcdwarden.restore.scratch_tls import ScratchTLS, create_scratch_tls
 
@@ -43,9 +42,7 @@ class StartCheck:
 
 
 async def _measure(url: str, tls: ScratchTLS) -> tuple[int, int]:
-    cfg = ClientConfig.from_strings([url], cacert=tls.ca, cert=tls.client_cert, key=tls.client_key,
-                                    command_timeout=30.0)
-    async with EtcdClient(cfg) as c:
+    async with EtcdClient(tls.client_config(url, command_timeout=30.0)) as c:
         ep = c.endpoint(url)
         st = await c.status(ep)
         r = await c.range_on(ep, pb.RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True,

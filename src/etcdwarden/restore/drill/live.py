@@ -40,8 +40,7 @@ class Live:
 
 def client_config(url: str, tls: ScratchTLS) -> ClientConfig:
     """How the drill reaches its scratch member: over TLS, with the member's own client certificate."""
-    return ClientConfig.from_strings([url], cacert=tls.ca, cert=tls.client_cert, key=tls.client_key,
-                                     dial_timeout=5.0, command_timeout=60.0)
+    return tls.client_config(url, dial_timeout=5.0, command_timeout=60.0)
 
 
 async def measure(client: EtcdClient, url: str, recorded: HashKV | None) -> Live:

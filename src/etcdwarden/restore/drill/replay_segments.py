@@ -34,14 +34,7 @@ CALL_TIMEOUT = 30.0
 
 def member_leases(url: str, tls: ScratchTLS | None) -> dict[int, int]:
     """The leases the scratch member holds (ID -> granted TTL): the base snapshot's, kept alive by the replay."""
-    target = url.split("://", 1)[-1]
-    if tls is not None:
-        ca, key, cert = tls.client_credentials()
-        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-        channel = grpc.secure_channel(target, creds)
-    else:
-        channel = grpc.insecure_channel(target)
-    with channel:
+    with tls.channel(url) if tls is not None else grpc.insecure_channel(url.split("://", 1)[-1]) as channel:
         stub = rpc.LeaseStub(channel)
         ids = [int(lease.ID) for lease in stub.LeaseLeases(pb.LeaseLeasesRequest(), timeout=CALL_TIMEOUT).leases]
         return {lid: max(1, int(stub.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lid),
